@@ -1,0 +1,231 @@
+"""Ed25519 keys and the signature envelope (DSSE-style), pure and I/O free.
+
+The envelope signs ``PAE(payload_type, payload)`` -- the pre-authentication
+encoding of the DSSE spec (github.com/secure-systems-lab/dsse, protocol.md) --
+so a signed manifest can never be replayed as a command and vice versa.
+
+Key ids are the first 16 hex digits of sha256(raw public key).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+from .errors import KeyFileError, MessageFormatError, SignatureError, UntrustedKeyError
+
+ENVELOPE_SCHEMA = 1
+MANIFEST_PAYLOAD_TYPE = "application/vnd.edgeloop.manifest+json"
+COMMAND_PAYLOAD_TYPE = "application/vnd.edgeloop.command+json"
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Deterministic JSON bytes: sorted keys, no spaces, UTF-8, no NaN/Infinity."""
+    try:
+        return json.dumps(
+            obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode("utf-8")
+    except ValueError as exc:  # NaN or Infinity
+        raise MessageFormatError(f"cannot encode non-finite number in signed data: {exc}") from exc
+
+
+def pae(payload_type: str, payload: bytes) -> bytes:
+    """DSSE pre-authentication encoding."""
+    t = payload_type.encode("utf-8")
+    return b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
+
+
+def b64e(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64d(text: str, what: str) -> bytes:
+    if not isinstance(text, str):
+        raise MessageFormatError(f"{what} must be a base64 string")
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError) as exc:
+        raise MessageFormatError(f"{what} is not valid base64: {exc}") from exc
+
+
+# --- keys ------------------------------------------------------------------
+def key_id(public_key: Ed25519PublicKey) -> str:
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """A private Ed25519 key with its key id."""
+
+    private: Ed25519PrivateKey
+
+    @classmethod
+    def generate(cls) -> "SigningKey":
+        return cls(Ed25519PrivateKey.generate())
+
+    @property
+    def public(self) -> Ed25519PublicKey:
+        return self.private.public_key()
+
+    @property
+    def keyid(self) -> str:
+        return key_id(self.public)
+
+    def private_pem(self) -> bytes:
+        return self.private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    def public_pem(self) -> bytes:
+        return public_pem(self.public)
+
+    @classmethod
+    def from_pem(cls, data: bytes, source: str = "key") -> "SigningKey":
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError) as exc:
+            raise KeyFileError(f"{source} is not a PEM Ed25519 private key: {exc}") from exc
+        if not isinstance(key, Ed25519PrivateKey):
+            raise KeyFileError(f"{source} holds a {type(key).__name__}, edgeloop needs Ed25519")
+        return cls(key)
+
+    def sign(self, payload_type: str, payload: bytes) -> dict:
+        return {"keyid": self.keyid, "sig": b64e(self.private.sign(pae(payload_type, payload)))}
+
+
+def public_pem(public: Ed25519PublicKey) -> bytes:
+    return public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def load_public_pem(data: bytes, source: str = "key") -> Ed25519PublicKey:
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError) as exc:
+        raise KeyFileError(f"{source} is not a PEM Ed25519 public key: {exc}") from exc
+    if not isinstance(key, Ed25519PublicKey):
+        raise KeyFileError(f"{source} holds a {type(key).__name__}, edgeloop needs Ed25519")
+    return key
+
+
+@dataclass(frozen=True)
+class TrustedKeys:
+    """The set of public keys an agent accepts signatures from, by key id."""
+
+    keys: Mapping[str, Ed25519PublicKey] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, publics: Iterable[Ed25519PublicKey]) -> "TrustedKeys":
+        return cls({key_id(k): k for k in publics})
+
+    @classmethod
+    def from_pems(cls, pems: Iterable[bytes]) -> "TrustedKeys":
+        return cls.of(load_public_pem(p) for p in pems)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+# --- envelope --------------------------------------------------------------
+@dataclass(frozen=True)
+class Signed:
+    """The result of a successful verification: the payload and who signed it."""
+
+    payload: bytes
+    payload_type: str
+    keyid: str
+
+
+def sign_detached(key: SigningKey, payload_type: str, payload: bytes) -> dict:
+    """A signature document for bytes stored elsewhere (the bundle's manifest.json)."""
+    return {
+        "schema": ENVELOPE_SCHEMA,
+        "payload_type": payload_type,
+        "signatures": [key.sign(payload_type, payload)],
+    }
+
+
+def seal(key: SigningKey, payload_type: str, payload: bytes) -> dict:
+    """An envelope that carries its payload (used for commands)."""
+    doc = sign_detached(key, payload_type, payload)
+    doc["payload"] = b64e(payload)
+    return doc
+
+
+def _check_signatures(
+    doc: Mapping[str, Any], payload: bytes, expected_type: str, trusted: TrustedKeys
+) -> Signed:
+    if doc.get("schema") != ENVELOPE_SCHEMA:
+        raise MessageFormatError(
+            f"signature envelope schema {doc.get('schema')!r} is not supported (expected {ENVELOPE_SCHEMA})"
+        )
+    ptype = doc.get("payload_type")
+    if ptype != expected_type:
+        raise SignatureError(
+            f"envelope carries a {ptype!r} payload where {expected_type!r} was expected"
+        )
+    sigs = doc.get("signatures")
+    if not isinstance(sigs, list) or not sigs:
+        raise SignatureError("envelope has no signatures")
+    message = pae(expected_type, payload)
+    seen_unknown = []
+    for entry in sigs:
+        if not isinstance(entry, Mapping):
+            raise MessageFormatError("each signature must be an object with keyid and sig")
+        kid = entry.get("keyid")
+        pub = trusted.keys.get(kid) if isinstance(kid, str) else None
+        if pub is None:
+            seen_unknown.append(str(kid))
+            continue
+        sig = b64d(entry.get("sig"), "signature")
+        try:
+            pub.verify(sig, message)
+        except InvalidSignature:
+            raise SignatureError(
+                f"signature by key {kid} does not match the signed data: it was altered "
+                "after signing or signed by another key with the same id"
+            ) from None
+        return Signed(payload=payload, payload_type=ptype, keyid=kid)
+    raise UntrustedKeyError(
+        f"signed by unknown key(s) {', '.join(seen_unknown)}; trusted: "
+        f"{', '.join(sorted(trusted.keys)) or 'none'}. Provision the hub's public key on "
+        "this agent (trusted_keys in its config) if the signer is legitimate."
+    )
+
+
+def verify_detached(
+    signature_doc: bytes, payload: bytes, expected_type: str, trusted: TrustedKeys
+) -> Signed:
+    doc = parse_json_object(signature_doc, "signature document")
+    return _check_signatures(doc, payload, expected_type, trusted)
+
+
+def open_envelope(envelope: bytes | Mapping[str, Any], expected_type: str, trusted: TrustedKeys) -> Signed:
+    doc = parse_json_object(envelope, "envelope") if isinstance(envelope, (bytes, bytearray, str)) else envelope
+    payload = b64d(doc.get("payload"), "envelope payload")
+    return _check_signatures(doc, payload, expected_type, trusted)
+
+
+def parse_json_object(data: bytes | bytearray | str, what: str) -> dict:
+    try:
+        obj = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MessageFormatError(f"{what} is not valid JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise MessageFormatError(f"{what} must be a JSON object, got {type(obj).__name__}")
+    return obj

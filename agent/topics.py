@@ -1,0 +1,68 @@
+"""MQTT topic names: the one place they are spelled.
+
+Layout (root ``edgeloop/v1``; at most 5 levels so it fits AWS IoT's limit of 7)::
+
+    edgeloop/v1/agents/{agent_id}/status        retained "online" / "offline" (Last Will)
+    edgeloop/v1/agents/{agent_id}/state         retained JSON birth certificate (AgentState)
+    edgeloop/v1/agents/{agent_id}/cmd           hub -> agent signed commands (QoS 1)
+    edgeloop/v1/agents/{agent_id}/bundle        hub -> agent binary bundle chunks (QoS 1)
+    edgeloop/v1/agents/{agent_id}/events        agent -> hub results and progress (QoS 1)
+    edgeloop/v1/agents/{agent_id}/drift         agent -> hub drift reports (QoS 1)
+    edgeloop/v1/agents/{agent_id}/infer         anyone -> agent inference requests (QoS 0/1)
+    edgeloop/v1/agents/{agent_id}/infer/result  agent -> requester, unless reply_to is given
+    edgeloop/v1/hub/status                      retained "online" / "offline" of the hub
+"""
+
+from __future__ import annotations
+
+import re
+
+from .errors import ConfigError
+
+ROOT = "edgeloop/v1"
+AGENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+STATUS = "status"
+STATE = "state"
+CMD = "cmd"
+BUNDLE = "bundle"
+EVENTS = "events"
+DRIFT = "drift"
+INFER = "infer"
+INFER_RESULT = "infer/result"
+
+ONLINE = "online"
+OFFLINE = "offline"
+
+HUB_STATUS = f"{ROOT}/hub/status"
+
+
+def check_agent_id(agent_id: str) -> str:
+    """Agent ids become topic levels: no '/', '+', '#', spaces or control characters."""
+    if not isinstance(agent_id, str) or not AGENT_ID_RE.match(agent_id):
+        raise ConfigError(
+            f"agent id {agent_id!r} is not allowed: use 1-64 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit"
+        )
+    return agent_id
+
+
+def agent_topic(agent_id: str, leaf: str) -> str:
+    return f"{ROOT}/agents/{check_agent_id(agent_id)}/{leaf}"
+
+
+def all_agents(leaf: str) -> str:
+    """Subscription filter for one leaf of every agent (used by the hub)."""
+    return f"{ROOT}/agents/+/{leaf}"
+
+
+def parse_agent_topic(topic: str) -> tuple[str, str] | None:
+    """``edgeloop/v1/agents/a1/infer/result`` -> ``("a1", "infer/result")``; None if foreign."""
+    prefix = f"{ROOT}/agents/"
+    if not topic.startswith(prefix):
+        return None
+    rest = topic[len(prefix):]
+    agent_id, sep, leaf = rest.partition("/")
+    if not sep or not leaf or not AGENT_ID_RE.match(agent_id):
+        return None
+    return agent_id, leaf
