@@ -1,0 +1,139 @@
+"""``edgeloop-agent`` (also ``edgeloop agent``): run and provision an edge agent.
+
+Only agent dependencies are needed: no torch, no Qt, no hub.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from .config import AgentConfig
+from .errors import EdgeloopError
+
+
+def add_agent_commands(sub: argparse._SubParsersAction) -> None:
+    """Register ``run``, ``init`` and ``status`` on a subparsers object."""
+    p = sub.add_parser("run", help="run the agent until interrupted (SIGINT/SIGTERM stop it cleanly)",
+                       description="Connect to the broker, serve the active model over MQTT and HTTP, "
+                                   "accept signed deploy/rollback commands, report drift.")
+    p.add_argument("--config", "-c", required=True, type=Path, help="agent config file (TOML)")
+    p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (overrides the config)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("init", help="write an agent config file",
+                       description="Write a TOML config for a new agent. Copy the hub's public key "
+                                   "(edgeloop keys show --public) to the device and name it with --trusted-key.")
+    p.add_argument("--id", required=True, help="agent id (letters, digits, _ - .)")
+    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://host:port (default %(default)s)")
+    p.add_argument("--trusted-key", action="append", required=True, type=Path,
+                   help="hub public key PEM this agent trusts (repeat for several)")
+    p.add_argument("--state-dir", required=True, type=Path, help="where bundles and state are kept")
+    p.add_argument("--http-port", type=int, default=8080, help="HTTP port, 0 for a free one (default %(default)s)")
+    p.add_argument("--http-host", default="127.0.0.1", help="HTTP bind address (default %(default)s)")
+    p.add_argument("--zeroconf", action="store_true", help="announce the agent with zeroconf")
+    p.add_argument("--out", "-o", required=True, type=Path, help="config file to write")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("status", help="show what an agent has installed (reads its state dir; no broker)")
+    p.add_argument("--config", "-c", required=True, type=Path)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    logging.getLogger("agent.mqtt_link.paho").setLevel(logging.WARNING)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .service import Agent
+
+    cfg = AgentConfig.load(args.config)
+    setup_logging(args.log_level or cfg.log_level)
+    agent = Agent(cfg)
+
+    def on_signal(signum, frame):
+        logging.getLogger(__name__).info("signal %d: stopping", signum)
+        agent.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    agent.run_forever()
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from .topics import check_agent_id
+    from urllib.parse import urlparse
+
+    check_agent_id(args.id)
+    u = urlparse(args.broker if "://" in args.broker else f"mqtt://{args.broker}")
+    cfg = AgentConfig(
+        agent_id=args.id, state_dir=args.state_dir.resolve(), trusted_keys=[k.resolve() for k in args.trusted_key],
+        mqtt_host=u.hostname or "127.0.0.1", mqtt_port=u.port or 1883,
+        http_host=args.http_host, http_port=args.http_port, zeroconf=args.zeroconf,
+    )
+    cfg.load_trusted_keys()  # fail now, not on the device at 3 a.m.
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(cfg.to_toml())
+    print(f"wrote {args.out}; start the agent with: edgeloop agent run --config {args.out}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .store import AgentStore
+
+    cfg = AgentConfig.load(args.config)
+    store = AgentStore(cfg.state_dir)
+    active = store.active()
+    doc = {
+        "agent_id": cfg.agent_id,
+        "state_dir": str(cfg.state_dir),
+        "active": active.__dict__ if active else None,
+        "installed": [b.__dict__ for b in store.installed()],
+        "counters": store.counters(),
+        "session": store.state.session,
+    }
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(f"agent {cfg.agent_id}  (state in {cfg.state_dir})")
+        print(f"  active: {active.model + ' ' + active.version + ' [' + active.sha256[:12] + ']' if active else 'none'}")
+        for b in store.installed():
+            print(f"  installed: {b.model} {b.version} [{b.sha256[:12]}]")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgeloop-agent",
+        description="The edgeloop edge agent: verifies and installs signed model bundles, serves them "
+                    "with onnxruntime over MQTT and HTTP, and reports drift.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_agent_commands(sub)
+    return parser
+
+
+def run_parsed(args: argparse.Namespace) -> int:
+    try:
+        return args.func(args)
+    except EdgeloopError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_parsed(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

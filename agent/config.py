@@ -1,0 +1,171 @@
+"""Agent configuration: a small TOML file (read with the standard library).
+
+Example (``edgeloop agent init`` and the demo write one like it)::
+
+    agent_id = "edge-1"
+    state_dir = "/var/lib/edgeloop-agent/edge-1"
+    trusted_keys = ["/etc/edgeloop/hub_ed25519.pub.pem"]
+
+    [mqtt]
+    host = "127.0.0.1"
+    port = 1883
+
+    [http]
+    enabled = true
+    host = "127.0.0.1"
+    port = 8080        # 0 picks a free port
+
+    [limits]
+    max_bundle_bytes = 268435456
+    max_request_bytes = 1048576
+    max_rows = 4096
+
+    [transfer]
+    idle_seconds = 5.0   # ask for missing chunks after this long without one
+
+    [discovery]
+    zeroconf = false     # announce _edgeloop._tcp on the local network
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .envelope import TrustedKeys
+from .errors import ConfigError, KeyFileError
+from .topics import check_agent_id
+
+
+@dataclass
+class AgentConfig:
+    agent_id: str
+    state_dir: Path
+    trusted_keys: list[Path]
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = 1883
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
+    keepalive: int = 30
+    http_enabled: bool = True
+    http_host: str = "127.0.0.1"
+    http_port: int = 0
+    max_bundle_bytes: int = 256 * 1024 * 1024
+    max_request_bytes: int = 1024 * 1024
+    max_rows: int = 4096
+    transfer_idle_seconds: float = 5.0
+    zeroconf: bool = False
+    log_level: str = "INFO"
+    source: Path | None = field(default=None, compare=False)
+
+    def load_trusted_keys(self) -> TrustedKeys:
+        pems = []
+        for p in self.trusted_keys:
+            try:
+                pems.append(Path(p).read_bytes())
+            except OSError as exc:
+                raise KeyFileError(f"trusted key {p} cannot be read: {exc}") from exc
+        keys = TrustedKeys.from_pems(pems)
+        if not len(keys):
+            raise ConfigError("no trusted keys configured: the agent would refuse every bundle; "
+                              "add the hub's public key to trusted_keys")
+        return keys
+
+    # --- file I/O --------------------------------------------------------------
+    @classmethod
+    def load(cls, path: Path) -> "AgentConfig":
+        path = Path(path)
+        try:
+            doc = tomllib.loads(path.read_text("utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read agent config {path}: {exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"agent config {path} is not valid TOML: {exc}") from exc
+        return cls.from_dict(doc, base=path.parent, source=path)
+
+    @classmethod
+    def from_dict(cls, doc: dict, base: Path = Path("."), source: Path | None = None) -> "AgentConfig":
+        def get(table: str | None, key: str, typ: type, default: Any) -> Any:
+            t = doc if table is None else doc.get(table, {})
+            if not isinstance(t, dict):
+                raise ConfigError(f"[{table}] must be a table")
+            val = t.get(key, default)
+            if typ is float and isinstance(val, int):
+                val = float(val)
+            if val is not None and not isinstance(val, typ):
+                where = f"{table}.{key}" if table else key
+                raise ConfigError(f"config {where} must be {typ.__name__}, got {val!r}")
+            return val
+
+        agent_id = get(None, "agent_id", str, None)
+        if agent_id is None:
+            raise ConfigError("config needs agent_id")
+        check_agent_id(agent_id)
+        state_dir = get(None, "state_dir", str, None)
+        if state_dir is None:
+            raise ConfigError("config needs state_dir (where the agent keeps its bundles and state)")
+        keys = get(None, "trusted_keys", list, [])
+        resolve = lambda p: (base / p) if not Path(p).is_absolute() else Path(p)  # noqa: E731
+        cfg = cls(
+            agent_id=agent_id,
+            state_dir=resolve(state_dir),
+            trusted_keys=[resolve(k) for k in keys],
+            mqtt_host=get("mqtt", "host", str, "127.0.0.1"),
+            mqtt_port=get("mqtt", "port", int, 1883),
+            mqtt_username=get("mqtt", "username", str, None),
+            mqtt_password=get("mqtt", "password", str, None),
+            keepalive=get("mqtt", "keepalive", int, 30),
+            http_enabled=get("http", "enabled", bool, True),
+            http_host=get("http", "host", str, "127.0.0.1"),
+            http_port=get("http", "port", int, 0),
+            max_bundle_bytes=get("limits", "max_bundle_bytes", int, 256 * 1024 * 1024),
+            max_request_bytes=get("limits", "max_request_bytes", int, 1024 * 1024),
+            max_rows=get("limits", "max_rows", int, 4096),
+            transfer_idle_seconds=get("transfer", "idle_seconds", float, 5.0),
+            zeroconf=get("discovery", "zeroconf", bool, False),
+            log_level=get(None, "log_level", str, "INFO"),
+            source=source,
+        )
+        if not 0 < cfg.mqtt_port < 65536 or not 0 <= cfg.http_port < 65536:
+            raise ConfigError("ports must be within 1..65535 (http may be 0 for a free port)")
+        return cfg
+
+    def to_toml(self) -> str:
+        q = lambda s: '"' + str(s).replace("\\", "\\\\").replace('"', '\\"') + '"'  # noqa: E731
+        lines = [
+            f"agent_id = {q(self.agent_id)}",
+            f"state_dir = {q(self.state_dir)}",
+            "trusted_keys = [" + ", ".join(q(k) for k in self.trusted_keys) + "]",
+            f"log_level = {q(self.log_level)}",
+            "",
+            "[mqtt]",
+            f"host = {q(self.mqtt_host)}",
+            f"port = {self.mqtt_port}",
+            f"keepalive = {self.keepalive}",
+        ]
+        if self.mqtt_username:
+            lines.append(f"username = {q(self.mqtt_username)}")
+        if self.mqtt_password:
+            lines.append(f"password = {q(self.mqtt_password)}")
+        lines += [
+            "",
+            "[http]",
+            f"enabled = {str(self.http_enabled).lower()}",
+            f"host = {q(self.http_host)}",
+            f"port = {self.http_port}",
+            "",
+            "[limits]",
+            f"max_bundle_bytes = {self.max_bundle_bytes}",
+            f"max_request_bytes = {self.max_request_bytes}",
+            f"max_rows = {self.max_rows}",
+            "",
+            "[transfer]",
+            f"idle_seconds = {self.transfer_idle_seconds}",
+            "",
+            "[discovery]",
+            f"zeroconf = {str(self.zeroconf).lower()}",
+            "",
+        ]
+        return "\n".join(lines)

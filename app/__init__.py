@@ -1,0 +1,1 @@
+"""edgeloop operator GUI (PySide6) over the hub services."""

@@ -1,0 +1,65 @@
+"""Packing a registered version into a signed bundle (manifest + ONNX model)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.bundle import file_entry, pack_bundle, sha256
+from agent.envelope import SigningKey
+from agent.manifest import DriftReference, Manifest, SmokeTest, TensorSpec
+
+from .errors import NotFoundError
+
+MODEL_FILE = "model.onnx"
+SMOKE_ATOL = 1e-4
+
+
+@dataclass
+class BundleBuild:
+    sha256: str
+    path: Path
+    size: int
+    manifest: Manifest
+    record: dict
+
+
+def build_bundle(registry, models_dir: Path, bundles_dir: Path, version_ref: str, key: SigningKey,
+                 *, actor: str = "hub") -> BundleBuild:
+    version = registry.get_version(version_ref)
+    folder = Path(models_dir) / version["model_name"] / version["version"]
+    if not (folder / "meta.json").exists():
+        raise NotFoundError(f"model files of {version['id']} are missing under {folder}; rebuild the version")
+    meta = json.loads((folder / "meta.json").read_text())
+    ref = DriftReference.from_dict(json.loads((folder / "reference.json").read_text()))
+    chosen = version["chosen"]
+    model_bytes = (folder / f"model.{chosen}.onnx").read_bytes()
+    n_features = len(meta["feature_names"])
+    manifest = Manifest(
+        model_name=version["model_name"],
+        version=version["version"],
+        task=meta["task"],
+        created_at=time.time(),
+        key_id=key.keyid,
+        entrypoint=MODEL_FILE,
+        files=[file_entry(MODEL_FILE, model_bytes, role="model")],
+        feature_names=list(meta["feature_names"]),
+        inputs=[TensorSpec("features", "FP32", [-1, n_features])],
+        outputs=[TensorSpec("probabilities", "FP32", [-1, len(meta["labels"])])],
+        labels=list(meta["labels"]),
+        drift=ref,
+        smoke_test=SmokeTest(inputs=meta["smoke_inputs"], expected=meta["smoke_expected"],
+                             atol=SMOKE_ATOL if chosen == "fp32" else 1e-3),
+        lineage={"dataset_sha256": meta["dataset_sha256"], "run_id": meta["run_id"],
+                 "version_id": version["id"], "parent_version": meta.get("parent_version")},
+        quantization={k: v for k, v in (version.get("quantization") or {}).items() if k != "parity"},
+    )
+    data = pack_bundle(manifest, {MODEL_FILE: model_bytes}, key)
+    digest = sha256(data)
+    Path(bundles_dir).mkdir(parents=True, exist_ok=True)
+    path = Path(bundles_dir) / f"{version['model_name']}-{version['version']}-{digest[:12]}.elb"
+    path.write_bytes(data)
+    record = registry.add_bundle(digest, version["id"], str(path), len(data), key.keyid, actor=actor)
+    return BundleBuild(digest, path, len(data), manifest, record)

@@ -1,0 +1,350 @@
+"""``edgeloop demo``: the whole loop, end to end, on real parts and embedded defaults.
+
+data -> training -> ONNX + int8 -> signed bundle -> two agent processes over MQTT
+-> inference over MQTT and HTTP -> drift -> second version -> signed rollback
+(and a forged and a replayed one, refused) -> summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from agent.config import AgentConfig
+from agent.envelope import SigningKey
+from agent.messages import InferError
+
+from .broker import BrokerAddress, EmbeddedBroker, MosquittoBroker
+from .data import generate_sensor_data, load_csv, sample_dataset_path, split_dataset
+from .errors import HubError
+from .progress import TerminalProgress
+from .services import Hub
+from .train import TrainParams
+
+MODEL = "sensor-mlp"
+AGENT_IDS = ("edge-1", "edge-2")
+LATENCY_REQUESTS = 100
+
+
+class DemoError(HubError):
+    code = "demo"
+
+
+@dataclass
+class DemoOptions:
+    home: Path
+    broker: str | None = None  # None: embedded amqtt; "mosquitto": private mosquitto; else mqtt://host:port
+    epochs: int = 40
+    drift_shift: float = 2.0
+    json: bool = False
+
+
+@dataclass
+class Step:
+    name: str
+    seconds: float = 0.0
+    facts: dict = field(default_factory=dict)
+
+
+class Demo:
+    def __init__(self, opts: DemoOptions, out: TextIO | None = None) -> None:
+        self.opts = opts
+        self.out = out or (sys.stderr if opts.json else sys.stdout)
+        self.steps: list[Step] = []
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.broker = None
+        self.fleet = None
+        self.hub: Hub | None = None
+        self.total_steps = 8
+
+    # --- output ----------------------------------------------------------------
+    def say(self, text: str = "") -> None:
+        print(text, file=self.out, flush=True)
+
+    def step(self, name: str, title: str) -> Step:
+        st = Step(name)
+        self.steps.append(st)
+        self.say(f"\n[{len(self.steps)}/{self.total_steps}] {title}")
+        st._t0 = time.perf_counter()  # type: ignore[attr-defined]
+        return st
+
+    def done(self, st: Step) -> None:
+        st.seconds = time.perf_counter() - st._t0  # type: ignore[attr-defined]
+        self.say(f"    done in {st.seconds:.1f} s")
+
+    # --- the loop ---------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        t_all = time.perf_counter()
+        self.hub = Hub(self.opts.home, actor="demo")
+        self.say(f"edgeloop demo -- hub home {self.hub.home.root}")
+        try:
+            ds, ds_rec, v1 = self._data_and_train()
+            b1 = self._bundle(v1)
+            self._agents()
+            self._deploy(b1, v1)
+            self._inference(ds)
+            self._drift()
+            self._second_version_and_rollback(ds, ds_rec, b1)
+        finally:
+            self._shutdown()
+        total = time.perf_counter() - t_all
+        self._summary(total)
+        return {"total_seconds": round(total, 2), "home": str(self.hub.home.root),
+                "steps": [{"name": s.name, "seconds": round(s.seconds, 2), **s.facts} for s in self.steps]}
+
+    def _data_and_train(self):
+        st = self.step("data", "Load and validate the sample dataset")
+        path = sample_dataset_path()
+        ds = load_csv(path)
+        ds_rec = self.hub.register_dataset(ds, name="sensors")
+        counts = ", ".join(f"{k} {v}" for k, v in ds.class_counts().items())
+        self.say(f"    {path.name}: {ds.n_rows} rows, {ds.n_features} features, classes: {counts}")
+        self.say(f"    valid; dataset sha256 {ds.sha256[:16]}… registered as {ds_rec['id']}")
+        st.facts.update(rows=ds.n_rows, dataset_sha256=ds.sha256)
+        self.done(st)
+
+        st = self.step("train_export", f"Train the MLP (seed 0), export ONNX, quantize int8")
+        bar = TerminalProgress(stream=self.out)
+        try:
+            build = self.hub.build_version(ds, ds_rec, MODEL, TrainParams(epochs=self.opts.epochs, seed=0),
+                                           progress=bar)
+        finally:
+            bar.close()
+        self._report_version(build)
+        st.facts.update(version=build.id, **{k: round(v, 2) for k, v in build.timings.items()},
+                        test_accuracy=build.metrics.get("test_accuracy"),
+                        quantization=build.quantization.get("chosen"))
+        self.done(st)
+        return ds, ds_rec, build
+
+    def _report_version(self, build) -> None:
+        m, q = build.metrics, build.quantization
+        rep = q.get("report", {})
+        self.say(f"    run {build.run['id']}: test accuracy {m.get('test_accuracy', float('nan')):.3f}, "
+                 f"macro-F1 {m.get('test_macro_f1', float('nan')):.3f} "
+                 f"({build.timings.get('train_s', 0):.1f} s training)")
+        par = q.get("parity", {})
+        self.say(f"    ONNX output matches torch: max |diff| {par.get('max_abs_diff_batch1', float('nan')):.1e} "
+                 f"at batch 1, {par.get('max_abs_diff_batchN', float('nan')):.1e} at batch {par.get('batch_n', 'N')} "
+                 f"(tolerance {par.get('atol', 0):.0e})")
+        if "int8_accuracy" in rep:
+            self.say(f"    held-out accuracy: fp32 {rep['fp32_accuracy']:.4f}, int8 {rep['int8_accuracy']:.4f} "
+                     f"({rep['accuracy_delta_points']:+.2f} pt); size {rep['fp32_bytes']} -> {rep['int8_bytes']} B; "
+                     f"latency {rep['fp32_latency_us_batch1']:.0f} -> {rep['int8_latency_us_batch1']:.0f} µs")
+            self.say(f"    decision: {q.get('reason', q.get('chosen'))}")
+        self.say(f"    registered version {build.id}")
+
+    def _bundle(self, build):
+        st = self.step("bundle", f"Pack and sign the bundle of {build.id}")
+        b = self.hub.build_bundle(build.id)
+        self.say(f"    {b.path.name}: {b.size} bytes, sha256 {b.sha256[:16]}…, signed by key {b.manifest.key_id}")
+        self.say(f"    hub key {self.hub.home.keys_dir}/hub_ed25519.pem (mode "
+                 f"{oct((self.hub.home.keys_dir / 'hub_ed25519.pem').stat().st_mode & 0o777)})")
+        st.facts.update(bundle_sha256=b.sha256, bundle_bytes=b.size)
+        self.done(st)
+        return b
+
+    def _agents(self) -> None:
+        st = self.step("agents", "Start the broker and two agent processes")
+        if self.opts.broker is None:
+            self.broker = EmbeddedBroker().start()
+            url, kind = self.broker.address.url, "embedded amqtt broker"
+        elif self.opts.broker == "mosquitto":
+            self.broker = MosquittoBroker().start()
+            url, kind = self.broker.address.url, "private mosquitto"
+        else:
+            url, kind = BrokerAddress.parse(self.opts.broker).url, "external broker"
+        self.say(f"    {kind} at {url}")
+        addr = BrokerAddress.parse(url)
+        agents_dir = self.hub.home.agents_dir
+        pub = self.hub.public_key_path
+        for aid in AGENT_IDS:
+            cfg = AgentConfig(agent_id=aid, state_dir=agents_dir / aid, trusted_keys=[pub], mqtt_host=addr.host,
+                              mqtt_port=addr.port, http_port=0, transfer_idle_seconds=2.0)
+            cfg_path = agents_dir / f"{aid}.toml"
+            cfg_path.write_text(cfg.to_toml())
+            log = open(agents_dir / f"{aid}.log", "ab")
+            exe = shutil.which("edgeloop", path=str(Path(sys.executable).parent))
+            cmd = [exe] if exe else [sys.executable, "-m", "hub.cli"]
+            self.procs[aid] = subprocess.Popen(cmd + ["agent", "run", "--config", str(cfg_path)],
+                                               stdout=log, stderr=subprocess.STDOUT)
+            self.say(f"    started `edgeloop agent run --config {cfg_path}` (pid {self.procs[aid].pid})")
+        self.fleet = self.hub.fleet(url).start()
+        if not self.fleet.wait_online(list(AGENT_IDS), timeout=60):
+            raise DemoError("agents did not come online within 60 s; see their logs in " + str(agents_dir))
+        for aid, state in sorted(self.fleet.agents().items()):
+            if aid in AGENT_IDS:
+                active = f"{state.active.model} {state.active.version}" if state.active else "no model yet"
+                self.say(f"    {aid}: online (session {state.session}), HTTP {state.http_url}, {active}")
+        st.facts.update(broker=kind)
+        self.done(st)
+
+    def _deploy(self, b, build) -> None:
+        st = self.step("deploy", f"Push {build.id} to both agents over MQTT")
+        for aid in AGENT_IDS:
+            res = self.fleet.deploy(aid, b.path.read_bytes(), model=MODEL, version=build.version["version"])
+            if not res.ok:
+                raise DemoError(f"deploy to {aid} failed: {res.code}: {res.message}")
+            self.say(f"    {aid}: verified signature and hashes, smoke test passed, serving "
+                     f"({res.seconds * 1000:.0f} ms round trip, install {res.details.get('install_ms', '?')} ms)")
+        st.facts.update(deployed=build.id)
+        self.done(st)
+
+    def _inference(self, ds) -> None:
+        st = self.step("inference", "Predict over MQTT and over HTTP (Open Inference Protocol)")
+        splits = split_dataset(ds, 0)
+        X, y = ds.X[splits.test], ds.y[splits.test]
+        aid = AGENT_IDS[0]
+        res = self.fleet.infer(aid, X[:5].tolist())
+        if isinstance(res, InferError):
+            raise DemoError(f"inference failed: {res.code}: {res.message}")
+        for row, lab, probs, true in zip(X[:5], res.outputs["label"], res.outputs["probabilities"], y[:5]):
+            self.say(f"    {[round(float(v), 1) for v in row]} -> {lab:<13} p={max(probs):.2f}  (true: {ds.labels[true]})")
+        mqtt_ms = []
+        for i in range(LATENCY_REQUESTS):
+            t = time.perf_counter()
+            r = self.fleet.infer(aid, [X[i % len(X)].tolist()])
+            mqtt_ms.append((time.perf_counter() - t) * 1000)
+            if isinstance(r, InferError):
+                raise DemoError(f"inference failed: {r.message}")
+        state = self.fleet.agents()[aid]
+        url = f"{state.http_url}/v2/models/{MODEL}/infer"
+        http_ms = []
+        for i in range(LATENCY_REQUESTS):
+            body = json.dumps({"inputs": [{"name": "features", "shape": [1, ds.n_features], "datatype": "FP32",
+                                           "data": X[i % len(X)].tolist()}]}).encode()
+            t = time.perf_counter()
+            with urllib.request.urlopen(urllib.request.Request(url, body, {"Content-Type": "application/json"}),
+                                        timeout=10) as resp:
+                doc = json.loads(resp.read())
+            http_ms.append((time.perf_counter() - t) * 1000)
+        labels = next(o for o in doc["outputs"] if o["name"] == "label")["data"]
+        p50 = lambda v: statistics.median(v)  # noqa: E731
+        p95 = lambda v: sorted(v)[int(0.95 * len(v)) - 1]  # noqa: E731
+        self.say(f"    MQTT request/response: p50 {p50(mqtt_ms):.2f} ms, p95 {p95(mqtt_ms):.2f} ms "
+                 f"over {LATENCY_REQUESTS} requests")
+        self.say(f"    HTTP POST {url.split('//', 1)[1].split('/', 1)[1]}: p50 {p50(http_ms):.2f} ms, "
+                 f"p95 {p95(http_ms):.2f} ms (last answer: {labels[0]})")
+        st.facts.update(mqtt_p50_ms=round(p50(mqtt_ms), 3), http_p50_ms=round(p50(http_ms), 3))
+        self.done(st)
+
+    def _drift(self) -> None:
+        st = self.step("drift", f"Feed normal data to {AGENT_IDS[0]} and drifted data to {AGENT_IDS[1]}")
+        normal = generate_sensor_data(600, seed=101)
+        drifted = generate_sensor_data(600, seed=202, shift=self.opts.drift_shift)
+        self.say(f"    drifted stream: temperature and vibration shifted by {self.opts.drift_shift} std")
+        before = {a: len(self.hub.registry.list_drift_reports(a)) for a in AGENT_IDS}
+        for aid, data in ((AGENT_IDS[0], normal), (AGENT_IDS[1], drifted)):
+            for i in range(0, data.n_rows, 50):
+                r = self.fleet.infer(aid, data.X[i:i + 50].tolist())
+                if isinstance(r, InferError):
+                    raise DemoError(f"inference failed: {r.message}")
+        want = {a: before[a] + 3 for a in AGENT_IDS}  # 600 rows / 200-row windows
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(
+                len(self.hub.registry.list_drift_reports(a)) < want[a] for a in AGENT_IDS):
+            time.sleep(0.1)
+        flagged = {}
+        for aid in AGENT_IDS:
+            reps = self.hub.registry.list_drift_reports(aid, limit=3)
+            if not reps:
+                raise DemoError(f"no drift report from {aid} arrived")
+            last = reps[0]["report"]
+            feats = {f["name"]: f for f in last["features"]}
+            worst = sorted(feats.values(), key=lambda f: -f["psi"])[:2]
+            names = last.get("drifted_features", [])
+            flagged[aid] = names
+            self.say(f"    {aid}: {len(reps)} windows of {last['rows']} rows; drifted: "
+                     f"{', '.join(names) if names else 'none'}; highest PSI "
+                     + ", ".join(f"{f['name']} {f['psi']:.2f} (KS {f['ks']:.2f})" for f in worst))
+        if not flagged[AGENT_IDS[1]]:
+            raise DemoError("the drifted stream was not flagged; drift detection is not working")
+        st.facts.update(flagged=flagged)
+        self.done(st)
+
+    def _second_version_and_rollback(self, ds, ds_rec, b1) -> None:
+        st = self.step("rollback", "Deploy a second version, then a signed rollback (and a forged and a replayed one)")
+        bar = TerminalProgress(stream=self.out)
+        try:
+            v2 = self.hub.build_version(ds, ds_rec, MODEL, TrainParams(epochs=max(5, self.opts.epochs // 2),
+                                                                       hidden=(32,), seed=1), progress=bar,
+                                        parent_version=None)
+        finally:
+            bar.close()
+        b2 = self.hub.build_bundle(v2.id)
+        aid = AGENT_IDS[0]
+        res = self.fleet.deploy(aid, b2.path.read_bytes(), model=MODEL, version=v2.version["version"])
+        if not res.ok:
+            raise DemoError(f"deploy of {v2.id} failed: {res.message}")
+        self.say(f"    {aid} now serves {v2.id} (test accuracy {v2.metrics.get('test_accuracy', 0):.3f})")
+
+        cmd = self.fleet.make_command(aid, "rollback", {"bundle_sha256": b1.sha256, "reason": "demo rollback"})
+        self.hub.registry.add_deployment(b1.sha256, aid, "rollback", cmd.command_id, cmd.counter, actor="demo")
+        sent = self.fleet.send(cmd)
+        out = self.fleet.outcome(cmd.command_id, ("rollback_result",), 30)
+        if not out.ok:
+            raise DemoError(f"rollback failed: {out.code}: {out.message}")
+        self.fleet.wait_for(lambda: (self.fleet.agents()[aid].active or None) is not None
+                            and self.fleet.agents()[aid].active.bundle_sha256 == b1.sha256, 10)
+        active = self.fleet.agents()[aid].active
+        self.say(f"    signed rollback (counter {cmd.counter}): accepted, {aid} serves "
+                 f"{active.model} {active.version} again")
+
+        forged_key = SigningKey.generate()
+        forged = self.fleet.make_command(aid, "rollback", {"bundle_sha256": b2.sha256, "reason": "attacker"})
+        self.fleet.send(forged, key=forged_key)
+        fo = self.fleet.outcome(forged.command_id, ("rollback_result",), 15)
+        self.say(f"    forged rollback (signed by unknown key {forged_key.keyid}): "
+                 f"{'ACCEPTED (bug!)' if fo.ok else 'refused'} [{fo.code}]")
+        self.fleet.send(cmd, raw=sent)
+        ro = self.fleet.outcome(cmd.command_id, ("rollback_result",), 15)
+        self.say(f"    replayed rollback (same bytes again): {'ACCEPTED (bug!)' if ro.ok else 'refused'} [{ro.code}]")
+        self.hub.registry.audit("demo", "security.check", aid, forged=fo.code, replayed=ro.code)
+        if fo.ok or ro.ok or fo.code != "untrusted_key" or ro.code != "replayed":
+            raise DemoError(f"forged/replayed commands were not refused as expected ({fo.code}, {ro.code})")
+        st.facts.update(second_version=v2.id, rollback="accepted", forged=fo.code, replayed=ro.code)
+        self.done(st)
+
+    # --- teardown and summary ----------------------------------------------------------
+    def _shutdown(self) -> None:
+        for aid, p in self.procs.items():
+            if p.poll() is None:
+                p.terminate()
+        for aid, p in self.procs.items():
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if self.fleet is not None:
+            time.sleep(0.3)  # let the agents' final offline messages reach the registry
+            self.fleet.stop()
+        if self.broker is not None:
+            self.broker.stop()
+
+    def _summary(self, total: float) -> None:
+        self.say("\nSummary")
+        width = max(len(s.name) for s in self.steps)
+        for s in self.steps:
+            self.say(f"  {s.name:<{width}}  {s.seconds:6.1f} s")
+        self.say(f"  {'total':<{width}}  {total:6.1f} s")
+        home = f" --home {self.hub.home.root}" if os.environ.get("EDGELOOP_HOME") is None else ""
+        self.say("\nThe registry keeps everything. Next:")
+        self.say(f"  edgeloop registry list{home}     versions, metrics, quantization decisions")
+        self.say(f"  edgeloop fleet{home}             agents and what they serve")
+        self.say(f"  edgeloop drift{home}             drift windows and flagged features")
+        self.say(f"  edgeloop app{home}               the operator GUI")
+
+
+def run_demo(opts: DemoOptions, out: TextIO | None = None) -> dict[str, Any]:
+    return Demo(opts, out).run()

@@ -1,0 +1,158 @@
+"""The agent's on-disk store and chunked transfers: atomic, restart-safe, real files."""
+
+import hashlib
+import json
+import os
+
+import pytest
+
+from agent.errors import HashMismatchError, StoreError, TransferError
+from agent.messages import Chunk, TransferSpec
+from agent.store import AgentStore
+from agent.transfer import Transfer
+
+SHA_A = "a" * 64
+SHA_B = "b" * 64
+SHA_C = "c" * 64
+
+
+def test_install_activate_and_reopen(tmp_path):
+    s = AgentStore(tmp_path)
+    s.install(SHA_A, b"bundle-a", "demo", "1")
+    s.install(SHA_B, b"bundle-b", "demo", "2")
+    assert s.active().sha256 == SHA_B
+    s.accept_counter("k1", 3)
+    s2 = AgentStore(tmp_path)  # a restart
+    assert s2.active().version == "2"
+    assert s2.state.history == [SHA_A]
+    assert s2.counters() == {"k1": 3}
+    assert s2.read_bundle(SHA_A) == b"bundle-a"
+
+
+def test_rollback_pointer(tmp_path):
+    s = AgentStore(tmp_path)
+    s.install(SHA_A, b"a", "demo", "1")
+    s.install(SHA_B, b"b", "demo", "2")
+    s.activate(SHA_A)
+    assert s.active().version == "1" and s.state.history == [SHA_B]
+    with pytest.raises(StoreError, match="not installed"):
+        s.activate(SHA_C)
+
+
+def test_counter_must_increase(tmp_path):
+    s = AgentStore(tmp_path)
+    s.accept_counter("k", 5)
+    with pytest.raises(StoreError):
+        s.accept_counter("k", 5)
+    assert AgentStore(tmp_path).counters()["k"] == 5
+
+
+def test_interrupted_write_leaves_old_state(tmp_path):
+    """A crash mid-write leaves a .tmp file beside the old state; the next start ignores and removes it."""
+    s = AgentStore(tmp_path)
+    s.install(SHA_A, b"a", "demo", "1")
+    (tmp_path / ".tmp-state.json.999").write_text('{"half": ')
+    (tmp_path / "bundles" / f".tmp-{SHA_B}.elb.999").write_bytes(b"half a bundle")
+    s2 = AgentStore(tmp_path)
+    assert s2.active().sha256 == SHA_A
+    assert not list(tmp_path.rglob(".tmp-*"))
+
+
+def test_missing_bundle_file_falls_back(tmp_path):
+    s = AgentStore(tmp_path)
+    s.install(SHA_A, b"a", "demo", "1")
+    s.install(SHA_B, b"b", "demo", "2")
+    os.unlink(s.bundle_path(SHA_B))
+    s2 = AgentStore(tmp_path)
+    assert s2.active().sha256 == SHA_A
+
+
+def test_corrupt_state_is_a_clear_error(tmp_path):
+    AgentStore(tmp_path)
+    (tmp_path / "state.json").write_text("{nope")
+    with pytest.raises(StoreError, match="move it aside"):
+        AgentStore(tmp_path)
+
+
+def test_bad_sha_is_refused(tmp_path):
+    with pytest.raises(StoreError):
+        AgentStore(tmp_path).bundle_path("../../etc/passwd")
+
+
+def test_history_is_pruned(tmp_path):
+    s = AgentStore(tmp_path)
+    shas = [f"{i:064x}" for i in range(15)]
+    for i, sha in enumerate(shas):
+        s.install(sha, b"x", "demo", str(i))
+    assert len(s.installed()) == 10
+    assert not s.bundle_path(shas[0]).exists()
+    assert s.bundle_path(shas[-1]).exists()
+
+
+# --- transfers ------------------------------------------------------------------
+def _spec(data: bytes, chunk: int) -> TransferSpec:
+    n = -(-len(data) // chunk)
+    return TransferSpec("12" * 16, hashlib.sha256(data).hexdigest(), len(data), chunk, n)
+
+
+def _chunks(spec, data):
+    return [Chunk(spec.transfer_id, i, data[i * spec.chunk_size:(i + 1) * spec.chunk_size]) for i in range(spec.chunks)]
+
+
+def test_transfer_out_of_order_with_duplicates(tmp_path):
+    data = os.urandom(10_000)
+    spec = _spec(data, 1000)
+    t = Transfer.open(tmp_path, spec, "cmd-1")
+    chunks = _chunks(spec, data)
+    for c in reversed(chunks):
+        assert t.write(c)
+    assert not t.write(chunks[0])  # duplicate
+    assert t.complete and t.read_verified() == data
+
+
+def test_transfer_resumes_after_restart(tmp_path):
+    data = os.urandom(100_000)
+    spec = _spec(data, 1000)
+    t = Transfer.open(tmp_path, spec, "cmd-1", {"model": "demo"})
+    chunks = _chunks(spec, data)
+    for c in chunks[:40]:
+        t.write(c)
+    t.close()  # power cut: bitmap saved every 16 chunks, so at least 32 survive
+    (resumed,) = Transfer.load_pending(tmp_path)
+    assert resumed.command_id == "cmd-1" and resumed.meta == {"model": "demo"}
+    assert 32 <= resumed.count_received <= 40
+    for i in resumed.missing():
+        resumed.write(chunks[i])
+    assert resumed.read_verified() == data
+
+
+def test_transfer_refuses_bad_chunks(tmp_path):
+    data = os.urandom(3000)
+    spec = _spec(data, 1000)
+    t = Transfer.open(tmp_path, spec, "c")
+    with pytest.raises(TransferError, match="outside"):
+        t.write(Chunk(spec.transfer_id, 7, b"x" * 1000))
+    with pytest.raises(TransferError, match="bytes, expected"):
+        t.write(Chunk(spec.transfer_id, 0, b"x" * 10))
+    with pytest.raises(TransferError, match="another transfer"):
+        t.write(Chunk("34" * 16, 0, b"x" * 1000))
+    with pytest.raises(TransferError, match="incomplete"):
+        t.read_verified()
+
+
+def test_transfer_hash_mismatch(tmp_path):
+    data = os.urandom(3000)
+    spec = _spec(data, 1000)
+    t = Transfer.open(tmp_path, spec, "c")
+    evil = bytearray(data)
+    evil[5] ^= 1
+    for c in _chunks(spec, bytes(evil)):
+        t.write(c)
+    with pytest.raises(HashMismatchError, match="promised"):
+        t.read_verified()
+
+
+def test_unreadable_transfer_record_dropped(tmp_path):
+    (tmp_path / "x.json").write_text(json.dumps({"spec": {"size": 1}}))
+    assert Transfer.load_pending(tmp_path) == []
+    assert not (tmp_path / "x.json").exists()
