@@ -238,8 +238,8 @@ class Agent:
 
     def _on_connected(self) -> None:
         self.session = self.store.next_session()
+        self._publish_state()  # the birth certificate first, so "online" never points at a stale state
         self.link.publish(topics.agent_topic(self.id, topics.STATUS), topics.ONLINE, qos=1, retain=True)
-        self._publish_state()
         for ev in self._pending_events:
             self._publish_event(ev)
         self._pending_events.clear()

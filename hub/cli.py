@@ -280,9 +280,15 @@ def cmd_discover(args) -> int:
 
 
 def cmd_app(args) -> int:
-    from app.main import run_app
+    """Start the GUI as its own process: hub never imports app (app -> hub -> agent)."""
+    import importlib.util
+    import subprocess
 
-    return run_app(args.home)
+    if importlib.util.find_spec("PySide6") is None or importlib.util.find_spec("app") is None:
+        print("error: the GUI needs the app extras: pip install 'edgeloop[app]'", file=sys.stderr)
+        return 2
+    cmd = [sys.executable, "-m", "app"] + (["--home", str(args.home)] if args.home else [])
+    return subprocess.call(cmd)
 
 
 def cmd_agent(args) -> int:

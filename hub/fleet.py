@@ -14,6 +14,7 @@ import queue
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CHUNK_SIZE = 64 * 1024
 MAX_IN_FLIGHT = 16
 COMMAND_TTL = 300.0
+RECENT_RESULTS = 256
 
 
 @dataclass
@@ -104,6 +106,7 @@ class Fleet:
         self._states: dict[str, AgentState] = {}
         self._status: dict[str, str] = {}
         self._waiters: dict[str, _Waiter] = {}
+        self._recent: OrderedDict[str, list[Event]] = OrderedDict()  # late waiters still see results
         self._replies: dict[str, tuple[threading.Event, list]] = {}
         self._outgoing: dict[str, _Outgoing] = {}
         self._lock = threading.RLock()  # wait_for() predicates may call agents()
@@ -211,6 +214,10 @@ class Fleet:
     def _handle_event(self, ev: Event) -> None:
         if ev.command_id:  # wake waiters first: a registry hiccup must not hide a result
             with self._lock:
+                self._recent.setdefault(ev.command_id, []).append(ev)
+                self._recent.move_to_end(ev.command_id)
+                while len(self._recent) > RECENT_RESULTS:
+                    self._recent.popitem(last=False)
                 w = self._waiters.get(ev.command_id)
             if w is not None:
                 w.offer(ev)
@@ -267,6 +274,7 @@ class Fleet:
         with self._lock:
             if raw is not None:
                 self._waiters[cmd.command_id] = _Waiter(())
+                self._recent.pop(cmd.command_id, None)
             else:
                 self._waiters.setdefault(cmd.command_id, _Waiter(()))
         self.link.publish(topics.agent_topic(cmd.agent_id, topics.CMD), payload, qos=1)
@@ -275,7 +283,11 @@ class Fleet:
     def wait_result(self, command_id: str, kinds: tuple[str, ...], timeout: float,
                     accept_failed_command_result: bool = True) -> Event | None:
         with self._lock:
-            w = self._waiters.setdefault(command_id, _Waiter(kinds))
+            w = self._waiters.get(command_id)
+            if w is None:
+                w = self._waiters[command_id] = _Waiter(kinds)
+                for ev in self._recent.get(command_id, []):
+                    w.events.append(ev)
 
         def pred(ev: Event) -> bool:
             return ev.event in kinds or (accept_failed_command_result and ev.event == "command_result" and not ev.ok)

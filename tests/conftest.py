@@ -59,7 +59,9 @@ class AgentProcess:
     def start(self) -> "AgentProcess":
         self._log = open(self.log_path, "ab")
         env = {**os.environ, "PYTHONPATH": str(REPO)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "hub.cli", "agent", "run", "--config", str(self.config)],
+        # agents run with torch, Qt, onnx, hub and app made unimportable (tests/agent_isolated.py)
+        self.proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "agent_isolated.py"), "run",
+                                      "--config", str(self.config)],
                                      stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
         return self
 
@@ -104,3 +106,52 @@ def wait_until(pred, timeout: float = 10.0, interval: float = 0.05) -> bool:
             return True
         time.sleep(interval)
     return pred()
+
+
+# --- a hub with two real trained versions and their signed bundles ---------------------------
+class TrainedHub:
+    def __init__(self, root: Path) -> None:
+        from hub.data import load_csv, sample_dataset_path
+        from hub.services import Hub
+        from hub.train import TrainParams
+
+        self.hub = Hub(root, actor="tests")
+        self.dataset = load_csv(sample_dataset_path())
+        self.dataset_record = self.hub.register_dataset(self.dataset, "sensors")
+        self.v1 = self.hub.build_version(self.dataset, self.dataset_record, "sensor-mlp",
+                                         TrainParams(epochs=6, seed=0))
+        self.b1 = self.hub.build_bundle(self.v1.id)
+        self.v2 = self.hub.build_version(self.dataset, self.dataset_record, "sensor-mlp",
+                                         TrainParams(epochs=4, seed=1, hidden=(16,)))
+        self.b2 = self.hub.build_bundle(self.v2.id)
+
+    @property
+    def public_pem(self) -> bytes:
+        return self.hub.key.public_pem()
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> TrainedHub:
+    return TrainedHub(tmp_path_factory.mktemp("hub"))
+
+
+@pytest.fixture
+def fleet(trained, mosquitto):
+    with trained.hub.fleet(mosquitto.address.url) as f:
+        yield f
+
+
+@pytest.fixture
+def online_agent(tmp_path, trained, mosquitto, agent_process, fleet):
+    """Start a real agent process (isolated from hub/torch/Qt) on the test Mosquitto; wait until online."""
+    counter = iter(range(1, 1000))
+
+    def start(agent_id: str | None = None, **over) -> tuple[str, AgentProcess]:
+        aid = agent_id or f"t{os.getpid()}-{next(counter)}-{time.monotonic_ns() % 100000}"
+        cfg = write_agent_config(tmp_path, aid, mosquitto, trained.public_pem, **over)
+        proc = agent_process(cfg)
+        if not fleet.wait_online([aid], timeout=30):
+            raise AssertionError(f"agent {aid} did not come online:\n{proc.log()}")
+        return aid, proc
+
+    return start

@@ -1,0 +1,70 @@
+"""The whole loop (``edgeloop demo``) end to end: once on Mosquitto, once on the embedded broker."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from hub.demo import AGENT_IDS, DemoOptions, run_demo
+from hub.registry import Registry
+from tests.conftest import REPO
+
+
+def _check_state(home, result):
+    names = [s["name"] for s in result["steps"]]
+    assert names == ["data", "train_export", "bundle", "agents", "deploy", "inference", "drift", "rollback"]
+    steps = {s["name"]: s for s in result["steps"]}
+    assert steps["train_export"]["test_accuracy"] > 0.85
+    assert "temperature_c" in steps["drift"]["flagged"][AGENT_IDS[1]]
+    assert steps["drift"]["flagged"][AGENT_IDS[0]] == []
+    assert steps["rollback"]["forged"] == "untrusted_key" and steps["rollback"]["replayed"] == "replayed"
+    assert steps["inference"]["mqtt_p50_ms"] > 0 and steps["inference"]["http_p50_ms"] > 0
+    reg = Registry(home / "registry.sqlite")
+    try:
+        versions = reg.list_versions()
+        assert [v["version"] for v in versions] == ["1", "2"]
+        lin = reg.lineage(steps["bundle"]["bundle_sha256"][:12])
+        assert lin["dataset"]["sha256"] == steps["data"]["dataset_sha256"]
+        kinds = {(d["kind"], d["agent_id"], d["status"]) for d in lin["deployments"]}
+        assert ("deploy", AGENT_IDS[0], "installed") in kinds and ("rollback", AGENT_IDS[0], "installed") in kinds
+        agents = {a["agent_id"]: a for a in reg.list_agents()}
+        assert agents[AGENT_IDS[0]]["active_bundle"] == steps["bundle"]["bundle_sha256"]
+        assert agents[AGENT_IDS[0]]["status"] == "offline"  # the demo stopped its agents cleanly
+        summary = {s["agent_id"]: s for s in reg.drift_summary()}
+        assert "vibration_rms" in summary[AGENT_IDS[1]]["drifted_features"]
+        actions = {a["action"] for a in reg.list_audit(limit=200)}
+        assert {"deploy", "rollback", "security.check"} <= actions
+    finally:
+        reg.close()
+
+
+@pytest.mark.broker
+def test_demo_on_mosquitto(tmp_path, mosquitto):
+    out = io.StringIO()
+    result = run_demo(DemoOptions(home=tmp_path / "home", broker=mosquitto.address.url, epochs=10), out)
+    _check_state(tmp_path / "home", result)
+    text = out.getvalue()
+    assert "refused [untrusted_key]" in text and "refused [replayed]" in text
+    assert "Summary" in text and "edgeloop registry list" in text
+
+
+def test_demo_on_embedded_broker_via_cli(tmp_path):
+    """The README's main job, as a user runs it (CLI, embedded broker, --json for checking)."""
+    home = tmp_path / "home"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "hub.cli", "demo", "--home", str(home), "--epochs", "10", "--json"],
+                          capture_output=True, text=True, timeout=240, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert "embedded amqtt" in result["steps"][3]["broker"]
+    _check_state(home, result)
+    for cmd in (["registry", "list"], ["fleet"], ["drift"]):
+        shown = subprocess.run([sys.executable, "-m", "hub.cli", *cmd, "--home", str(home)], capture_output=True,
+                               text=True, timeout=60, env=env, cwd=REPO)
+        assert shown.returncode == 0, shown.stderr
+        assert "sensor-mlp" in shown.stdout
