@@ -169,6 +169,7 @@ class MosquittoBroker:
             "log_dest stderr\n"
             "log_type error\nlog_type warning\n"
             "max_queued_messages 10000\n"
+            "set_tcp_nodelay true\n"
             f"{self.extra_config}\n"
         )
         self._log = open(self.workdir / "mosquitto.log", "wb")
