@@ -24,16 +24,16 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from . import __version__
 from .errors import (
     EdgeloopError,
-    InferenceError,
     InputShapeError,
     InputValueError,
     MessageFormatError,
@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 SERVER_NAME = "edgeloop-agent"
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
+DISCARD_LIMIT = 32 * 1024 * 1024  # refused bodies up to this size are read and dropped before answering 413
 NUMERIC_DATATYPES = ("FP32", "FP64", "FP16", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64")
 _TENSOR_KEYS = frozenset({"name", "shape", "datatype", "data", "parameters"})
 
@@ -280,7 +281,7 @@ class HttpApi:
     def __enter__(self) -> "HttpApi":
         return self.start()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     @property
@@ -353,9 +354,7 @@ class HttpApi:
         doc = load_json(body, "inference request", self.max_body)
         call = parse_infer_body(doc, runner.manifest, self.max_rows)
         out = self.serving.infer(call.inputs, name, max_rows=self.max_rows)
-        served = self.serving.active
-        return infer_response(out, call.id, served if served is not None and served.name == out.model else runner,
-                              call.outputs)
+        return infer_response(out, call.id, runner, call.outputs)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -430,7 +429,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             raise MessageFormatError(f"Content-Length {raw!r} is not a byte count") from None
         if length > self.api.max_body:
-            self.close_connection = True  # the unread body must not be parsed as the next request
+            self._discard(length)
             raise PayloadTooLargeError(
                 f"request body is {length} bytes; the limit is {self.api.max_body}: send fewer rows per request")
         try:
@@ -438,6 +437,24 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             return None
         return body if len(body) == length else None
+
+    def _discard(self, length: int) -> None:
+        """Read and drop a refused body (up to a cap) so the client can read the 413.
+
+        Clients send the whole body before reading the answer; closing on them
+        mid-upload shows up as a broken pipe instead of the error. Bodies beyond
+        the cap are cut off. The connection is closed afterwards either way.
+        """
+        self.close_connection = True
+        left = min(length, max(8 * self.api.max_body, DISCARD_LIMIT))
+        try:
+            while left > 0:
+                chunk = self.rfile.read(min(left, 65536))
+                if not chunk:
+                    break
+                left -= len(chunk)
+        except OSError:
+            pass
 
     def _send(self, status: int, payload: dict, headers: dict[str, str], head_only: bool = False) -> None:
         try:

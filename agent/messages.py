@@ -16,7 +16,7 @@ import math
 import struct
 import uuid
 import zlib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 from .errors import MessageFormatError, PayloadTooLargeError, UnsupportedSchemaError

@@ -17,13 +17,20 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from .errors import BundleError, InferenceError, InputShapeError, InputValueError, SmokeTestError
+from .errors import (
+    BundleError,
+    InferenceError,
+    InputShapeError,
+    InputValueError,
+    SmokeTestError,
+)
 from .manifest import Manifest
 
 log = logging.getLogger(__name__)
@@ -394,14 +401,14 @@ def _check_contract(manifest: Manifest, session: ort.InferenceSession) -> _Contr
     souts = {o.name: o for o in session.get_outputs()}
     primary = CLASSIFICATION_OUTPUT if manifest.task == "classification" else REGRESSION_OUTPUT
     declared = [o.name for o in manifest.outputs]
-    for name in declared:
-        if name not in souts:
-            raise ModelContractError(
-                f"manifest lists output {name!r} but {model} produces {', '.join(sorted(souts))}{fix}")
     if primary not in declared or primary not in souts:
         raise ModelContractError(
             f"a {manifest.task} model must output {primary!r}; {model} produces {', '.join(sorted(souts))} "
             f"and the manifest lists {', '.join(declared) or 'nothing'}{fix}")
+    for name in declared:
+        if name not in souts:
+            raise ModelContractError(
+                f"manifest lists output {name!r} but {model} produces {', '.join(sorted(souts))}{fix}")
     out = souts[primary]
     if out.type != "tensor(float)":
         raise ModelContractError(f"{model} output {primary!r} is {out.type}, the contract is FP32 tensor(float){fix}")

@@ -27,7 +27,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
 import paho.mqtt.client as mqtt  # noqa: E402
 
 from agent.bundle import verify_bundle  # noqa: E402

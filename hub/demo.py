@@ -8,7 +8,6 @@ data -> training -> ONNX + int8 -> signed bundle -> two agent processes over MQT
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -19,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-import numpy as np
 
 from agent.config import AgentConfig
 from agent.envelope import SigningKey
@@ -114,7 +112,7 @@ class Demo:
         st.facts.update(rows=ds.n_rows, dataset_sha256=ds.sha256)
         self.done(st)
 
-        st = self.step("train_export", f"Train the MLP (seed 0), export ONNX, quantize int8")
+        st = self.step("train_export", "Train the MLP (seed 0), export ONNX, quantize int8")
         bar = TerminalProgress(stream=self.out)
         try:
             build = self.hub.build_version(ds, ds_rec, MODEL, TrainParams(epochs=self.opts.epochs, seed=0),
@@ -338,8 +336,10 @@ class Demo:
         for s in self.steps:
             self.say(f"  {s.name:<{width}}  {s.seconds:6.1f} s")
         self.say(f"  {'total':<{width}}  {total:6.1f} s")
-        home = f" --home {self.hub.home.root}" if os.environ.get("EDGELOOP_HOME") is None else ""
-        self.say("\nThe registry keeps everything. Next:")
+        from .home import default_home
+
+        home = "" if Path(self.hub.home.root).resolve() == default_home().resolve() else f" --home {self.hub.home.root}"
+        self.say("\nThe registry keeps everything. Next (from .venv/bin, or after `. .venv/bin/activate`):")
         self.say(f"  edgeloop registry list{home}     versions, metrics, quantization decisions")
         self.say(f"  edgeloop fleet{home}             agents and what they serve")
         self.say(f"  edgeloop drift{home}             drift windows and flagged features")

@@ -212,7 +212,16 @@ class Fleet:
             self._notify("drift", rep)
 
     def _handle_event(self, ev: Event) -> None:
-        if ev.command_id:  # wake waiters first: a registry hiccup must not hide a result
+        # the registry first, so whoever wakes up reads a settled deployment; a registry
+        # failure is logged and must not hide the result from the waiter
+        if ev.event == "transfer_missing":
+            self._resend(ev)
+        else:
+            try:
+                self.registry.update_deployment_from_event(ev)
+            except Exception:
+                log.exception("could not record %s of command %s", ev.event, ev.command_id)
+        if ev.command_id:
             with self._lock:
                 self._recent.setdefault(ev.command_id, []).append(ev)
                 self._recent.move_to_end(ev.command_id)
@@ -221,10 +230,6 @@ class Fleet:
                 w = self._waiters.get(ev.command_id)
             if w is not None:
                 w.offer(ev)
-        if ev.event == "transfer_missing":
-            self._resend(ev)
-        else:
-            self.registry.update_deployment_from_event(ev)
         self._notify("event", ev)
 
     def _notify(self, kind: str, obj: object) -> None:

@@ -1,0 +1,304 @@
+"""Open Inference Protocol (KServe v2) over HTTP, on a real server and real onnxruntime sessions."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+
+import numpy as np
+import pytest
+
+from agent import __version__
+from agent.drift import DriftMonitor, build_reference
+from agent.http_api import HttpApi
+from agent.runtime import ModelRunner
+from agent.serving import Serving
+from tests.onnx_models import (
+    FEATURES,
+    LABELS,
+    classifier_onnx,
+    expected_prediction,
+    expected_probabilities,
+    manifest_for,
+    regression_onnx,
+)
+
+ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
+
+
+@pytest.fixture(scope="module")
+def clf() -> ModelRunner:
+    mb = classifier_onnx()
+    return ModelRunner.load(manifest_for(mb, version="7"), mb)
+
+
+@pytest.fixture(scope="module")
+def reg() -> ModelRunner:
+    mb = regression_onnx()
+    return ModelRunner.load(manifest_for(mb, task="regression", model="price"), mb)
+
+
+@pytest.fixture
+def serving(clf) -> Serving:
+    s = Serving()
+    s.activate(clf)
+    return s
+
+
+@pytest.fixture
+def api(serving):
+    with HttpApi(serving, max_body=64 * 1024, max_rows=100) as a:
+        yield a
+
+
+class Client:
+    """One keep-alive connection; reconnects when the server closed it."""
+
+    def __init__(self, api: HttpApi) -> None:
+        self.api = api
+        self.conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=10)
+
+    def request(self, method: str, path: str, body=None, headers=None) -> tuple[int, dict, http.client.HTTPResponse]:
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body).encode()
+        self.conn.request(method, path, body=body, headers=headers or {})
+        resp = self.conn.getresponse()
+        data = resp.read()
+        if resp.will_close:
+            self.conn.close()
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.api.port, timeout=10)
+        doc = json.loads(data) if data else {}
+        return resp.status, doc, resp
+
+    def infer(self, body, model: str = "iris"):
+        return self.request("POST", f"/v2/models/{model}/infer", body, {"Content-Type": "application/json"})
+
+
+@pytest.fixture
+def client(api):
+    c = Client(api)
+    yield c
+    c.conn.close()
+
+
+def v2_body(rows, **over):
+    t = {"name": "features", "shape": [len(rows), len(rows[0])], "datatype": "FP32",
+         "data": [v for r in rows for v in r]}
+    t.update(over)
+    return {"id": "req-1", "inputs": [t]}
+
+
+def assert_error(status, doc, want_status, code):
+    assert status == want_status, doc
+    assert set(doc) == {"error"} and doc["error"].startswith(f"{code}: "), doc
+    assert "Traceback" not in doc["error"]
+
+
+# --- health and metadata -------------------------------------------------------------------------
+def test_start_binds_a_port_and_url(api):
+    assert api.port > 0 and api.url == f"http://127.0.0.1:{api.port}"
+
+
+def test_live_ready_and_server_metadata(client, serving):
+    assert client.request("GET", "/v2/health/live")[:2] == (200, {"live": True})
+    assert client.request("GET", "/v2/health/ready")[:2] == (200, {"ready": True})
+    assert client.request("GET", "/v2")[:2] == (200, {"name": "edgeloop-agent", "version": __version__,
+                                                      "extensions": []})
+    serving.deactivate()
+    assert client.request("GET", "/v2/health/ready")[:2] == (503, {"ready": False})
+    assert client.request("GET", "/v2/health/live")[0] == 200
+
+
+def test_model_metadata_and_ready(client):
+    status, md, resp = client.request("GET", "/v2/models/iris")
+    assert status == 200 and resp.getheader("Content-Type") == "application/json"
+    assert md["name"] == "iris" and md["versions"] == ["7"] and md["platform"] == "onnxruntime"
+    assert md["inputs"] == [{"name": "features", "datatype": "FP32", "shape": [-1, 4]}]
+    assert client.request("GET", "/v2/models/iris/versions/7")[0] == 200
+    assert client.request("GET", "/v2/models/iris/ready")[:2] == (200, {"name": "iris", "ready": True})
+    assert_error(*client.request("GET", "/v2/models/wine")[:2], 404, "model_not_found")
+    assert_error(*client.request("GET", "/v2/models/iris/versions/1")[:2], 404, "model_not_found")
+    assert_error(*client.request("GET", "/v2/models/wine/ready")[:2], 404, "model_not_found")
+
+
+def test_model_ready_without_an_active_model_is_503(client, serving):
+    serving.deactivate()
+    assert_error(*client.request("GET", "/v2/models/iris/ready")[:2], 503, "model_not_ready")
+    assert_error(*client.request("GET", "/v2/models/iris")[:2], 404, "model_not_found")
+
+
+# --- inference ---------------------------------------------------------------------------------------
+def test_infer_v2_flat_data(client):
+    status, doc, _ = client.infer(v2_body(ROWS))
+    assert status == 200, doc
+    assert doc["model_name"] == "iris" and doc["model_version"] == "7" and doc["id"] == "req-1"
+    outs = {o["name"]: o for o in doc["outputs"]}
+    assert list(outs) == ["probabilities", "class_index", "label"]
+    want = expected_probabilities(np.asarray(ROWS))
+    assert outs["probabilities"]["datatype"] == "FP32" and outs["probabilities"]["shape"] == [2, 3]
+    np.testing.assert_allclose(outs["probabilities"]["data"], want.ravel(), atol=1e-6)
+    assert outs["class_index"] == {"name": "class_index", "datatype": "INT64", "shape": [2],
+                                   "data": want.argmax(axis=1).tolist()}
+    assert outs["label"]["datatype"] == "BYTES"
+    assert outs["label"]["data"] == [LABELS[i] for i in want.argmax(axis=1)]
+
+
+def test_infer_v2_nested_data_and_convenience_forms_agree(client):
+    flat = client.infer(v2_body(ROWS))[1]["outputs"]
+    nested = client.infer({"inputs": [{"name": "features", "shape": [2, 4], "datatype": "FP32", "data": ROWS}]})
+    rows = client.infer({"inputs": ROWS})
+    dicts = client.infer({"inputs": [dict(zip(FEATURES, r)) for r in ROWS]})
+    for status, doc, _ in (nested, rows, dicts):
+        assert status == 200, doc
+        assert doc["outputs"] == flat
+        assert isinstance(doc["id"], str) and doc["id"]  # generated when the client sent none
+
+
+def test_infer_selected_outputs_and_versioned_route(client):
+    body = v2_body(ROWS)
+    body["outputs"] = [{"name": "label"}]
+    status, doc, _ = client.request("POST", "/v2/models/iris/versions/7/infer", body)
+    assert status == 200 and [o["name"] for o in doc["outputs"]] == ["label"]
+    body["outputs"] = [{"name": "logits"}]
+    assert_error(*client.infer(body)[:2], 400, "bad_message")
+
+
+def test_regression_over_http(reg):
+    s = Serving()
+    s.activate(reg)
+    with HttpApi(s) as api:
+        c = Client(api)
+        status, doc, _ = c.infer(v2_body(ROWS), model="price")
+    assert status == 200, doc
+    (out,) = doc["outputs"]
+    assert out["name"] == "prediction" and out["datatype"] == "FP32" and out["shape"] == [2, 1]
+    np.testing.assert_allclose(out["data"], expected_prediction(np.asarray(ROWS)).ravel(), atol=1e-5)
+
+
+def test_http_inference_feeds_drift_reports(clf):
+    rng = np.random.default_rng(0)
+    ref = build_reference(rng.normal(5, 1, size=(1000, 4)), list(FEATURES), window=100, min_rows=50)
+    got = []
+    s = Serving(on_drift_report=got.append)
+    s.activate(clf, DriftMonitor(ref, agent_id="pi", model="iris", version="7", bundle_sha256="ab" * 32))
+    with HttpApi(s) as api:
+        status, _, _ = Client(api).infer({"inputs": rng.normal(5, 1, size=(100, 4)).tolist()})
+    assert status == 200
+    assert len(got) == 1 and got[0].rows == 100 and got[0].window == 1
+
+
+# --- failures --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("body,code,fragment", [
+    (v2_body([[1.0, 2.0]]), "bad_shape", "expected 4 features named sepal_length"),
+    ({"inputs": [[1.0, 2.0, 3.0]]}, "bad_shape", "expected 4 features"),
+    (v2_body(ROWS, shape=[2, 3]), "bad_shape", "holds 6 values but data has 8"),
+    (v2_body(ROWS, shape=[2, 2, 2]), "bad_shape", "rank 3"),
+    (v2_body(ROWS, name="x"), "bad_shape", "this model's input is 'features'"),
+    (v2_body(ROWS, datatype="BYTES"), "bad_value", "send FP32"),
+    ({"inputs": []}, "bad_shape", "inputs are empty"),
+    (v2_body(ROWS, shape=[0, 4], data=[]), "bad_shape", "inputs are empty"),
+    ({"inputs": [[1, "2", 3, 4]]}, "bad_value", "row 0, feature 'sepal_width' is a string"),
+    ({"inputs": [[1, None, 3, 4]]}, "bad_value", "is null"),
+    ({"inputs": [[1, 2, 3, True]]}, "bad_value", "is a boolean"),
+    ({"inputs": [[1, 2, 3, 4]] * 101}, "bad_shape", "101 rows in one request; the limit is 100"),
+    (v2_body([[1, 2, 3, 4]] * 101), "bad_shape", "101 rows"),
+    ({"rows": ROWS}, "bad_message", "missing field 'inputs'"),
+    ([ROWS], "bad_message", "must be a JSON object"),
+    ({"id": {"x": 1}, "inputs": ROWS}, "bad_message", "'id' must be a string"),
+])
+def test_bad_inference_bodies_are_400(client, body, code, fragment):
+    status, doc, _ = client.infer(body)
+    assert_error(status, doc, 400, code)
+    assert fragment in doc["error"]
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ('{"inputs": [[1, NaN, 3, 4]]}', "row 0, feature 'sepal_width' is NaN"),
+    ('{"inputs": [[1, 2, Infinity, 4]]}', "row 0, feature 'petal_length' is +Infinity"),
+    ('{"inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, -Infinity]}]}',
+     "row 0, feature 'petal_width' is -Infinity"),
+])
+def test_nan_and_infinity_in_the_json_text_are_400(client, text, fragment):
+    status, doc, _ = client.infer(text.encode())
+    assert_error(status, doc, 400, "bad_value")
+    assert fragment in doc["error"]
+
+
+def test_non_json_and_empty_bodies_are_400(client):
+    status, doc, _ = client.infer(b"{not json")
+    assert_error(status, doc, 400, "bad_message")
+    assert "not valid JSON" in doc["error"]
+    assert_error(*client.infer(b"\xff\xfe")[:2], 400, "bad_message")
+    assert_error(*client.infer(b"")[:2], 400, "bad_message")
+
+
+def test_oversized_body_is_413_and_the_server_keeps_serving(client, api):
+    big = json.dumps({"inputs": [[1.0, 2.0, 3.0, 4.0]] * 5000}).encode()
+    assert len(big) > api.max_body
+    status, doc, resp = client.infer(big)
+    assert_error(status, doc, 413, "payload_too_large")
+    assert resp.getheader("Connection") == "close"
+    assert client.infer(v2_body(ROWS))[0] == 200
+
+
+def test_unknown_model_is_404_and_lists_the_served_model(client):
+    status, doc, _ = client.infer(v2_body(ROWS), model="wine")
+    assert_error(status, doc, 404, "model_not_found")
+    assert "this agent serves 'iris'" in doc["error"]
+
+
+def test_infer_without_an_active_model_is_503(client, serving):
+    serving.deactivate()
+    assert_error(*client.infer(v2_body(ROWS))[:2], 503, "model_not_ready")
+
+
+def test_unknown_routes_and_wrong_methods(client):
+    assert_error(*client.request("GET", "/v1/models")[:2], 404, "not_found")
+    assert_error(*client.request("GET", "/v2/models/iris/explain")[:2], 404, "not_found")
+    status, doc, resp = client.request("GET", "/v2/models/iris/infer")
+    assert_error(status, doc, 405, "method_not_allowed")
+    assert resp.getheader("Allow") == "POST"
+    assert_error(*client.request("POST", "/v2/health/live", b"{}")[:2], 405, "method_not_allowed")
+    assert_error(*client.request("DELETE", "/v2/models/iris")[:2], 405, "method_not_allowed")
+    status, doc, resp = client.request("HEAD", "/v2/health/live")
+    assert status == 200 and doc == {} and int(resp.getheader("Content-Length")) > 0
+
+
+def test_chunked_and_malformed_requests_get_json_errors(api):
+    def raw(request: bytes) -> tuple[int, dict]:
+        with socket.create_connection(("127.0.0.1", api.port), timeout=10) as s:
+            s.sendall(request)
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        return int(head.split()[1]), json.loads(body)
+
+    status, doc = raw(b"POST /v2/models/iris/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                      b"2\r\n{}\r\n0\r\n\r\n")
+    assert_error(status, doc, 411, "length_required")
+    status, doc = raw(b"POST /v2/models/iris/infer HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n")
+    assert_error(status, doc, 400, "bad_message")
+    status, doc = raw(b"BREW /v2 HTTP/1.1\r\nHost: x\r\n\r\n")  # http.server's own refusal, as JSON
+    assert status == 501 and doc["error"].startswith("not_implemented: ")
+
+
+def test_keep_alive_connection_survives_a_run_of_bad_requests(client):
+    bad = [b"nope", json.dumps({"inputs": [[1, 2]]}).encode(), b'{"inputs": [[NaN, 1, 2, 3]]}',
+           json.dumps({"inputs": []}).encode()]
+    for body in bad:
+        assert client.infer(body)[0] == 400
+    assert client.infer(body=v2_body(ROWS), model="wine")[0] == 404
+    status, doc, resp = client.infer(v2_body(ROWS))
+    assert status == 200 and doc["model_name"] == "iris"
+    assert not resp.will_close  # the same connection carried every request
+
+
+def test_stop_releases_the_port(serving):
+    api = HttpApi(serving).start()
+    port = api.port
+    assert Client(api).request("GET", "/v2/health/live")[0] == 200
+    api.stop()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
