@@ -302,3 +302,24 @@ def test_agent_survives_broker_restart(trained, tmp_path, agent_process):
             assert isinstance(fleet.infer("survivor", _rows(trained)), InferResult)
     finally:
         broker.stop()
+
+
+def test_signed_bundle_failing_its_smoke_test_is_not_activated(trained, fleet, online_agent):
+    """Validly signed, but the model does not produce what the manifest promises: refused, old model serves."""
+    import dataclasses
+
+    from agent.bundle import pack_bundle, verify_bundle
+    from agent.envelope import TrustedKeys
+    from agent.manifest import SmokeTest
+
+    aid, _ = online_agent()
+    assert _deploy(fleet, aid, trained.b1, trained.v1).ok
+    vb = verify_bundle(trained.b2.path.read_bytes(), TrustedKeys.of([trained.hub.key.public]))
+    smoke = vb.manifest.smoke_test
+    wrong = {k: (np.asarray(v) * 0 + 0.5).tolist() for k, v in smoke.expected.items()}
+    manifest = dataclasses.replace(vb.manifest, smoke_test=SmokeTest(smoke.inputs, wrong, smoke.atol))
+    bad = pack_bundle(manifest, dict(vb.files), trained.hub.key)
+    out = fleet.deploy(aid, bad, model="sensor-mlp", version=vb.manifest.version, timeout=30)
+    assert not out.ok and out.code == "smoke_test_failed", out
+    assert _active(fleet, aid).bundle_sha256 == trained.b1.sha256
+    assert fleet.infer(aid, _rows(trained)).version == trained.v1.version["version"]
