@@ -1,4 +1,11 @@
-"""Packing a registered version into a signed bundle (manifest + ONNX model)."""
+"""Packing a registered version into a signed bundle (manifest + ONNX model).
+
+The manifest's output spec follows the agent's ONNX contract: classification
+``probabilities`` FP32 [-1, C] with the class labels; regression ``prediction``
+FP32 [-1, 1] with no labels (and a drift reference without output shares: a
+regression model's prediction reference stays in the version's meta.json and
+registry record, as the manifest has no field for it).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +21,8 @@ from agent.manifest import DriftReference, Manifest, SmokeTest, TensorSpec
 from .errors import NotFoundError
 
 MODEL_FILE = "model.onnx"
+CLASSIFICATION_OUTPUT = "probabilities"
+REGRESSION_OUTPUT = "prediction"
 SMOKE_ATOL = 1e-4
 
 
@@ -37,18 +46,23 @@ def build_bundle(registry, models_dir: Path, bundles_dir: Path, version_ref: str
     chosen = version["chosen"]
     model_bytes = (folder / f"model.{chosen}.onnx").read_bytes()
     n_features = len(meta["feature_names"])
+    task = meta.get("task", "classification")
+    if task == "regression":  # the agent's contract: "prediction" FP32 [-1, 1], no labels
+        outputs, labels = [TensorSpec(REGRESSION_OUTPUT, "FP32", [-1, 1])], []
+    else:
+        outputs, labels = [TensorSpec(CLASSIFICATION_OUTPUT, "FP32", [-1, len(meta["labels"])])], list(meta["labels"])
     manifest = Manifest(
         model_name=version["model_name"],
         version=version["version"],
-        task=meta["task"],
+        task=task,
         created_at=time.time(),
         key_id=key.keyid,
         entrypoint=MODEL_FILE,
         files=[file_entry(MODEL_FILE, model_bytes, role="model")],
         feature_names=list(meta["feature_names"]),
         inputs=[TensorSpec("features", "FP32", [-1, n_features])],
-        outputs=[TensorSpec("probabilities", "FP32", [-1, len(meta["labels"])])],
-        labels=list(meta["labels"]),
+        outputs=outputs,
+        labels=labels,
         drift=ref,
         smoke_test=SmokeTest(inputs=meta["smoke_inputs"], expected=meta["smoke_expected"],
                              atol=SMOKE_ATOL if chosen == "fp32" else 1e-3),

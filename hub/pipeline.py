@@ -3,7 +3,18 @@
 Every artefact is written under the hub home and recorded in the registry with
 its lineage: the dataset's content hash, the run (params, metrics, curves, code
 and library versions), the version (ONNX hashes, quantization report and
-decision), plus the drift reference and smoke test the bundle will carry.
+decision, parent version for a fine-tuned model), plus the drift reference and
+smoke test the bundle will carry and the torch weights a later fine-tuning
+starts from.
+
+Files of a version (``<models_dir>/<model>/<version>/``): ``model.fp32.onnx``,
+``model.int8.onnx`` (when quantized), ``model.pt`` (:func:`hub.train.save_model`),
+``reference.json`` (the input drift reference) and ``meta.json`` (features,
+labels, task, architecture, smoke test, lineage; for regression also the
+``prediction_reference`` -- quantile edges and counts of the model's
+predictions on the reference rows. The bundle manifest has no field for a
+regression output reference, so it stays in meta.json and in the registry
+version's ``metrics``).
 """
 
 from __future__ import annotations
@@ -17,23 +28,56 @@ from typing import Any
 import numpy as np
 
 from agent.bundle import sha256
-from agent.drift import build_reference
+from agent.drift import bin_counts, build_reference, quantile_edges
 
-from .data import Dataset, split_dataset
-from .errors import ExportError
+from .data import Dataset
+from .errors import CancelledError, ExportError, TrainingError
 from .export import (
     check_parity,
-    compare_fp32_int8,
     decide_quantization,
     evaluate_onnx,
     export_onnx,
+    quantization_report,
+    quantize_dynamic_int8,
     quantize_static_int8,
 )
 from .progress import CancelToken, ProgressCallback, ProgressEvent
-from .train import TrainParams, code_version, library_versions, train_classifier
+from .train import (
+    TrainParams,
+    code_version,
+    dataset_task,
+    dataset_window_shape,
+    fine_tune,
+    library_versions,
+    load_model,
+    make_splits,
+    save_model,
+    train_model,
+)
 
 CALIBRATION_ROWS = 400
 SMOKE_ROWS = 4
+PARITY_ROWS = 64
+PREDICTION_BINS = 20
+TORCH_FILE = "model.pt"
+QUANT_METHODS = {True: "static", "static": "static", "dynamic": "dynamic"}
+
+
+@dataclass
+class ParentSpec:
+    """Continual learning: build the new version by fine-tuning a registered one.
+
+    ``version`` is any registry reference of the parent version (``model:n``);
+    ``dataset`` is the parent's training data (its content hash and split must
+    match the parent's run, so the replayed rows and the parent test split are
+    the ones the parent saw). ``replay_size`` and ``ewc_lambda`` are passed to
+    :func:`hub.train.fine_tune`.
+    """
+
+    version: str
+    dataset: Dataset
+    replay_size: int = 500
+    ewc_lambda: float = 0.0
 
 
 @dataclass
@@ -46,6 +90,7 @@ class VersionBuild:
     quantization: dict
     folder: Path
     timings: dict = field(default_factory=dict)
+    continual: dict | None = None
 
     @property
     def id(self) -> str:
@@ -57,6 +102,32 @@ def _emit(progress: ProgressCallback | None, stage: str, message: str, done: flo
         progress(ProgressEvent(stage=stage, done=done, total=total, message=message, metrics={}))
 
 
+def _resolve_parent(registry, models_dir: Path, parent: ParentSpec, parent_version: str | None, task: str):
+    """The parent's record, torch model and splits, checked against what the registry says it was trained on."""
+    pv = registry.get_version(parent.version)
+    if parent_version is not None and registry.get_version(parent_version)["id"] != pv["id"]:
+        raise TrainingError(f"parent_version {parent_version!r} and parent.version {parent.version!r} differ")
+    folder = Path(models_dir) / pv["model_name"] / pv["version"]
+    if not (folder / TORCH_FILE).exists():
+        raise TrainingError(f"{pv['id']} has no saved torch weights ({folder / TORCH_FILE}); it was built before "
+                            "fine-tuning was supported -- train it again, or train the new version from scratch")
+    model = load_model(folder / TORCH_FILE)
+    if getattr(model, "task", None) != task:
+        raise TrainingError(f"{pv['id']} is a {getattr(model, 'task', '?')} model; the new data are {task}")
+    run = registry.get_run(pv["run_id"])
+    want_sha = registry.get_dataset(run["dataset_id"])["sha256"]
+    if parent.dataset.sha256 != want_sha:
+        raise TrainingError(f"the parent dataset given (sha256 {parent.dataset.sha256[:16]}…) is not the one "
+                            f"{pv['id']} was trained on ({want_sha[:16]}…); load that dataset")
+    split = (run.get("params") or {}).get("split") or {}
+    fractions = tuple(split.get("fractions", (0.7, 0.15, 0.15)))
+    splits = make_splits(parent.dataset, int(split.get("seed", 0)), fractions)  # type: ignore[arg-type]
+    if split.get("sha256") and splits.sha256() != split["sha256"]:
+        raise TrainingError(f"re-splitting the parent dataset does not reproduce the split of {run['id']}; "
+                            "the data library changed how it splits -- fine-tuning would leak test rows")
+    return pv, model, splits
+
+
 def build_version(
     registry,
     models_dir: Path,
@@ -66,76 +137,161 @@ def build_version(
     params: TrainParams,
     *,
     split_seed: int = 0,
-    quantize: bool = True,
+    quantize: bool | str = True,
     budget_points: float = 1.0,
     parent_version: str | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
+    parent: ParentSpec | None = None,
 ) -> VersionBuild:
+    """Train (or fine-tune), export, quantize, evaluate and register one model version.
+
+    ``dataset`` may be a classification or regression dataset, flat or with a
+    ``window_shape`` (``params.arch`` picks MLP or 1D-CNN). ``quantize``:
+    ``True``/``"static"`` (QDQ int8 calibrated on training rows; per-channel
+    for CNNs), ``"dynamic"`` (MLPs only) or ``False``; the int8 model is kept
+    only when :func:`hub.export.decide_quantization` says so (``budget_points``),
+    and the report and decision go to the version's ``quantization``. A failed
+    quantization ships fp32 with the error as the reason.
+
+    ``parent`` (a :class:`ParentSpec`) fine-tunes that version's saved model
+    with replay/EWC (:func:`hub.train.fine_tune`) instead of training from
+    scratch; the new version records it as ``parent_version`` and its metrics
+    carry the forgetting numbers under ``"continual"``. ``parent_version``
+    alone only records lineage (e.g. a retrain on new data).
+    """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    splits = split_dataset(dataset, split_seed)
-    run = registry.start_run(dataset_record["id"], model_name, {**params.to_dict(), "split": splits.to_dict()},
+    task = dataset_task(dataset)
+    window_shape = dataset_window_shape(dataset)
+    method = QUANT_METHODS.get(quantize) if quantize is not False else None
+    if quantize is not False and method is None:
+        raise ExportError(f"quantize={quantize!r}; use True/'static', 'dynamic' or False")
+    if method == "dynamic" and params.arch == "cnn1d" and parent is None:
+        raise ExportError("dynamic quantization is for MLPs; use quantize='static' for a CNN")
+    parent_model = parent_splits = None
+    if parent is not None:
+        pv, parent_model, parent_splits = _resolve_parent(registry, models_dir, parent, parent_version, task)
+        parent_version = pv["id"]
+    splits = make_splits(dataset, split_seed)
+    run_params: dict[str, Any] = {**params.to_dict(), "split": splits.to_dict()}
+    if parent is not None:
+        run_params["continual"] = {"parent_version": parent_version, "replay_size": parent.replay_size,
+                                   "ewc_lambda": parent.ewc_lambda, "parent_dataset_sha256": parent.dataset.sha256,
+                                   "model_config": parent_model.config()}  # the parent's architecture is kept
+    run = registry.start_run(dataset_record["id"], model_name, run_params,
                              code_version=code_version(), library_versions=library_versions())
+    continual = None
     try:
-        result = train_classifier(dataset, splits, params, progress=progress, cancel=cancel)
+        if parent is not None:
+            cres = fine_tune(parent_model, parent.dataset, parent_splits, dataset, params, new_splits=splits,
+                             replay_size=parent.replay_size, ewc_lambda=parent.ewc_lambda, seed=params.seed,
+                             progress=progress, cancel=cancel)
+            result, continual = cres.train, cres.summary()
+        else:
+            result = train_model(dataset, splits, params, progress=progress, cancel=cancel)
+    except CancelledError:
+        registry.finish_run(run["id"], "cancelled")
+        raise
     except BaseException:
         registry.finish_run(run["id"], "failed")
         raise
     timings["train_s"] = time.perf_counter() - t0
-    registry.finish_run(run["id"], "succeeded", metrics=result.metrics, history=result.history)
+    registry.finish_run(run["id"], "succeeded", metrics=_jsonable(result.metrics), history=result.history)
 
     t1 = time.perf_counter()
     _emit(progress, "export", "exporting ONNX and checking parity with torch")
     X_train, X_test, y_test = dataset.X[splits.train], dataset.X[splits.test], dataset.y[splits.test]
-    fp32 = export_onnx(result.model, dataset.n_features)
-    parity = check_parity(result.model, fp32, X_test[:64])
+    fp32 = export_onnx(result.model, dataset.n_features, parity_X=X_test[:PARITY_ROWS])
+    parity = check_parity(result.model, fp32, X_test[:PARITY_ROWS])
     quant: dict[str, Any] = {"parity": parity, "chosen": "fp32"}
     int8 = None
-    if quantize:
-        _emit(progress, "quantize", "static QDQ int8, calibrated on training rows")
+    if method is not None:
         rng = np.random.default_rng(params.seed)
-        calib = X_train[rng.permutation(len(X_train))[:CALIBRATION_ROWS]]
-        int8 = quantize_static_int8(fp32, calib)
-        report = compare_fp32_int8(fp32, int8, X_test, y_test)
-        decision = decide_quantization(report, budget_points)
-        quant.update({"report": report, **decision.to_dict()})
+        try:
+            if method == "static":
+                _emit(progress, "quantize", "static QDQ int8, calibrated on training rows")
+                calib = X_train[rng.permutation(len(X_train))[:CALIBRATION_ROWS]]
+                per_channel = result.model.arch == "cnn1d"
+                int8 = quantize_static_int8(fp32, calib, per_channel=per_channel)
+                quant.update(method="static_qdq", per_channel=per_channel)
+            else:
+                _emit(progress, "quantize", "dynamic int8 (weights int8, activations at run time)")
+                int8 = quantize_dynamic_int8(fp32)
+                quant.update(method="dynamic", per_channel=False)
+        except ExportError as exc:
+            int8 = None
+            fp32_only = evaluate_onnx(fp32, X_test, y_test)
+            quant.update({"report": _fp32_numbers(fp32_only, task), "budget_points": float(budget_points),
+                          "reason": f"{exc} -> ship fp32"})
+        if int8 is not None:
+            report = quantization_report(fp32, int8, X_test, y_test, task)
+            decision = decide_quantization(report, budget_points)
+            quant.update({"report": report, **decision.to_dict()})
     else:
-        acc = evaluate_onnx(fp32, X_test, y_test)["accuracy"]
-        quant.update({"report": {"fp32_accuracy": acc}, "reason": "quantization skipped"})
+        quant.update({"report": _fp32_numbers(evaluate_onnx(fp32, X_test, y_test), task),
+                      "reason": "quantization skipped"})
     timings["export_s"] = time.perf_counter() - t1
     chosen_bytes = int8 if quant["chosen"] == "int8" else fp32
 
-    # drift reference: validation + test rows the model never trained on, plus training rows
-    ref_rows = dataset.X[np.concatenate([splits.train, splits.val])]
-    predicted = evaluate_onnx(chosen_bytes, ref_rows, dataset.y[np.concatenate([splits.train, splits.val])])["predictions"]
-    reference = build_reference(ref_rows, dataset.feature_names, labels=dataset.labels,
-                                predicted=np.asarray(predicted, dtype=np.int64))
+    # drift reference: training + validation rows, and the chosen model's outputs on them
+    ref_idx = np.concatenate([splits.train, splits.val])
+    ref_rows = dataset.X[ref_idx]
+    ref_out = evaluate_onnx(chosen_bytes, ref_rows, dataset.y[ref_idx])
+    prediction_reference = None
+    if task == "classification":
+        reference = build_reference(ref_rows, dataset.feature_names, labels=dataset.labels,
+                                    predicted=np.asarray(ref_out["predictions"], dtype=np.int64))
+    else:
+        reference = build_reference(ref_rows, dataset.feature_names)
+        preds = np.asarray(ref_out["predictions"], dtype=np.float64)
+        edges = quantile_edges(preds, PREDICTION_BINS)
+        prediction_reference = {"edges": edges, "counts": [int(c) for c in bin_counts(preds, edges)],
+                                "mean": float(preds.mean()), "std": float(preds.std()), "rows": int(preds.size)}
     smoke_X = X_test[:SMOKE_ROWS]
-    smoke_probs = evaluate_onnx(chosen_bytes, smoke_X, y_test[:SMOKE_ROWS])["probabilities"]
+    smoke_out = evaluate_onnx(chosen_bytes, smoke_X, y_test[:SMOKE_ROWS])
+    smoke_expected = ({"probabilities": np.asarray(smoke_out["probabilities"]).tolist()} if task == "classification"
+                      else {"prediction": np.asarray(smoke_out["outputs"]).reshape(-1, 1).tolist()})
 
+    version_metrics = dict(result.metrics)
+    if prediction_reference is not None:
+        version_metrics["prediction_reference"] = prediction_reference
     version = registry.add_version(
-        model_name, run["id"], sha256(fp32), task=dataset.task,
+        model_name, run["id"], sha256(fp32), task=task,
         int8_sha256=sha256(int8) if int8 is not None else None, chosen=quant["chosen"],
-        quantization=_jsonable(quant), metrics=result.metrics, parent_version=parent_version,
+        quantization=_jsonable(quant), metrics=_jsonable(version_metrics), parent_version=parent_version,
     )
     folder = Path(models_dir) / model_name / version["version"]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model.fp32.onnx").write_bytes(fp32)
     if int8 is not None:
         (folder / "model.int8.onnx").write_bytes(int8)
+    save_model(result.model, folder / TORCH_FILE)
     (folder / "reference.json").write_text(json.dumps(_jsonable(reference.__dict__ | {
         "features": [f.__dict__ for f in reference.features]})))
-    (folder / "meta.json").write_text(json.dumps({
-        "feature_names": dataset.feature_names, "labels": dataset.labels, "task": dataset.task,
-        "smoke_inputs": smoke_X.tolist(), "smoke_expected": {"probabilities": np.asarray(smoke_probs).tolist()},
+    meta = {
+        "feature_names": dataset.feature_names, "labels": list(dataset.labels), "task": task,
+        "arch": result.model.arch, "model_config": result.model.config(),
+        "window_shape": list(window_shape) if window_shape else None,
+        "smoke_inputs": smoke_X.tolist(), "smoke_expected": smoke_expected,
         "dataset_sha256": dataset.sha256, "run_id": run["id"], "version_id": version["id"],
         "parent_version": parent_version,
-    }))
+    }
+    if prediction_reference is not None:
+        meta["prediction_reference"] = prediction_reference
+    if continual is not None:
+        meta["continual"] = continual
+    (folder / "meta.json").write_text(json.dumps(_jsonable(meta)))
     if not (folder / "model.fp32.onnx").exists():
         raise ExportError(f"could not write the model files under {folder}")
     return VersionBuild(version=version, run=registry.get_run(run["id"]), metrics=result.metrics,
-                        quantization=quant, folder=folder, timings=timings)
+                        quantization=quant, folder=folder, timings=timings, continual=continual)
+
+
+def _fp32_numbers(ev: dict, task: str) -> dict:
+    if task == "classification":
+        return {"fp32_accuracy": ev["accuracy"]}
+    return {"fp32_rmse": ev["rmse"], "fp32_mae": ev["mae"], "fp32_r2": ev["r2"]}
 
 
 def _jsonable(obj: Any) -> Any:

@@ -30,7 +30,23 @@ bundles         the bundle's sha256           ``9c0e...`` (64 hex)
 deployments     ``dep-<n>``                   ``dep-12`` (also unique by command_id)
 drift_reports   integer                       ``41``
 audit           integer                       ``1208``
+aliases         (model, alias)                ``iris`` + ``production``
+alias_history   integer                       ``17``
 ==============  ============================  ======================================
+
+Version references (accepted by every method that takes one): ``iris:3``;
+``iris`` or ``iris:latest`` or ``iris@latest`` for the newest version;
+``iris@production`` for where that alias points now (:meth:`Registry.resolve`).
+Version rows also carry ``aliases`` (names pointing at them) and ``split`` (the
+run's split record).
+
+Model factory (schema 2): a model may have an *evaluation gate* -- minimum (and,
+for lower-is-better metrics, maximum) values of its versions' metrics, see
+:func:`normalize_gate`. A version failing its gate cannot be aliased
+(:meth:`Registry.set_alias`) or deployed (``Hub.check_deployable``) unless the
+gate is overridden with a reason, which is recorded; :class:`GateError` lists
+each failing metric. Aliases (``production``, ``staging``...) move with a full
+history (:meth:`Registry.alias_history`).
 
 Timestamps are unix seconds (floats); audit rows also carry an ISO-8601 string.
 
@@ -45,6 +61,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import re
 import sqlite3
 import threading
@@ -83,7 +100,16 @@ _JSON_COLUMNS: dict[str, tuple[str, ...]] = {
     "agents": ("state",),
     "drift_reports": ("drifted_features", "report"),
     "audit": ("detail",),
+    "models": ("gate",),
+    "alias_history": ("gate_check",),
 }
+
+# Evaluation gates and aliases.
+GATE_BOUNDS = ("min", "max")
+RESERVED_ALIASES = ("latest",)  # ``model@latest`` always means the newest version
+_ALIAS_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+GATE_EXAMPLE = '{"test_accuracy": 0.9, "test_macro_f1": 0.85, "max": {"test_rmse": 3.0}}'
+
 
 
 # --- migrations -----------------------------------------------------------------
@@ -166,8 +192,42 @@ def _m001_initial(db: Database) -> None:
     db["counters"].create({"key_id": str, "value": int}, pk="key_id", not_null={"value"})
 
 
+def _m002_model_factory(db: Database) -> None:
+    """Version 2: evaluation gates on models, aliases with their history, child lookups.
+
+    * ``models.gate``: the model's evaluation gate (JSON, see :func:`normalize_gate`),
+      NULL for no gate;
+    * ``aliases``: where each named alias of a model (``production``, ``staging``...)
+      points now, one row per (model, alias);
+    * ``alias_history``: every move (and removal) of an alias, append only: who,
+      when, why, from which version to which, and the gate check when overridden;
+    * an index on ``versions.parent_version`` so lineage finds a version's children.
+    """
+    db["models"].add_column("gate", str)
+    db["aliases"].create(
+        {"model_name": str, "alias": str, "version_id": str, "updated_at": float,
+         "updated_by": str, "reason": str},
+        pk=("model_name", "alias"),
+        foreign_keys=[("model_name", "models", "name"), ("version_id", "versions", "id")],
+        not_null={"version_id", "updated_at", "updated_by", "reason"}, defaults={"reason": ""},
+    )
+    db["aliases"].create_index(["version_id"])
+    db["alias_history"].create(
+        {"id": int, "model_name": str, "alias": str, "version_id": str,
+         "previous_version_id": str, "actor": str, "reason": str, "override_gate": int,
+         "gate_check": str, "at": float, "at_iso": str},
+        pk="id",
+        foreign_keys=[("model_name", "models", "name"), ("version_id", "versions", "id"),
+                      ("previous_version_id", "versions", "id")],
+        not_null={"model_name", "alias", "actor", "reason", "override_gate", "at", "at_iso"},
+        defaults={"reason": "", "override_gate": 0},
+    )
+    db["alias_history"].create_index(["model_name", "alias"])
+    db["versions"].create_index(["parent_version"])
+
+
 # Append only: never edit a released migration, add a new one.
-MIGRATIONS: list[Callable[[Database], None]] = [_m001_initial]
+MIGRATIONS: list[Callable[[Database], None]] = [_m001_initial, _m002_model_factory]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -212,6 +272,130 @@ def _check_choice(value: str, allowed: Sequence[str], what: str) -> str:
     if value not in allowed:
         raise RegistryError(f"{what} must be one of {', '.join(allowed)}; got {value!r}")
     return value
+
+
+def _check_alias_name(alias: str) -> str:
+    if not isinstance(alias, str) or not _ALIAS_NAME.match(alias):
+        raise RegistryError(
+            f"alias {alias!r} is not allowed: use 1-64 letters, digits, '_', '.' or '-', starting "
+            "with a letter (e.g. production, staging, canary-eu)"
+        )
+    if alias in RESERVED_ALIASES:
+        raise RegistryError(f"alias {alias!r} is reserved: model@{alias} always means the newest version")
+    return alias
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def normalize_gate(gate: Any, model: str = "the model") -> dict:
+    """The stored form ``{"min": {metric: value}, "max": {metric: value}}`` of a gate.
+
+    A gate is a mapping of metric name to the *minimum* acceptable value, plus
+    optional ``"min"`` and ``"max"`` sub-mappings; ``"max"`` holds upper bounds
+    for metrics where lower is better (losses, RMSE)::
+
+        {"test_accuracy": 0.9, "test_macro_f1": 0.85}          # minima
+        {"max": {"test_rmse": 3.0}, "min": {"test_r2": 0.8}}   # explicit bounds
+        {"test_accuracy": 0.9, "max": {"test_loss": 0.4}}      # both
+
+    ``None`` or ``{}`` means no gate. Thresholds must be finite numbers; a metric
+    may have both bounds if the minimum is not above the maximum.
+    """
+    out: dict[str, dict[str, float]] = {"min": {}, "max": {}}
+    if gate is None:
+        return out
+    if not isinstance(gate, dict):
+        raise RegistryError(f"the gate of {model} must be a mapping like {GATE_EXAMPLE}, got {gate!r}")
+    problems: list[str] = []
+
+    def add(bound: str, metric: Any, value: Any) -> None:
+        if not isinstance(metric, str) or not metric.strip():
+            problems.append(f"metric names must be non-empty strings, got {metric!r}")
+        elif not _is_number(value) or not math.isfinite(value):
+            problems.append(f"{bound} {metric}={value!r} is not a finite number")
+        else:
+            out[bound][metric.strip()] = float(value)
+
+    for key, value in gate.items():
+        if key in GATE_BOUNDS:
+            if not isinstance(value, dict):
+                problems.append(f"{key!r} must map metric names to numbers, got {value!r}")
+                continue
+            for metric, threshold in value.items():
+                add(key, metric, threshold)
+        else:
+            add("min", key, value)
+    for metric in set(out["min"]) & set(out["max"]):
+        if out["min"][metric] > out["max"][metric]:
+            problems.append(f"{metric}: minimum {out['min'][metric]:g} is above maximum {out['max'][metric]:g}")
+    if problems:
+        raise RegistryError(f"invalid evaluation gate for {model}: " + "; ".join(problems)
+                            + f". A gate looks like {GATE_EXAMPLE}")
+    return out
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if _is_number(value) else str(value)
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists and scalars are leaves)."""
+    if not isinstance(d, dict):
+        return {prefix: d} if prefix else {}
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, name))
+        else:
+            out[name] = value
+    return out
+
+
+# Metric entries that are references or tables, not scores (left out of gates and comparisons).
+_NOT_SCORES = ("prediction_reference", "confusion_matrix")
+
+
+def _numeric_metrics(*sources: dict | None) -> dict[str, float]:
+    """Numeric (non-bool, scalar) metrics, nested ones flattened (``continual.forgetting``);
+    earlier sources win."""
+    out: dict[str, float] = {}
+    for src in sources:
+        flat = _flatten({k: v for k, v in (src or {}).items() if k not in _NOT_SCORES})
+        for key, value in flat.items():
+            if key not in out and _is_number(value):
+                out[key] = float(value)
+    return out
+
+
+class GateError(RegistryError):
+    """A version fails its model's evaluation gate (``.check`` holds the whole check).
+
+    ``.failures`` lists each failing metric as ``{"metric", "bound", "threshold",
+    "value", "passed", "problem"}``.
+    """
+
+    code = "gate_failed"
+
+    def __init__(self, check: dict, action: str = "be used") -> None:
+        self.check = check
+        self.version = check.get("version")
+        self.failures = list(check.get("failures", []))
+        lines = [(f"{self.version} does not pass the evaluation gate of model {check.get('model')}, "
+                  f"so it cannot {action}:")]
+        for f in self.failures:
+            limit = "minimum" if f["bound"] == "min" else "maximum"
+            if f["value"] is None:
+                lines.append(f"  {f['metric']}: {f['problem']} ({limit} {_fmt(f['threshold'])})")
+            else:
+                lines.append(f"  {f['metric']} = {_fmt(f['value'])}, {limit} {_fmt(f['threshold'])} "
+                             f"({f['problem']})")
+        lines.append("Override only with a recorded reason: `edgeloop registry alias ... --override-gate "
+                     "--reason WHY`, `edgeloop deploy ... --override-gate WHY` (API: override_gate=True "
+                     "with reason=..., or check_deployable(..., override_reason=WHY)).")
+        super().__init__("\n".join(lines))
 
 
 def _status_from_event(event: Event) -> str | None:
@@ -638,8 +822,22 @@ class Registry:
         return int(row[0] or 0) + 1
 
     def get_version(self, ref: str) -> dict:
-        """A version by ``"<model>:<n>"``, or ``"<model>"`` / ``"<model>:latest"`` for the newest."""
-        model, _, number = str(ref).strip().rpartition(":")
+        """A version by reference (every method taking a version ref accepts these):
+
+        * ``"<model>:<n>"`` -- that version (``iris:3``);
+        * ``"<model>"`` or ``"<model>:latest"`` or ``"<model>@latest"`` -- the newest;
+        * ``"<model>@<alias>"`` -- where the alias points now (``iris@production``).
+
+        Besides its columns the row carries ``aliases`` (names pointing at it now)
+        and ``split`` (the run's train/val/test split record, when the run has one).
+        """
+        text = str(ref).strip()
+        if "@" in text:
+            model, _, alias = text.partition("@")
+            if alias != "latest":
+                return self._version_extras([self._alias_target(model, alias)])[0]
+            text = model
+        model, _, number = text.rpartition(":")
         if not model:  # no colon: the whole ref is a model name
             model, number = number, ""
         if number in ("", "latest"):
@@ -648,20 +846,269 @@ class Registry:
             if not rows:
                 self.get_model(model)  # raises "no model named ..." with the known names
                 raise NotFoundError(f"model {model!r} has no versions yet; train and export one")
-            return rows[0]
+            return self._version_extras(rows)[0]
         row = self._first("versions", "id = ?", [f"{model}:{number}"])
         if row is None:
             self.get_model(model)
-            known = ", ".join(v["version"] for v in self.list_versions(model)) or "none"
+            known = ", ".join(v["version"] for v in self._rows(
+                "versions", "model_name = ?", [model], "CAST(version AS INTEGER)")) or "none"
             raise NotFoundError(f"model {model!r} has no version {number!r}; its versions: {known}")
-        return row
+        return self._version_extras([row])[0]
+
+    def resolve(self, ref: str) -> str:
+        """The version id (``model:n``) a version reference names now (see :meth:`get_version`)."""
+        return self.get_version(ref)["id"]
 
     def list_versions(self, model_name: str | None = None) -> list[dict]:
         """Every version (or one model's), by model name then version number."""
         order = "model_name, CAST(version AS INTEGER)"
         if model_name is None:
-            return self._rows("versions", order_by=order)
-        return self._rows("versions", "model_name = ?", [model_name], order)
+            return self._version_extras(self._rows("versions", order_by=order))
+        return self._version_extras(self._rows("versions", "model_name = ?", [model_name], order))
+
+    def _version_extras(self, rows: list[dict]) -> list[dict]:
+        """Add ``aliases`` and ``split`` to version rows (two queries for any number of rows)."""
+        if not rows:
+            return rows
+        db = self._db()
+        ids = [r["id"] for r in rows]
+        marks = ", ".join("?" * len(ids))
+        aliases: dict[str, list[str]] = {}
+        for version_id, alias in db.execute(
+                f"SELECT version_id, alias FROM aliases WHERE version_id IN ({marks}) ORDER BY alias", ids):
+            aliases.setdefault(version_id, []).append(alias)
+        run_ids = sorted({r["run_id"] for r in rows})
+        splits: dict[str, Any] = {}
+        for run_id, params in db.execute(
+                f"SELECT id, params FROM runs WHERE id IN ({', '.join('?' * len(run_ids))})", run_ids):
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                splits[run_id] = json.loads(params).get("split")
+        for r in rows:
+            r["aliases"] = aliases.get(r["id"], [])
+            r["split"] = splits.get(r["run_id"])
+        return rows
+
+    def _qualify(self, model: str, version_ref: str) -> str:
+        """A version ref relative to ``model``: ``3`` -> ``model:3``, ``@staging`` -> ``model@staging``."""
+        text = str(version_ref).strip()
+        if text.isdigit():
+            return f"{model}:{text}"
+        if text.startswith("@"):
+            return f"{model}{text}"
+        return text
+
+    # -- aliases -------------------------------------------------------------------------------
+    def _alias_target(self, model: str, alias: str) -> dict:
+        row = self._first("aliases", "model_name = ? AND alias = ?", [model, alias])
+        if row is None:
+            self.get_model(model)
+            known = ", ".join(a["alias"] for a in self.list_aliases(model)) or "none yet"
+            raise NotFoundError(
+                f"model {model!r} has no alias {alias!r} (its aliases: {known}); point one at a "
+                f"version with `edgeloop registry alias {model} {alias} VERSION`"
+            )
+        return self._first("versions", "id = ?", [row["version_id"]])
+
+    def set_alias(
+        self, model: str, alias: str, version_ref: str, *, actor: str = "hub", reason: str = "",
+        override_gate: bool = False,
+    ) -> dict:
+        """Point ``model@alias`` at a version of ``model``; every move is kept in the alias history.
+
+        ``version_ref`` is any version ref of the same model (``iris:3``, ``3``,
+        ``iris@staging``...). A version failing the model's evaluation gate raises
+        :class:`GateError` unless ``override_gate=True`` with a ``reason``; the
+        override is recorded in the alias history and as a ``gate.override``
+        audit row. Pointing an alias where it already points changes nothing.
+        Returns the alias row (see :meth:`get_alias`).
+        """
+        _check_model_name(model)
+        _check_alias_name(alias)
+        reason = str(reason or "").strip()
+        if override_gate and not reason:
+            raise RegistryError("overriding the evaluation gate needs a reason (it is recorded in the "
+                                "alias history and the audit log)")
+        with self._write() as db:
+            self.get_model(model)
+            version = self.get_version(self._qualify(model, version_ref))
+            if version["model_name"] != model:
+                raise RegistryError(f"{version['id']} is a version of {version['model_name']!r}, not of "
+                                    f"{model!r}; an alias of {model} can only point at {model}:<n>")
+            current = self._first("aliases", "model_name = ? AND alias = ?", [model, alias])
+            if current is not None and current["version_id"] == version["id"]:
+                return self.get_alias(model, alias)
+            check = self.check_gate(version["id"])
+            overridden = not check["passed"]
+            if overridden and not override_gate:
+                raise GateError(check, action=f"become {model}@{alias}")
+            now = _now()
+            db["aliases"].upsert({"model_name": model, "alias": alias, "version_id": version["id"],
+                                  "updated_at": now, "updated_by": str(actor), "reason": reason},
+                                 pk=("model_name", "alias"))
+            previous = current["version_id"] if current else None
+            db["alias_history"].insert({
+                "model_name": model, "alias": alias, "version_id": version["id"],
+                "previous_version_id": previous, "actor": str(actor), "reason": reason,
+                "override_gate": int(overridden), "gate_check": _dumps(check) if overridden else None,
+                "at": now, "at_iso": _iso(now),
+            })
+            self._audit(db, actor, "alias.set", f"{model}@{alias}", version=version["id"],
+                        previous=previous, reason=reason, override_gate=overridden)
+            if overridden:
+                self._audit(db, actor, "gate.override", version["id"], purpose=f"alias {model}@{alias}",
+                            reason=reason, failures=check["failures"])
+        return self.get_alias(model, alias)
+
+    def remove_alias(self, model: str, alias: str, *, actor: str = "hub", reason: str = "") -> dict:
+        """Delete ``model@alias`` (the removal is kept in its history); returns the removed row."""
+        reason = str(reason or "").strip()
+        with self._write() as db:
+            current = self.get_alias(model, alias)
+            db["aliases"].delete((model, alias))
+            now = _now()
+            db["alias_history"].insert({
+                "model_name": model, "alias": alias, "version_id": None,
+                "previous_version_id": current["version_id"], "actor": str(actor), "reason": reason,
+                "override_gate": 0, "gate_check": None, "at": now, "at_iso": _iso(now),
+            })
+            self._audit(db, actor, "alias.remove", f"{model}@{alias}", previous=current["version_id"],
+                        reason=reason)
+        return current
+
+    def get_alias(self, model: str, alias: str) -> dict:
+        """``{"model_name", "alias", "version_id", "updated_at", "updated_by", "reason"}``."""
+        row = self._first("aliases", "model_name = ? AND alias = ?", [model, alias])
+        if row is None:
+            self._alias_target(model, alias)  # raises the helpful NotFoundError
+        return row
+
+    def list_aliases(self, model: str | None = None) -> list[dict]:
+        """Current aliases (of every model, or one), by model then alias name."""
+        if model is None:
+            return self._rows("aliases", order_by="model_name, alias")
+        return self._rows("aliases", "model_name = ?", [model], "alias")
+
+    def alias_history(self, model: str, alias: str | None = None) -> list[dict]:
+        """Every move of ``model@alias`` (or of all the model's aliases), newest first.
+
+        Each row: ``id, model_name, alias, version_id`` (None for a removal),
+        ``previous_version_id, actor, reason, override_gate`` (bool), ``gate_check``
+        (the failed check when the gate was overridden, else None), ``at, at_iso``.
+        """
+        self.get_model(model)
+        if alias is None:
+            rows = self._rows("alias_history", "model_name = ?", [model], "id DESC")
+        else:
+            rows = self._rows("alias_history", "model_name = ? AND alias = ?", [model, alias], "id DESC")
+        for r in rows:
+            r["override_gate"] = bool(r["override_gate"])
+        return rows
+
+    # -- evaluation gates ---------------------------------------------------------------------
+    def set_gate(self, model: str, gate: dict | None, *, actor: str = "hub") -> dict:
+        """Store the evaluation gate of ``model`` (see :func:`normalize_gate`); None or {} clears it.
+
+        Existing aliases are not re-checked; the gate applies to the next alias
+        move or deployment. Returns the model row (``gate`` in stored form or None).
+        """
+        normalized = normalize_gate(gate, repr(model))
+        empty = not normalized["min"] and not normalized["max"]
+        with self._write() as db:
+            old = self.get_model(model)
+            db["models"].update(model, {"gate": None if empty else _dumps(normalized)})
+            self._audit(db, actor, "model.gate", model, previous=old.get("gate"),
+                        gate=None if empty else normalized)
+        return self.get_model(model)
+
+    def get_gate(self, model: str) -> dict:
+        """The gate of ``model`` as ``{"min": {...}, "max": {...}}`` (both empty: no gate)."""
+        return normalize_gate(self.get_model(model).get("gate"), repr(model))
+
+    def check_gate(self, version_ref: str) -> dict:
+        """Check a version's metrics against its model's gate.
+
+        Returns ``{"version", "model", "gate", "has_gate", "passed", "checks",
+        "failures"}``; each check is ``{"metric", "bound": "min"|"max", "threshold",
+        "value", "passed", "problem"}`` (``problem`` is "" when it passed). A metric
+        the version does not have (or that is not a finite number) fails. A model
+        without a gate passes every version.
+        """
+        with self._snapshot():
+            version = self.get_version(version_ref)
+            gate = self.get_gate(version["model_name"])
+            run = self.get_run(version["run_id"])
+        metrics = _numeric_metrics(version.get("metrics"), run.get("metrics"))
+        checks = []
+        for bound in GATE_BOUNDS:
+            for metric, threshold in sorted(gate[bound].items()):
+                value = metrics.get(metric)
+                if value is None:
+                    ok, problem = False, "missing from the version's metrics"
+                elif not math.isfinite(value):
+                    ok, problem = False, "not a finite number"
+                elif bound == "min":
+                    ok, problem = value >= threshold, "" if value >= threshold else "below the minimum"
+                else:
+                    ok, problem = value <= threshold, "" if value <= threshold else "above the maximum"
+                checks.append({"metric": metric, "bound": bound, "threshold": threshold,
+                               "value": value, "passed": ok, "problem": problem})
+        failures = [c for c in checks if not c["passed"]]
+        return {"version": version["id"], "model": version["model_name"], "gate": gate,
+                "has_gate": bool(checks), "passed": not failures, "checks": checks, "failures": failures}
+
+    # -- compare --------------------------------------------------------------------------------
+    def compare(self, a_ref: str, b_ref: str) -> dict:
+        """Two versions side by side: metrics (with delta b - a), params diff, quantization.
+
+        Returns ``{"a": {...}, "b": {...}`` (id, model, run, dataset, created_at,
+        chosen, parent_version, aliases), ``"metrics": {name: {"a", "b", "delta"}}``
+        over the union of numeric version and run metrics (a side lacking a metric
+        has None, as has the delta), ``"params": {"changed": {name: {"a", "b"}},
+        "only_a": {...}, "only_b": {...}, "same": {...}}`` with nested params
+        flattened (``split.seed``), ``"quantization": {"a": {...}, "b": {...}}``
+        (chosen, reason, budget and the fp32/int8 report numbers), ``"same_dataset"``
+        and ``"gate": {"a": check, "b": check}``.
+        """
+        with self._snapshot():
+            sides = {}
+            for side, ref in (("a", a_ref), ("b", b_ref)):
+                v = self.get_version(ref)
+                run = self.get_run(v["run_id"])
+                sides[side] = (v, run, self.check_gate(v["id"]))
+        (va, ra, ga), (vb, rb, gb) = sides["a"], sides["b"]
+        ma = _numeric_metrics(va.get("metrics"), ra.get("metrics"))
+        mb = _numeric_metrics(vb.get("metrics"), rb.get("metrics"))
+        metrics = {}
+        for name in sorted(set(ma) | set(mb)):
+            a, b = ma.get(name), mb.get(name)
+            metrics[name] = {"a": a, "b": b, "delta": (b - a) if a is not None and b is not None else None}
+        pa, pb = _flatten(ra.get("params") or {}), _flatten(rb.get("params") or {})
+        params: dict[str, dict] = {"changed": {}, "only_a": {}, "only_b": {}, "same": {}}
+        for name in sorted(set(pa) | set(pb)):
+            if name not in pb:
+                params["only_a"][name] = pa[name]
+            elif name not in pa:
+                params["only_b"][name] = pb[name]
+            elif pa[name] == pb[name]:
+                params["same"][name] = pa[name]
+            else:
+                params["changed"][name] = {"a": pa[name], "b": pb[name]}
+
+        def summary(v: dict, run: dict) -> dict:
+            return {"id": v["id"], "model": v["model_name"], "run_id": run["id"],
+                    "dataset_id": run["dataset_id"], "created_at": v["created_at"],
+                    "chosen": v["chosen"], "parent_version": v.get("parent_version"),
+                    "aliases": v.get("aliases", [])}
+
+        def quant(v: dict) -> dict:
+            q = v.get("quantization") or {}
+            report = {k: val for k, val in (q.get("report") or {}).items() if _is_number(val)}
+            return {"chosen": v["chosen"], "reason": q.get("reason", ""),
+                    "budget_points": q.get("budget_points"), "report": report}
+
+        return {"a": summary(va, ra), "b": summary(vb, rb), "metrics": metrics, "params": params,
+                "quantization": {"a": quant(va), "b": quant(vb)},
+                "same_dataset": ra["dataset_id"] == rb["dataset_id"], "gate": {"a": ga, "b": gb}}
 
     # -- bundles ------------------------------------------------------------------------------
     def add_bundle(
@@ -953,47 +1400,107 @@ class Registry:
 
     # -- lineage --------------------------------------------------------------------------------
     def lineage(self, ref: str) -> dict:
-        """Walk dataset -> run -> version(s) -> bundles -> deployments from any link.
+        """Walk dataset -> run(s) -> version(s) -> bundles -> deployments from any link.
 
-        ``ref`` is a run id (``run-7``), a version (``iris:3``, or ``iris`` for the
-        latest) or a bundle sha256 (prefix of >= 8 hex digits). Returns::
+        ``ref`` is any of:
 
-            {"ref": ref, "kind": "run" | "version" | "bundle",
-             "dataset": {...}, "run": {...},
-             "versions": [{...version, "bundles": [{...bundle, "deployments": [...]}]}],
-             "deployments": [...every deployment above, newest first]}
+        * a dataset id (``ds-3fa1c09e77d2``) or sha256 (prefix of >= 8 hex digits):
+          every run on the dataset and everything made from them;
+        * a run id (``run-7``): every version the run produced;
+        * a version ref (``iris:3``, ``iris`` for the latest, ``iris@production``);
+        * a bundle sha256 (prefix of >= 8 hex digits): narrowed to that bundle;
+        * a deployment id (``dep-12``) or the command id of a deploy/rollback:
+          walks back from the deployment to its bundle, version, run and dataset.
 
-        A bundle ref narrows the tree to that bundle; a run ref includes every
-        version the run produced.
+        Returns::
+
+            {"ref": ref, "kind": "dataset" | "run" | "version" | "bundle" | "deployment",
+             "dataset": {...},
+             "run": {...} (the run; for a dataset, its newest run or None),
+             "runs": [{...run}, ...] (oldest first),
+             "versions": [{...version, "bundles": [{...bundle, "deployments": [...]}],
+                           "ancestors": [...], "descendants": [...]}],
+             "deployments": [...every deployment above, newest first],
+             "deployment": {...} (only for a deployment ref, else None)}
+
+        ``ancestors`` follow ``parent_version`` up (nearest first) and
+        ``descendants`` follow it down (breadth first): versions fine-tuned from
+        this one, possibly on other datasets. Each is ``{"id", "parent_version",
+        "run_id", "dataset_id", "dataset_sha256", "created_at"}``.
         """
         with self._snapshot():
-            kind, run, versions, bundle = self._resolve_lineage_ref(str(ref).strip())
-            tree = [self._version_tree(v, bundle) for v in versions]
+            start = self._resolve_lineage_ref(str(ref).strip())
+            tree = [self._version_tree(v, start["bundle"]) for v in start["versions"]]
             deployments = [d for v in tree for b in v["bundles"] for d in b["deployments"]]
-            deployments.sort(key=lambda d: d["created_at"], reverse=True)
+            deployments.sort(key=lambda d: (d["created_at"], d["id"]), reverse=True)
+            runs = start["runs"]
             return {
-                "ref": ref, "kind": kind, "dataset": self.get_dataset(run["dataset_id"]),
-                "run": run, "versions": tree, "deployments": deployments,
+                "ref": ref, "kind": start["kind"], "dataset": start["dataset"],
+                "run": runs[-1] if runs else None, "runs": runs, "versions": tree,
+                "deployments": deployments, "deployment": start["deployment"],
             }
 
-    def _resolve_lineage_ref(self, ref: str) -> tuple[str, dict, list[dict], dict | None]:
-        """(kind, run, versions, bundle-or-None) for a run, version or bundle reference."""
+    def _resolve_lineage_ref(self, ref: str) -> dict:
+        """Where a lineage walk starts: kind, dataset, runs, versions, bundle, deployment."""
+        def start(kind: str, runs: list[dict], versions: list[dict], bundle: dict | None = None,
+                  deployment: dict | None = None, dataset: dict | None = None) -> dict:
+            if dataset is None:
+                dataset = self.get_dataset(runs[0]["dataset_id"])
+            return {"kind": kind, "dataset": dataset, "runs": runs, "versions": versions,
+                    "bundle": bundle, "deployment": deployment}
+
+        order = "model_name, CAST(version AS INTEGER)"
         if ref.startswith("run-"):
             run = self.get_run(ref)
-            return "run", run, self._rows("versions", "run_id = ?", [run["id"]],
-                                          "model_name, CAST(version AS INTEGER)"), None
-        if ":" not in ref and len(ref) >= MIN_PREFIX and _HEX.match(ref.lower()):
-            with contextlib.suppress(NotFoundError):
-                bundle = self.get_bundle(ref)
+            return start("run", [run], self._version_extras(self._rows("versions", "run_id = ?", [run["id"]], order)))
+        deployment = self._first("deployments", "id = ? OR command_id = ?", [ref, ref])
+        if deployment is not None:
+            return self._deployment_start(deployment, start)
+        if ref.lower().startswith("ds-"):
+            return self._dataset_start(self.get_dataset(ref), start, order)
+        if "@" not in ref and ":" not in ref and len(ref) >= MIN_PREFIX and _HEX.match(ref.lower()):
+            bundle = self._unique_prefix("bundles", "sha256", ref.lower(), "bundle")
+            dataset = self._unique_prefix("datasets", "sha256", ref.lower(), "dataset")
+            if bundle is not None and dataset is not None:
+                raise RegistryError(f"{ref!r} is the start of both a bundle and a dataset sha256; "
+                                    f"give more hex digits or the dataset id ({dataset['id']})")
+            if bundle is not None:
                 version = self.get_version(bundle["version_id"])
-                return "bundle", self.get_run(version["run_id"]), [version], bundle
-        if ":" in ref or self._first("models", "name = ?", [ref]) is not None:
+                return start("bundle", [self.get_run(version["run_id"])], [version], bundle)
+            if dataset is not None:
+                return self._dataset_start(dataset, start, order)
+        model = ref.partition("@")[0].rpartition(":")[0] or ref.partition("@")[0]
+        if "@" in ref or ":" in ref or self._first("models", "name = ?", [model]) is not None:
             version = self.get_version(ref)
-            return "version", self.get_run(version["run_id"]), [version], None
+            return start("version", [self.get_run(version["run_id"])], [version])
         raise NotFoundError(
-            f"{ref!r} names no run, version or bundle; use a run id (run-7), a version "
-            f"(model:3, or model for its latest) or at least {MIN_PREFIX} hex digits of a bundle sha256"
+            f"{ref!r} names no dataset, run, version, bundle or deployment; use a dataset id (ds-...) "
+            f"or sha256, a run id (run-7), a version (model:3, model for its latest, model@alias), "
+            f"at least {MIN_PREFIX} hex digits of a bundle or dataset sha256, or a deployment "
+            "(dep-12, or its command id)"
         )
+
+    def _dataset_start(self, dataset: dict, start, order: str) -> dict:
+        runs = self._rows("runs", "dataset_id = ?", [dataset["id"]],
+                          "started_at, CAST(SUBSTR(id, 5) AS INTEGER)")
+        versions: list[dict] = []
+        if runs:
+            marks = ", ".join("?" * len(runs))
+            versions = self._version_extras(
+                self._rows("versions", f"run_id IN ({marks})", [r["id"] for r in runs], order))
+        return start("dataset", runs, versions, dataset=dataset)
+
+    def _deployment_start(self, deployment: dict, start) -> dict:
+        sha = deployment["bundle_sha256"] or deployment["target_sha256"]
+        bundle = self._first("bundles", "sha256 = ?", [sha]) if sha else None
+        if bundle is None:
+            raise NotFoundError(
+                f"deployment {deployment['id']} ({deployment['kind']} to {deployment['agent_id']}) names "
+                f"bundle {str(sha)[:16]}…, which is not registered in this hub (a rollback to a bundle "
+                "from elsewhere), so its lineage ends there"
+            )
+        version = self.get_version(bundle["version_id"])
+        return start("deployment", [self.get_run(version["run_id"])], [version], bundle, deployment)
 
     def _version_tree(self, version: dict, only_bundle: dict | None) -> dict:
         bundles = [only_bundle] if only_bundle else self._rows(
@@ -1002,4 +1509,35 @@ class Registry:
             {**b, "deployments": self._rows("deployments", "target_sha256 = ?", [b["sha256"]],
                                             "created_at DESC")}
             for b in bundles
-        ]}
+        ], "ancestors": self._ancestors(version), "descendants": self._descendants(version["id"])}
+
+    def _link(self, version: dict) -> dict:
+        run = self._first("runs", "id = ?", [version["run_id"]]) or {}
+        dataset = self._first("datasets", "id = ?", [run.get("dataset_id")]) or {}
+        return {"id": version["id"], "parent_version": version.get("parent_version"),
+                "run_id": version["run_id"], "dataset_id": run.get("dataset_id"),
+                "dataset_sha256": dataset.get("sha256"), "created_at": version["created_at"]}
+
+    def _ancestors(self, version: dict) -> list[dict]:
+        out, seen = [], {version["id"]}
+        parent = version.get("parent_version")
+        while parent and parent not in seen:
+            seen.add(parent)
+            row = self._first("versions", "id = ?", [parent])
+            if row is None:
+                break
+            out.append(self._link(row))
+            parent = row.get("parent_version")
+        return out
+
+    def _descendants(self, version_id: str) -> list[dict]:
+        out, seen, frontier = [], {version_id}, [version_id]
+        while frontier:
+            marks = ", ".join("?" * len(frontier))
+            children = [c for c in self._rows("versions", f"parent_version IN ({marks})", frontier,
+                                              "created_at, model_name, CAST(version AS INTEGER)")
+                        if c["id"] not in seen]
+            seen.update(c["id"] for c in children)
+            out.extend(self._link(c) for c in children)
+            frontier = [c["id"] for c in children]
+        return out

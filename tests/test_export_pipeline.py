@@ -1,0 +1,106 @@
+"""build_version + build_bundle for CNN window data and regression, checked by the agent's own code.
+
+Each version is packed into a signed bundle, verified, loaded by
+:class:`agent.runtime.ModelRunner` (the ONNX contract) and smoke-tested,
+exactly as an edge agent does on install.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from agent.bundle import verify_bundle
+from agent.drift import DriftMonitor
+from agent.envelope import SigningKey, TrustedKeys
+from agent.runtime import ModelRunner
+from hub.bundler import build_bundle
+from hub.errors import CancelledError, ExportError
+from hub.pipeline import build_version
+from hub.progress import CancelToken
+from hub.registry import Registry
+from hub.train import TrainParams
+from tests.test_train_factory import regression_dataset, window_dataset
+
+
+def _register(reg: Registry, ds) -> dict:
+    return reg.add_dataset(ds.sha256, "data", ds.source or "memory", ds.n_rows, ds.feature_names, ds.labels)
+
+
+def _install(reg, tmp_path, version_id):
+    key = SigningKey.generate()
+    b = build_bundle(reg, tmp_path / "models", tmp_path / "bundles", version_id, key)
+    verified = verify_bundle(b.path.read_bytes(), TrustedKeys.of([key.public]))
+    runner = ModelRunner.load(verified.manifest, verified.files[verified.manifest.entrypoint])
+    runner.smoke_test()
+    return b, runner
+
+
+def test_cnn_window_version_and_bundle(tmp_path):
+    ds = window_dataset(700, seed=0)
+    params = TrainParams(arch="cnn1d", channels=(16, 32), epochs=15, patience=5, seed=0)
+    with Registry(tmp_path / "registry.sqlite") as reg:
+        build = build_version(reg, tmp_path / "models", ds, _register(reg, ds), "window-cnn", params)
+        q = build.quantization
+        assert q["method"] == "static_qdq" and q["per_channel"] is True
+        assert q["chosen"] in ("int8", "fp32") and q["reason"].endswith(f"ship {q['chosen']}")
+        rep = q["report"]
+        assert {"int8_latency_us_batch32", "fp32_latency_us_batch32", "size_ratio", "metric_drop_points"} <= set(rep)
+        rec = reg.get_version(build.id)
+        assert rec["quantization"]["report"]["n_test"] == rep["n_test"] and reg.get_model("window-cnn")["task"] == "classification"
+        meta = json.loads((build.folder / "meta.json").read_text())
+        assert meta["arch"] == "cnn1d" and meta["window_shape"] == [3, 48] and "prediction_reference" not in meta
+        assert build.metrics["test_accuracy"] > 0.8
+        b, runner = _install(reg, tmp_path, build.id)
+        m = b.manifest
+        assert [(o.name, o.shape) for o in m.outputs] == [("probabilities", [-1, 3])] and m.labels == ds.labels
+        assert m.inputs[0].shape == [-1, 144] and m.quantization["chosen"] == q["chosen"]
+        assert m.quantization["report"]["int8_latency_us_batch32"] == rep["int8_latency_us_batch32"]
+        assert len(m.drift.features) == 144 and len(m.drift.output_shares) == 3
+        out = runner.infer(ds.X[:5].tolist())
+        assert len(out["label"]) == 5
+
+
+def test_regression_version_and_bundle(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(500, 5)) * [1, 10, 100, 0.1, 5] + [0, 50, 1000, 1, 20]
+    y = 3 * (X[:, 0]) + 0.2 * (X[:, 1] - 50) + 0.01 * (X[:, 2] - 1000) + rng.normal(0, 0.2, 500) + 40
+    ds = regression_dataset([f"s{i}" for i in range(5)], X, y, source="synthetic-linear")
+    with Registry(tmp_path / "registry.sqlite") as reg:
+        build = build_version(reg, tmp_path / "models", ds, _register(reg, ds), "load-reg",
+                              TrainParams(epochs=40, patience=8, seed=0), quantize="dynamic")
+        assert build.metrics["test_r2"] > 0.95
+        q = build.quantization
+        assert q["method"] == "dynamic" and q["report"]["metric"] == "rmse" and "RMSE change" in q["reason"]
+        rec = reg.get_version(build.id)
+        assert reg.get_model("load-reg")["task"] == "regression"
+        pref = rec["metrics"]["prediction_reference"]
+        meta = json.loads((build.folder / "meta.json").read_text())
+        assert meta["prediction_reference"] == pref and meta["labels"] == [] and meta["task"] == "regression"
+        assert sum(pref["counts"]) == pref["rows"] and len(pref["counts"]) == len(pref["edges"]) + 1
+        assert list(meta["smoke_expected"]) == ["prediction"] and np.shape(meta["smoke_expected"]["prediction"]) == (4, 1)
+        b, runner = _install(reg, tmp_path, build.id)
+        m = b.manifest
+        assert m.task == "regression" and m.labels == []
+        assert [(o.name, o.datatype, o.shape) for o in m.outputs] == [("prediction", "FP32", [-1, 1])]
+        assert m.drift.output_shares == [] and m.drift.output_labels == []
+        assert "prediction_reference" not in m.quantization  # not smuggled into the manifest
+        out = runner.infer(ds.X[:3].tolist())
+        assert len(out["prediction"]) == 3 and np.allclose(out["prediction"], y[:3], atol=2.0)
+        monitor = DriftMonitor(m.drift, agent_id="a", model=m.model_name, version=m.version, bundle_sha256=b.sha256)
+        assert monitor.observe(ds.X[:250]) and monitor.observe(ds.X[:10], None) == []
+
+
+def test_pipeline_refuses_dynamic_cnn_and_records_cancelled_runs(tmp_path):
+    ds = window_dataset(300, seed=2)
+    with Registry(tmp_path / "registry.sqlite") as reg:
+        rec = _register(reg, ds)
+        with pytest.raises(ExportError, match="dynamic quantization is for MLPs"):
+            build_version(reg, tmp_path / "models", ds, rec, "w", TrainParams(arch="cnn1d"), quantize="dynamic")
+        token = CancelToken()
+        token.cancel()
+        with pytest.raises(CancelledError):
+            build_version(reg, tmp_path / "models", ds, rec, "w", TrainParams(arch="cnn1d", epochs=2), cancel=token)
+        assert [r["status"] for r in reg.list_runs("w")] == ["cancelled"]
