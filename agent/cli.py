@@ -39,7 +39,9 @@ def add_agent_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", "-o", required=True, type=Path, help="config file to write")
     p.set_defaults(func=cmd_init)
 
-    p = sub.add_parser("status", help="show what an agent has installed (reads its state dir; no broker)")
+    p = sub.add_parser("status", help="show what an agent has installed (reads its state dir; no broker)",
+                       description="Show the active model, the installed bundles and the accepted command "
+                                   "counters, read from the state folder; works while the agent is stopped.")
     p.add_argument("--config", "-c", required=True, type=Path)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)

@@ -140,6 +140,7 @@ def build_version(
     quantize: bool | str = True,
     budget_points: float = 1.0,
     parent_version: str | None = None,
+    actor: str = "hub",
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
     parent: ParentSpec | None = None,
@@ -180,7 +181,7 @@ def build_version(
                                    "ewc_lambda": parent.ewc_lambda, "parent_dataset_sha256": parent.dataset.sha256,
                                    "model_config": parent_model.config()}  # the parent's architecture is kept
     run = registry.start_run(dataset_record["id"], model_name, run_params,
-                             code_version=code_version(), library_versions=library_versions())
+                             code_version=code_version(), library_versions=library_versions(), actor=actor)
     continual = None
     try:
         if parent is not None:
@@ -191,13 +192,14 @@ def build_version(
         else:
             result = train_model(dataset, splits, params, progress=progress, cancel=cancel)
     except CancelledError:
-        registry.finish_run(run["id"], "cancelled")
+        registry.finish_run(run["id"], "cancelled", actor=actor)
         raise
     except BaseException:
-        registry.finish_run(run["id"], "failed")
+        registry.finish_run(run["id"], "failed", actor=actor)
         raise
     timings["train_s"] = time.perf_counter() - t0
-    registry.finish_run(run["id"], "succeeded", metrics=_jsonable(result.metrics), history=result.history)
+    registry.finish_run(run["id"], "succeeded", metrics=_jsonable(result.metrics), history=result.history,
+                        actor=actor)
 
     t1 = time.perf_counter()
     _emit(progress, "export", "exporting ONNX and checking parity with torch")
@@ -259,7 +261,7 @@ def build_version(
     version = registry.add_version(
         model_name, run["id"], sha256(fp32), task=task,
         int8_sha256=sha256(int8) if int8 is not None else None, chosen=quant["chosen"],
-        quantization=_jsonable(quant), metrics=_jsonable(version_metrics), parent_version=parent_version,
+        quantization=_jsonable(quant), metrics=_jsonable(version_metrics), parent_version=parent_version, actor=actor,
     )
     folder = Path(models_dir) / model_name / version["version"]
     folder.mkdir(parents=True, exist_ok=True)

@@ -178,7 +178,7 @@ class Hub:
 
         return build_version(self.registry, self.home.models_dir, dataset, dataset_record, model_name, params,
                              quantize=quantize, budget_points=budget_points, parent_version=parent_version,
-                             progress=progress, cancel=cancel)
+                             progress=progress, cancel=cancel, actor=self.actor)
 
     def train(self, dataset_ref: str, model_name: str, params: Any = None, *,
               progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
@@ -216,7 +216,7 @@ class Hub:
                                             **options)
         return pipeline.build_version(self.registry, self.home.models_dir, dataset, record, model_name, params,
                                       quantize=quantize, budget_points=budget_points, progress=progress,
-                                      cancel=cancel, **extra)
+                                      cancel=cancel, actor=self.actor, **extra)
 
     @property
     def continual_learning(self) -> bool:

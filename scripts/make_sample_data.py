@@ -100,7 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     if back.sha256 != ds.sha256:
         print(f"error: {csv_path} does not read back to the generated data", file=sys.stderr)
         return 1
-    (args.out / "README.md").write_text(readme(ds, args.rows, args.seed), encoding="utf-8")
+    readme_path = args.out / "README.md"
+    keep = ""  # hand-written sections after the generated part survive regeneration
+    if readme_path.exists():
+        old = readme_path.read_text(encoding="utf-8")
+        marker = "## Loading your own data"
+        if marker in old:
+            keep = "\n" + old[old.index(marker):]
+    readme_path.write_text(readme(ds, args.rows, args.seed).rstrip("\n") + "\n" + keep, encoding="utf-8")
     print(f"wrote {csv_path} ({ds.n_rows} rows, sha256 {ds.sha256}) and {args.out / 'README.md'}")
     return 0
 
