@@ -675,14 +675,19 @@ class Registry:
         raise RegistryError(f"dataset id for {sha} is already taken")  # same sha: unreachable
 
     def get_dataset(self, ref: str) -> dict:
-        """A dataset by id (``ds-...``), full sha256 or a sha256 prefix of at least 8 hex digits."""
-        ref = str(ref).strip().lower()
+        """A dataset by id (``ds-...``), full sha256, a sha256 prefix of at least 8 hex
+        digits, or its name (the newest dataset of that name)."""
+        name = str(ref).strip()
+        ref = name.lower()
         row = self._first("datasets", "id = ?", [ref])
         if row is None and len(ref) >= MIN_PREFIX and _HEX.match(ref):
             row = self._unique_prefix("datasets", "sha256", ref, "dataset")
         if row is None:
+            rows = self._rows("datasets", "name = ?", [name], "created_at DESC", limit=1)
+            row = rows[0] if rows else None
+        if row is None:
             raise NotFoundError(
-                f"no dataset {ref!r}; give its id (ds-...) or sha256, see list_datasets()"
+                f"no dataset {name!r}; give its name, id (ds-...) or sha256 (see `edgeloop data list`)"
             )
         return row
 
