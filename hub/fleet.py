@@ -328,8 +328,14 @@ class Fleet:
             return CommandOutcome(cmd.command_id, res.ok, res.code, res.message, res,
                                   time.perf_counter() - started, res.details)
         finally:
+            self._forget(cmd.command_id)
             with self._lock:
                 self._outgoing.pop(spec.transfer_id, None)
+
+    def _forget(self, command_id: str) -> None:
+        """Drop the waiter of a settled command (late events stay in the bounded recent list)."""
+        with self._lock:
+            self._waiters.pop(command_id, None)
 
     def rollback(self, agent_id: str, bundle_sha256: str, *, reason: str = "", timeout: float = 60.0,
                  ) -> CommandOutcome:
@@ -343,7 +349,10 @@ class Fleet:
     def outcome(self, command_id: str, kinds: tuple[str, ...], timeout: float, started: float | None = None,
                 ) -> CommandOutcome:
         started = time.perf_counter() if started is None else started
-        ev = self.wait_result(command_id, kinds, timeout)
+        try:
+            ev = self.wait_result(command_id, kinds, timeout)
+        finally:
+            self._forget(command_id)
         if ev is None:
             return CommandOutcome(command_id, False, "timeout", f"no answer within {timeout:.0f} s", None,
                                   time.perf_counter() - started)
