@@ -14,6 +14,7 @@ Example (``edgeloop agent init`` and the demo write one like it)::
     enabled = true
     host = "127.0.0.1"
     port = 8080        # 0 picks a free port
+    max_connections = 64  # beyond this, clients get 503 (one thread per connection)
 
     [limits]
     max_bundle_bytes = 268435456
@@ -52,6 +53,7 @@ class AgentConfig:
     http_enabled: bool = True
     http_host: str = "127.0.0.1"
     http_port: int = 0
+    http_max_connections: int = 64
     max_bundle_bytes: int = 256 * 1024 * 1024
     max_request_bytes: int = 1024 * 1024
     max_rows: int = 4096
@@ -120,6 +122,7 @@ class AgentConfig:
             http_enabled=get("http", "enabled", bool, True),
             http_host=get("http", "host", str, "127.0.0.1"),
             http_port=get("http", "port", int, 0),
+            http_max_connections=get("http", "max_connections", int, 64),
             max_bundle_bytes=get("limits", "max_bundle_bytes", int, 256 * 1024 * 1024),
             max_request_bytes=get("limits", "max_request_bytes", int, 1024 * 1024),
             max_rows=get("limits", "max_rows", int, 4096),
@@ -155,6 +158,7 @@ class AgentConfig:
             f"enabled = {str(self.http_enabled).lower()}",
             f"host = {q(self.http_host)}",
             f"port = {self.http_port}",
+            f"max_connections = {self.http_max_connections}",
             "",
             "[limits]",
             f"max_bundle_bytes = {self.max_bundle_bytes}",

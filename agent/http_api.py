@@ -210,15 +210,33 @@ class _Server(ThreadingHTTPServer):
     block_on_close = False
     allow_reuse_address = True
 
-    def __init__(self, addr: tuple, handler: type, family: int) -> None:
+    def __init__(self, addr: tuple, handler: type, family: int, max_connections: int = 64) -> None:
         self.address_family = family
+        self.max_connections = max_connections
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
         super().__init__(addr, handler)
 
     def process_request(self, request, client_address):  # type: ignore[override]
+        """One thread per connection, but at most ``max_connections`` (a small device must not
+        run out of threads): beyond that the client gets 503 with Retry-After at once."""
         with self._open_lock:
-            self._open.add(request)
+            full = len(self._open) >= self.max_connections
+            if not full:
+                self._open.add(request)
+        if full:
+            body = json.dumps({"error": f"overloaded: more than {self.max_connections} open connections; "
+                                        "retry shortly"}).encode()
+            try:
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                                b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+                                % (len(body), body))
+            except OSError:
+                pass
+            log.warning("HTTP connection from %s refused: %d connections open", client_address[0],
+                        self.max_connections)
+            self.shutdown_request(request)
+            return
         super().process_request(request, client_address)
 
     def shutdown_request(self, request):  # type: ignore[override]
@@ -244,8 +262,9 @@ class HttpApi:
 
     def __init__(self, serving: Serving, host: str = "127.0.0.1", port: int = 0, *,
                  max_body: int = DEFAULT_MAX_BODY, max_rows: int | None = None,
-                 request_timeout: float = 30.0) -> None:
+                 request_timeout: float = 30.0, max_connections: int = 64) -> None:
         self.serving = serving
+        self.max_connections = max_connections
         self.host = host
         self.max_body = max_body
         self.max_rows = max_rows if max_rows is not None else serving.max_rows
@@ -260,7 +279,7 @@ class HttpApi:
             return self
         handler = type("EdgeloopV2Handler", (_Handler,), {"api": self, "timeout": self.request_timeout})
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        self._server = _Server((self.host, self._requested_port), handler, family)
+        self._server = _Server((self.host, self._requested_port), handler, family, self.max_connections)
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="agent-http", daemon=True)
         self._thread.start()

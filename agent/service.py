@@ -109,7 +109,7 @@ class Agent:
         if self.cfg.http_enabled:
             self.http = HttpApi(
                 self.serving, host=self.cfg.http_host, port=self.cfg.http_port,
-                max_body=self.cfg.max_request_bytes,
+                max_body=self.cfg.max_request_bytes, max_connections=self.cfg.http_max_connections,
             ).start()
             log.info("HTTP (Open Inference Protocol v2) on %s", self.http.url)
         for name, target in (("control", self._control_loop), ("inference", self._infer_loop)):

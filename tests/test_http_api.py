@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import time
 import json
 import socket
 
@@ -302,3 +303,25 @@ def test_stop_releases_the_port(serving):
     api.stop()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_connection_cap_answers_503_and_recovers(serving):
+    """A small device must not spawn a thread per client without bound."""
+    import socket as _socket
+
+    with HttpApi(serving, max_connections=2) as a:
+        idle = [_socket.create_connection(("127.0.0.1", a.port)) for _ in range(2)]
+        time.sleep(0.3)  # let the server accept them
+        over = http.client.HTTPConnection("127.0.0.1", a.port, timeout=5)
+        over.request("GET", "/v2/health/live")
+        resp = over.getresponse()
+        assert resp.status == 503 and resp.getheader("Retry-After") == "1"
+        assert "overloaded" in json.loads(resp.read())["error"]
+        over.close()
+        for s in idle:
+            s.close()
+        time.sleep(0.5)
+        ok = http.client.HTTPConnection("127.0.0.1", a.port, timeout=5)
+        ok.request("GET", "/v2/health/live")
+        assert ok.getresponse().status == 200
+        ok.close()
