@@ -26,6 +26,7 @@ Example (``edgeloop agent init`` and the demo write one like it)::
 
     [discovery]
     zeroconf = false     # announce _edgeloop._tcp on the local network
+    interfaces = []      # addresses to announce on; empty = all
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class AgentConfig:
     max_rows: int = 4096
     transfer_idle_seconds: float = 5.0
     zeroconf: bool = False
+    zeroconf_interfaces: list[str] = field(default_factory=list)  # empty: all interfaces
     log_level: str = "INFO"
     source: Path | None = field(default=None, compare=False)
 
@@ -128,6 +130,7 @@ class AgentConfig:
             max_rows=get("limits", "max_rows", int, 4096),
             transfer_idle_seconds=get("transfer", "idle_seconds", float, 5.0),
             zeroconf=get("discovery", "zeroconf", bool, False),
+            zeroconf_interfaces=[str(x) for x in get("discovery", "interfaces", list, [])],
             log_level=get(None, "log_level", str, "INFO"),
             source=source,
         )
@@ -170,6 +173,7 @@ class AgentConfig:
             "",
             "[discovery]",
             f"zeroconf = {str(self.zeroconf).lower()}",
+            "interfaces = [" + ", ".join(q(i) for i in self.zeroconf_interfaces) + "]",
             "",
         ]
         return "\n".join(lines)

@@ -441,7 +441,8 @@ class Agent:
         try:
             from .discovery import AgentAnnouncer
 
-            self._discovery = AgentAnnouncer(self.id, self.cfg, self.http.port if self.http else None).start()
+            self._discovery = AgentAnnouncer(self.id, self.cfg, self.http.port if self.http else None,
+                                             interfaces=self.cfg.zeroconf_interfaces or None).start()
         except Exception as exc:  # discovery is a convenience; never fatal
             log.warning("zeroconf announcement failed: %s", exc)
 

@@ -169,7 +169,8 @@ class Demo:
         pub = self.hub.public_key_path
         for aid in AGENT_IDS:
             cfg = AgentConfig(agent_id=aid, state_dir=agents_dir / aid, trusted_keys=[pub], mqtt_host=addr.host,
-                              mqtt_port=addr.port, http_port=0, transfer_idle_seconds=2.0)
+                              mqtt_port=addr.port, http_port=0, transfer_idle_seconds=2.0,
+                              zeroconf=True, zeroconf_interfaces=["127.0.0.1"])
             cfg_path = agents_dir / f"{aid}.toml"
             cfg_path.write_text(cfg.to_toml())
             log = open(agents_dir / f"{aid}.log", "ab")
@@ -185,8 +186,21 @@ class Demo:
             if aid in AGENT_IDS:
                 active = f"{state.active.model} {state.active.version}" if state.active else "no model yet"
                 self.say(f"    {aid}: online (session {state.session}), HTTP {state.http_url}, {active}")
-        st.facts.update(broker=kind)
+        found = self._discover()
+        if found is not None:
+            self.say(f"    zeroconf (_edgeloop._tcp on loopback) found: {', '.join(found) or 'nothing'}")
+        st.facts.update(broker=kind, discovered=found)
         self.done(st)
+
+    @staticmethod
+    def _discover() -> list[str] | None:
+        """Agents announcing themselves with zeroconf; None if mDNS is unavailable here."""
+        try:
+            from agent.discovery import browse
+
+            return [a.agent_id for a in browse(timeout=1.5, interfaces=["127.0.0.1"]) if a.agent_id in AGENT_IDS]
+        except Exception:  # discovery is a convenience: never fail the demo over it
+            return None
 
     def _deploy(self, b, build) -> None:
         st = self.step("deploy", f"Push {build.id} to both agents over MQTT")

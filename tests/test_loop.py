@@ -24,6 +24,7 @@ def _check_state(home, result):
     assert steps["drift"]["flagged"][AGENT_IDS[0]] == []
     assert steps["rollback"]["forged"] == "untrusted_key" and steps["rollback"]["replayed"] == "replayed"
     assert steps["inference"]["mqtt_p50_ms"] > 0 and steps["inference"]["http_p50_ms"] > 0
+    assert sorted(steps["agents"]["discovered"]) == sorted(AGENT_IDS)  # zeroconf on loopback
     reg = Registry(home / "registry.sqlite")
     try:
         versions = reg.list_versions()
