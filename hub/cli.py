@@ -289,7 +289,6 @@ def cmd_train(args) -> int:
             data_ref = hub.import_dataset(data_ref)["id"]
         token = CancelToken()
         bar = None if args.quiet else TerminalProgress()
-        continual = hub.continual_learning
         try:
             with _cancel_on_sigint(token):
                 build = hub.train(data_ref, args.model, params, progress=bar, cancel=token,
@@ -322,10 +321,8 @@ def cmd_train(args) -> int:
                          f"{_num(c.get('forgetting'))}), on the new test split {_num(c.get('new_test_before'))} "
                          f"-> {_num(c.get('new_test_after'))}")
         elif parent:
-            why = ("--from-scratch" if continual and args.from_scratch
-                   else "this pipeline has no continual-learning path yet")
-            lines.append(f"  parent {parent}: recorded as parent_version only (lineage; {why}, so training "
-                         "started from scratch)")
+            lines.append(f"  parent {parent}: recorded as parent_version only (lineage; --from-scratch, so "
+                         "training started from scratch)")
         if gate["has_gate"]:
             lines.append("  gate: " + ("passed" if gate["passed"] else "FAILED -- " + "; ".join(
                 f"{f['metric']} {_num(f['value'])} vs {f['bound']} {_num(f['threshold'])}" for f in gate["failures"])))

@@ -27,7 +27,7 @@ from agent.bundle import sha256 as sha256_hex
 from agent.envelope import SigningKey
 
 from . import __version__
-from .data import Dataset, load_csv, write_csv
+from .data import Dataset, load_csv, load_dataset, write_csv
 from .errors import DataValidationError, ExportError, HubError, NotFoundError
 from .home import Home, default_home
 from .keys import export_public_pem, load_or_create_hub_key, public_key_path
@@ -108,7 +108,7 @@ class Hub:
         """Validate a data file and register it (idempotent by content hash).
 
         Uses :func:`hub.data.load_dataset` (CSV or NPZ, schema inference, optional
-        schema file) when this edgeloop has it, else :func:`hub.data.load_csv`.
+        schema file).
         The hub keeps a copy under its home -- for a file loaded with a schema the
         original bytes plus the resolved schema, so :meth:`load_dataset` rebuilds
         the identical dataset. Returns the registry record plus ``"summary"``
@@ -116,15 +116,8 @@ class Hub:
         :class:`hub.errors.DataValidationError` listing every problem.
         """
         path = Path(path)
-        loader = _data_loader()
-        if loader is None:
-            if schema_file is not None:
-                raise HubError("schema files need hub.data.load_dataset, which this edgeloop lacks; "
-                               "import without --schema (the label column must be named 'label')")
-            ds = load_csv(path)
-        else:
-            ds = loader(path, schema_file=Path(schema_file) if schema_file is not None else None)
-        if loader is not None and self._stored_copy(ds.sha256) is None:
+        ds = load_dataset(path, schema_file=Path(schema_file) if schema_file is not None else None)
+        if self._stored_copy(ds.sha256) is None:
             self._keep_schema_copy(ds, path, schema_file)
         record = self.register_dataset(ds, name or path.stem)
         return {**record, "summary": _dataset_summary(ds)}
@@ -158,9 +151,8 @@ class Hub:
             raise NotFoundError(f"the hub's copy of dataset {rec['id']} is missing from {self.home.datasets_dir}; import "
                                 f"the file again (edgeloop data import {rec.get('source') or 'FILE'})")
         schema_copy = self._schema_copy(rec["sha256"])
-        loader = _data_loader()
-        if schema_copy.exists() and loader is not None:
-            ds = loader(copy, schema_file=schema_copy)
+        if schema_copy.exists():
+            ds = load_dataset(copy, schema_file=schema_copy)
         else:
             ds = load_csv(copy, _label_column_of(copy), labels=rec.get("labels"))
         if ds.sha256 != rec["sha256"]:
@@ -188,8 +180,7 @@ class Hub:
 
         ``params`` is a :class:`hub.train.TrainParams`, a mapping of its fields, or
         None for the defaults. ``parent`` is any version ref (``m:2``, ``m@production``)
-        the new version continues from: with ``fine_tune`` (and a pipeline that
-        supports it, :attr:`continual_learning`) the parent's saved model is
+        the new version continues from: with ``fine_tune`` the parent's saved model is
         fine-tuned on the new data with replay of ``replay_size`` rows of the
         parent's data and EWC weight ``ewc_lambda``; otherwise training starts from
         scratch and the parent is recorded as lineage only. Either way the new
@@ -207,24 +198,16 @@ class Hub:
         if parent:
             pv = self.registry.get_version(parent)
             extra["parent_version"] = pv["id"]
-            spec_type = getattr(pipeline, "ParentSpec", None)
-            if fine_tune and spec_type is not None:
+            if fine_tune:
                 parent_run = self.registry.get_run(pv["run_id"])
                 options = {k: v for k, v in (("replay_size", replay_size), ("ewc_lambda", ewc_lambda))
                            if v is not None}
-                extra["parent"] = spec_type(version=pv["id"], dataset=self.load_dataset(parent_run["dataset_id"]),
+                extra["parent"] = pipeline.ParentSpec(version=pv["id"],
+                                                      dataset=self.load_dataset(parent_run["dataset_id"]),
                                             **options)
         return pipeline.build_version(self.registry, self.home.models_dir, dataset, record, model_name, params,
                                       quantize=quantize, budget_points=budget_points, progress=progress,
                                       cancel=cancel, actor=self.actor, **extra)
-
-    @property
-    def continual_learning(self) -> bool:
-        """Whether the pipeline can fine-tune a parent version (``pipeline.ParentSpec``);
-        otherwise a parent given to :meth:`train` is recorded as lineage only."""
-        from . import pipeline
-
-        return hasattr(pipeline, "ParentSpec")
 
     def export(self, version_ref: str, out_dir: Path | str, *,
                progress: ProgressCallback | None = None) -> dict:
@@ -418,13 +401,6 @@ class Hub:
 
 
 # --- helpers ----------------------------------------------------------------------------
-def _data_loader():
-    """``hub.data.load_dataset`` when this edgeloop has it (schema support), else None."""
-    from . import data
-
-    return getattr(data, "load_dataset", None)
-
-
 def _dataset_summary(ds: Dataset) -> dict:
     summary = getattr(ds, "summary", None)
     if callable(summary):

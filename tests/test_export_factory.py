@@ -170,13 +170,10 @@ def test_export_refuses_a_feature_count_the_model_does_not_take(windows):
 
 
 def test_cnn_on_hub_sensor_windows_beats_the_mlp():
-    """On hub.data's own synthetic vibration windows (when hub.data has them) the CNN beats a flat MLP."""
-    import hub.data
+    """On hub.data's own synthetic vibration windows the CNN beats a flat MLP."""
+    from hub.data import generate_sensor_windows
 
-    gen = getattr(hub.data, "generate_sensor_windows", None)
-    if gen is None:
-        pytest.skip("hub.data has no window generator yet")
-    ds = gen(800, seed=0)
+    ds = generate_sensor_windows(800, seed=0)
     splits = split_dataset(ds, 0)
     cnn = train_model(ds, splits, TrainParams(arch="cnn1d", epochs=20, patience=5, channels=(16, 32), seed=0))
     mlp = train_model(ds, splits, TrainParams(arch="mlp", epochs=20, patience=5, seed=0))
