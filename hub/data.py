@@ -940,27 +940,17 @@ def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
                     continue  # blank line
                 rows.append((reader.line_num, cells))
     except FileNotFoundError as exc:
-        raise DataValidationError(
-            f"{source} does not exist; check the path.", [Problem(None, None, "file_not_found", str(exc))]
-        ) from exc
+        raise _file_error(source, "file_not_found", "does not exist; check the path.", exc) from exc
     except UnicodeDecodeError as exc:
-        raise DataValidationError(
-            f"{source} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 CSV.",
-            [Problem(None, None, "not_utf8", str(exc))],
-        ) from exc
+        raise _file_error(source, "not_utf8", f"is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                          "save it as UTF-8 CSV.", exc) from exc
     except IsADirectoryError as exc:
-        raise DataValidationError(
-            f"{source} is a folder; give the path of a CSV file.", [Problem(None, None, "not_a_file", str(exc))]
-        ) from exc
+        raise _file_error(source, "not_a_file", "is a folder; give the path of a CSV file.", exc) from exc
     except PermissionError as exc:
-        raise DataValidationError(
-            f"{source} cannot be read (permission denied); check the file's permissions.",
-            [Problem(None, None, "not_readable", str(exc))],
-        ) from exc
+        raise _file_error(source, "not_readable", "cannot be read (permission denied); check the file's "
+                          "permissions.", exc) from exc
     except csv.Error as exc:
-        raise DataValidationError(
-            f"{source} is not readable CSV: {exc}.", [Problem(None, None, "bad_csv", str(exc))]
-        ) from exc
+        raise _file_error(source, "bad_csv", f"is not readable CSV: {exc}.", exc) from exc
     return header, rows
 
 
@@ -1035,7 +1025,8 @@ def write_npz(dataset: Dataset, path: str | Path) -> Path:
     return path
 
 
-def _npz_error(source: str, rule: str, detail: str, exc: BaseException | None = None) -> DataValidationError:
+def _file_error(source: str, rule: str, detail: str, exc: BaseException | None = None) -> DataValidationError:
+    """A data file that cannot be read: the message names the file, the problem carries the rule."""
     return DataValidationError(f"{source} {detail}", [Problem(None, None, rule, str(exc) if exc else detail)])
 
 
@@ -1044,22 +1035,22 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         loaded = np.load(path, allow_pickle=False)
     except FileNotFoundError as exc:
-        raise _npz_error(source, "file_not_found", "does not exist; check the path.", exc) from exc
+        raise _file_error(source, "file_not_found", "does not exist; check the path.", exc) from exc
     except IsADirectoryError as exc:
-        raise _npz_error(source, "not_a_file", "is a folder; give the path of a .npz file.", exc) from exc
+        raise _file_error(source, "not_a_file", "is a folder; give the path of a .npz file.", exc) from exc
     except PermissionError as exc:
-        raise _npz_error(source, "not_readable", "cannot be read (permission denied).", exc) from exc
+        raise _file_error(source, "not_readable", "cannot be read (permission denied).", exc) from exc
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise _npz_error(source, "bad_npz", f"is not a NumPy .npz archive ({exc}); save it with numpy.savez(path, X=..., y=...).", exc) from exc
+        raise _file_error(source, "bad_npz", f"is not a NumPy .npz archive ({exc}); save it with numpy.savez(path, X=..., y=...).", exc) from exc
     if not isinstance(loaded, np.lib.npyio.NpzFile):
-        raise _npz_error(source, "bad_npz", "holds a single .npy array; save X and y with numpy.savez(path, X=..., y=...).")
+        raise _file_error(source, "bad_npz", "holds a single .npy array; save X and y with numpy.savez(path, X=..., y=...).")
     out: dict[str, np.ndarray] = {}
     with loaded:
         for key in loaded.files:
             try:
                 out[key] = loaded[key]
             except (ValueError, OSError, zipfile.BadZipFile) as exc:
-                raise _npz_error(source, "bad_npz", f"array {key!r} cannot be read without pickle ({exc}); "
+                raise _file_error(source, "bad_npz", f"array {key!r} cannot be read without pickle ({exc}); "
                                  "store numbers and strings only.", exc) from exc
     return out
 

@@ -84,10 +84,6 @@ class Hub:
             dataset.sha256, name or Path(dataset.source or "dataset").stem, dataset.source or str(copy),
             dataset.n_rows, dataset.feature_names, dataset.labels, actor=self.actor)
 
-    def import_csv(self, path: Path, label_column: str = "label", name: str | None = None) -> tuple[Dataset, dict]:
-        ds = load_csv(path, label_column)
-        return ds, self.register_dataset(ds, name)
-
     # The hub's copy of a dataset: <datasets>/<sha16>.csv (written by write_csv, or the
     # imported file's bytes) or <sha16>.npz, plus <sha16>.schema.json (the resolved schema)
     # for files imported with hub.data.load_dataset.
