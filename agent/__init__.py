@@ -1,7 +1,10 @@
 """edgeloop agent: the light, headless side that runs on edge devices.
 
-This package owns the wire format (topics, messages, bundle manifest, signature
-envelope) that the hub imports. It never imports torch, Qt, hub or app.
+This package owns the wire format (:mod:`edgeloop.agent.wire`: topics, messages,
+bundle manifest, signature envelope, signed commands) that the hub imports. It
+never imports torch, Qt, the hub or the app.
 """
 
-__version__ = "0.1.0"
+from edgeloop._version import __version__
+
+__all__ = ["__version__"]

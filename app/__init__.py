@@ -1,1 +1,1 @@
-"""edgeloop operator GUI (PySide6) over the hub services."""
+"""edgeloop operator GUI (PySide6) over the hub's ``Hub`` methods."""

@@ -1,4 +1,4 @@
-"""``python -m app`` / ``edgeloop app``: open the operator GUI."""
+"""``python -m edgeloop.app`` / ``edgeloop app``: open the operator GUI."""
 
 import argparse
 import sys

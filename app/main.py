@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from hub.services import Hub
+from edgeloop.hub.services import Hub
 
 VERSION_COLUMNS = ["Version", "Run", "Test accuracy", "Ships", "int8 Δ (pt)", "Created"]
 AGENT_COLUMNS = ["Agent", "Status", "Serving", "Bundle", "HTTP", "Last seen"]
@@ -54,7 +54,7 @@ class HubBridge(QObject):
         self.pool = QThreadPool.globalInstance()
 
     def _load(self):
-        from hub.registry import Registry
+        from edgeloop.hub.registry import Registry
 
         reg = Registry(self.hub.home.registry_path)  # one connection per thread
         try:

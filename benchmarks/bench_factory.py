@@ -34,16 +34,16 @@ import onnxruntime as ort
 import torch
 from torch.nn import functional as F
 
-import hub.data
-from hub.data import Dataset, load_csv, sample_dataset_path, split_dataset
-from hub.export import (
+import edgeloop.hub.data as hub_data
+from edgeloop.hub.data import Dataset, load_csv, sample_dataset_path, split_dataset
+from edgeloop.hub.export import (
     decide_quantization,
     export_onnx,
     quantization_report,
     quantize_dynamic_int8,
     quantize_static_int8,
 )
-from hub.train import (
+from edgeloop.hub.train import (
     TRAIN_THREADS,
     TrainParams,
     build_model,
@@ -54,7 +54,7 @@ from hub.train import (
 
 def window_data(n: int, seed: int) -> Dataset:
     """hub.data's synthetic vibration windows when available, else a small local generator (3 x 32)."""
-    gen = getattr(hub.data, "generate_sensor_windows", None)
+    gen = getattr(hub_data, "generate_sensor_windows", None)
     if gen is not None:
         return gen(n, seed=seed)
     rng = np.random.default_rng(seed)

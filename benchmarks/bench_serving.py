@@ -29,15 +29,15 @@ sys.path.insert(0, str(REPO))
 
 import paho.mqtt.client as mqtt  # noqa: E402
 
-from agent.bundle import verify_bundle  # noqa: E402
-from agent.config import AgentConfig  # noqa: E402
-from agent.envelope import TrustedKeys  # noqa: E402
-from agent.runtime import ModelRunner, session_options  # noqa: E402
-from agent.serving import Serving  # noqa: E402
-from hub.broker import EmbeddedBroker, MosquittoBroker  # noqa: E402
-from hub.data import load_csv, sample_dataset_path  # noqa: E402
-from hub.services import Hub  # noqa: E402
-from hub.train import TrainParams  # noqa: E402
+from edgeloop.agent.bundle import verify_bundle  # noqa: E402
+from edgeloop.agent.config import AgentConfig  # noqa: E402
+from edgeloop.agent.envelope import TrustedKeys  # noqa: E402
+from edgeloop.agent.runtime import ModelRunner, session_options  # noqa: E402
+from edgeloop.agent.serving import Serving  # noqa: E402
+from edgeloop.hub.broker import EmbeddedBroker, MosquittoBroker  # noqa: E402
+from edgeloop.hub.data import load_csv, sample_dataset_path  # noqa: E402
+from edgeloop.hub.services import Hub  # noqa: E402
+from edgeloop.hub.train import TrainParams  # noqa: E402
 
 
 def stats(ms: list[float]) -> tuple[float, float]:
@@ -117,7 +117,7 @@ def main() -> None:
     raw = timed(lambda: sess.run(None, {"features": x1}), n)
     serving = Serving()
     runner = ModelRunner.load(vb.manifest, vb.model_bytes, bundle_sha256=b.sha256)
-    from agent.drift import DriftMonitor
+    from edgeloop.agent.drift import DriftMonitor
 
     serving.activate(runner, DriftMonitor(vb.manifest.drift, agent_id="bench", model="m", version="1",
                                           bundle_sha256=b.sha256))
@@ -151,7 +151,7 @@ def main() -> None:
                 out = fleet.deploy(cfg.agent_id, b.path.read_bytes(), model="bench-mlp", version=v.version["version"])
                 assert out.ok, out.message
                 http_url = fleet.agents()[cfg.agent_id].http_url
-            from agent import topics
+            from edgeloop.agent import topics
 
             echo = EchoClient(broker.address.host, broker.address.port, "bench/echo")
             base = timed(lambda: echo.roundtrip("bench/echo", b'{"id":"1","inputs":[[0,0,0,0,0,0]]}'), n)

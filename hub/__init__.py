@@ -1,4 +1,6 @@
 """edgeloop hub: the headless workstation core (data, training, registry, export,
-bundles, fleet, rollouts, drift). Imports agent/ for the wire format; never Qt."""
+bundles, fleet, drift). Imports the agent package for the wire format; never Qt."""
 
-__version__ = "0.1.0"
+from edgeloop._version import __version__
+
+__all__ = ["__version__"]

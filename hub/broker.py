@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from agent.errors import ConfigError
+from edgeloop.agent.errors import ConfigError
 
 from .errors import BrokerError
 

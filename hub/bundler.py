@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.bundle import file_entry, pack_bundle, sha256
-from agent.envelope import SigningKey
-from agent.manifest import DriftReference, Manifest, SmokeTest, TensorSpec
+from edgeloop.agent.bundle import file_entry, pack_bundle, sha256
+from edgeloop.agent.envelope import SigningKey
+from edgeloop.agent.manifest import DriftReference, Manifest, SmokeTest, TensorSpec
 
 from .errors import NotFoundError
 

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from agent.errors import EdgeloopError
+from edgeloop.agent.errors import EdgeloopError
 
 EPILOG = """\
 The loop:  edgeloop demo                      run everything end to end on embedded defaults
@@ -594,7 +594,7 @@ def cmd_drift(args) -> int:
 
 
 def cmd_bundle_inspect(args) -> int:
-    from agent.bundle import inspect_bundle, sha256
+    from edgeloop.agent.bundle import inspect_bundle, sha256
 
     data = Path(args.file).read_bytes()
     manifest, sig = inspect_bundle(data)
@@ -622,8 +622,8 @@ def cmd_bundle_inspect(args) -> int:
 
 
 def cmd_bundle_verify(args) -> int:
-    from agent.bundle import sha256, verify_bundle
-    from agent.envelope import TrustedKeys
+    from edgeloop.agent.bundle import sha256, verify_bundle
+    from edgeloop.agent.envelope import TrustedKeys
 
     if args.key:
         trusted = TrustedKeys.from_pems([Path(k).read_bytes() for k in args.key])
@@ -686,7 +686,7 @@ def cmd_rollback(args) -> int:
 
 
 def cmd_discover(args) -> int:
-    from agent.discovery import browse
+    from edgeloop.agent.discovery import browse
 
     found = browse(timeout=args.timeout)
     _emit(args, [a.__dict__ for a in found],
@@ -703,12 +703,12 @@ def cmd_app(args) -> int:
     if importlib.util.find_spec("PySide6") is None or importlib.util.find_spec("app") is None:
         print("error: the GUI needs the app extras: pip install 'edgeloop[app]'", file=sys.stderr)
         return 2
-    cmd = [sys.executable, "-m", "app"] + (["--home", str(args.home)] if args.home else [])
+    cmd = [sys.executable, "-m", "edgeloop.app"] + (["--home", str(args.home)] if args.home else [])
     return subprocess.call(cmd)
 
 
 def cmd_agent(args) -> int:
-    from agent.cli import run_parsed
+    from edgeloop.agent.cli import run_parsed
 
     return run_parsed(args)
 
@@ -942,7 +942,7 @@ def build_parser() -> argparse.ArgumentParser:
     x = _sub(sub, "app", "open the operator GUI (PySide6)", parents=[common])
     x.set_defaults(func=cmd_app)
 
-    from agent.cli import add_agent_commands
+    from edgeloop.agent.cli import add_agent_commands
 
     a = sub.add_parser("agent", help="run or provision an edge agent (same as edgeloop-agent)",
                        description="Run or provision an edge agent (same as edgeloop-agent).")

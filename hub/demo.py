@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 
-from agent.config import AgentConfig
-from agent.envelope import SigningKey
-from agent.messages import InferError
+from edgeloop.agent.config import AgentConfig
+from edgeloop.agent.envelope import SigningKey
+from edgeloop.agent.messages import InferError
 
 from .broker import BrokerAddress, EmbeddedBroker, MosquittoBroker
 from .data import generate_sensor_data, load_csv, sample_dataset_path, split_dataset
@@ -175,7 +175,7 @@ class Demo:
             cfg_path.write_text(cfg.to_toml())
             log = open(agents_dir / f"{aid}.log", "ab")
             exe = shutil.which("edgeloop", path=str(Path(sys.executable).parent))
-            cmd = [exe] if exe else [sys.executable, "-m", "hub.cli"]
+            cmd = [exe] if exe else [sys.executable, "-m", "edgeloop.hub.cli"]
             self.procs[aid] = subprocess.Popen(cmd + ["agent", "run", "--config", str(cfg_path)],
                                                stdout=log, stderr=subprocess.STDOUT)
             self.say(f"    started `edgeloop agent run --config {cfg_path}` (pid {self.procs[aid].pid})")
@@ -196,7 +196,7 @@ class Demo:
     def _discover() -> list[str] | None:
         """Agents announcing themselves with zeroconf; None if mDNS is unavailable here."""
         try:
-            from agent.discovery import browse
+            from edgeloop.agent.discovery import browse
 
             return [a.agent_id for a in browse(timeout=1.5, interfaces=["127.0.0.1"]) if a.agent_id in AGENT_IDS]
         except Exception:  # discovery is a convenience: never fail the demo over it

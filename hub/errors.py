@@ -1,6 +1,6 @@
 """Hub errors: all derive from :class:`agent.errors.EdgeloopError`."""
 
-from agent.errors import EdgeloopError
+from edgeloop.agent.errors import EdgeloopError
 
 
 class HubError(EdgeloopError):

@@ -18,12 +18,12 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
-from agent import topics
-from agent.bundle import sha256 as sha256_hex
-from agent.commands import seal_command
-from agent.envelope import SigningKey
-from agent.errors import EdgeloopError, MessageFormatError
-from agent.messages import (
+from edgeloop.agent import topics
+from edgeloop.agent.bundle import sha256 as sha256_hex
+from edgeloop.agent.commands import seal_command
+from edgeloop.agent.envelope import SigningKey
+from edgeloop.agent.errors import EdgeloopError, MessageFormatError
+from edgeloop.agent.messages import (
     AgentState,
     Chunk,
     Command,
@@ -37,7 +37,7 @@ from agent.messages import (
     decode_infer_reply,
     new_id,
 )
-from agent.mqtt_link import MqttLink, Will
+from edgeloop.agent.mqtt_link import MqttLink, Will
 
 from .broker import BrokerAddress
 from .errors import FleetError

@@ -18,8 +18,8 @@ import secrets
 import stat
 from pathlib import Path
 
-from agent.envelope import SigningKey
-from agent.errors import KeyFileError
+from edgeloop.agent.envelope import SigningKey
+from edgeloop.agent.errors import KeyFileError
 
 from .home import Home
 

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.bundle import sha256
-from agent.drift import bin_counts, build_reference, quantile_edges
+from edgeloop.agent.bundle import sha256
+from edgeloop.agent.drift import bin_counts, build_reference, quantile_edges
 
 from .data import Dataset
 from .errors import CancelledError, ExportError, TrainingError

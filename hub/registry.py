@@ -74,7 +74,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from agent.messages import AgentState, DriftReport, Event
+from edgeloop.agent.messages import AgentState, DriftReport, Event
 
 from .errors import NotFoundError, RegistryError
 

@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.bundle import sha256 as sha256_hex
-from agent.envelope import SigningKey
+from edgeloop.agent.bundle import sha256 as sha256_hex
+from edgeloop.agent.envelope import SigningKey
 
 from . import __version__
 from .data import Dataset, load_csv, load_dataset, write_csv

@@ -20,7 +20,7 @@ if str(REPO) not in sys.path:  # run from a checkout without installing edgeloop
 
 import numpy as np  # noqa: E402
 
-from hub.data import SENSOR_FEATURES, Dataset, generate_sensor_data, load_csv, write_csv  # noqa: E402
+from edgeloop.hub.data import SENSOR_FEATURES, Dataset, generate_sensor_data, load_csv, write_csv  # noqa: E402
 
 COLUMNS = {
     "temperature_c": ("°C", "motor housing temperature"),

@@ -7,12 +7,17 @@ agent needs nothing from the workstation side.
 import importlib.abc
 import sys
 
-BLOCKED = {"torch", "PySide6", "hub", "app", "onnx", "onnxscript", "sklearn", "sqlite_utils", "amqtt", "scipy"}
+BLOCKED = {"torch", "PySide6", "onnx", "onnxscript", "sklearn", "sqlite_utils", "amqtt", "scipy",
+           "edgeloop.hub", "edgeloop.app"}
+
+
+def blocked(name: str) -> bool:
+    return any(name == b or name.startswith(b + ".") for b in BLOCKED)
 
 
 class _Blocker(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
+        if blocked(name):
             raise ImportError(f"{name} is blocked: the agent must not need it")
         return None
 
@@ -20,6 +25,6 @@ class _Blocker(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, _Blocker())
 
 if __name__ == "__main__":
-    from agent.cli import main
+    from edgeloop.agent.cli import main
 
     sys.exit(main(sys.argv[1:]))

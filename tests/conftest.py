@@ -12,9 +12,9 @@ import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-from agent.config import AgentConfig  # noqa: E402
-from agent.envelope import SigningKey  # noqa: E402
-from hub.broker import EmbeddedBroker, MosquittoBroker  # noqa: E402
+from edgeloop.agent.config import AgentConfig  # noqa: E402
+from edgeloop.agent.envelope import SigningKey  # noqa: E402
+from edgeloop.hub.broker import EmbeddedBroker, MosquittoBroker  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,7 +58,7 @@ class AgentProcess:
 
     def start(self) -> "AgentProcess":
         self._log = open(self.log_path, "ab")
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env = dict(os.environ)
         # agents run with torch, Qt, onnx, hub and app made unimportable (tests/agent_isolated.py)
         self.proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "agent_isolated.py"), "run",
                                       "--config", str(self.config)],
@@ -111,9 +111,9 @@ def wait_until(pred, timeout: float = 10.0, interval: float = 0.05) -> bool:
 # --- a hub with two real trained versions and their signed bundles ---------------------------
 class TrainedHub:
     def __init__(self, root: Path) -> None:
-        from hub.data import load_csv, sample_dataset_path
-        from hub.services import Hub
-        from hub.train import TrainParams
+        from edgeloop.hub.data import load_csv, sample_dataset_path
+        from edgeloop.hub.services import Hub
+        from edgeloop.hub.train import TrainParams
 
         self.hub = Hub(root, actor="tests")
         self.dataset = load_csv(sample_dataset_path())

@@ -14,8 +14,8 @@ import sys
 
 import pytest
 
-from hub import cli
-from hub.data import load_csv, sample_dataset_path
+from edgeloop.hub import cli
+from edgeloop.hub.data import load_csv, sample_dataset_path
 from tests.conftest import REPO
 
 
@@ -134,15 +134,15 @@ def test_gate_alias_and_continue_training_from_an_alias(capsys, home):
 
 def test_ctrl_c_cancels_training_cleanly(capsys, home, monkeypatch):
     """The CLI's CancelToken is tripped mid-training (as its SIGINT handler does): exit 130, run kept."""
-    import hub.progress
+    import edgeloop.hub.progress as hub_progress
 
-    class CancelsAtOnce(hub.progress.CancelToken):
+    class CancelsAtOnce(hub_progress.CancelToken):
         def __init__(self) -> None:
             super().__init__()
             self.cancel()
 
     ds_id = run_json(capsys, "data", "import", sample_dataset_path(), "--home", home)["id"]
-    monkeypatch.setattr(hub.progress, "CancelToken", CancelsAtOnce)
+    monkeypatch.setattr(hub_progress, "CancelToken", CancelsAtOnce)
     rc, out, err = run(capsys, "train", "--data", ds_id, "--model", "m", "--epochs", "3", "--home", home)
     assert rc == 130 and out == "" and "cancelled" in err
     monkeypatch.undo()
@@ -152,7 +152,7 @@ def test_ctrl_c_cancels_training_cleanly(capsys, home, monkeypatch):
 
 
 def test_sigint_handler_cancels_first_and_aborts_second():
-    from hub.progress import CancelToken
+    from edgeloop.hub.progress import CancelToken
 
     token = CancelToken()
     with cli._cancel_on_sigint(token):
@@ -276,17 +276,17 @@ def test_json_flag_is_on_every_hub_command():
 
 # --- as a user runs it --------------------------------------------------------------------------------
 def test_cli_as_a_subprocess(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "EDGELOOP_HOME": str(tmp_path / "home")}
+    env = {**os.environ, "EDGELOOP_HOME": str(tmp_path / "home")}
     csv_path = tmp_path / "s.csv"
-    made = subprocess.run([sys.executable, "-m", "hub.cli", "data", "sample", "--out", str(csv_path), "--rows", "200"],
+    made = subprocess.run([sys.executable, "-m", "edgeloop.hub.cli", "data", "sample", "--out", str(csv_path), "--rows", "200"],
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
     assert made.returncode == 0, made.stderr
     assert "wrote 200 rows" in made.stdout
-    imported = subprocess.run([sys.executable, "-m", "hub.cli", "data", "import", str(csv_path), "--json"],
+    imported = subprocess.run([sys.executable, "-m", "edgeloop.hub.cli", "data", "import", str(csv_path), "--json"],
                               capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
     assert imported.returncode == 0, imported.stderr
     assert json.loads(imported.stdout)["rows"] == 200
-    bad = subprocess.run([sys.executable, "-m", "hub.cli", "registry", "show", "ghost:1"],
+    bad = subprocess.run([sys.executable, "-m", "edgeloop.hub.cli", "registry", "show", "ghost:1"],
                          capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
     assert bad.returncode == 2 and bad.stderr.startswith("error: no model named 'ghost'")
 

@@ -16,20 +16,20 @@ import numpy as np
 import pytest
 import torch
 
-from agent.envelope import SigningKey
-from agent.runtime import ModelRunner
-from hub.bundler import build_bundle
-from hub.data import (
+from edgeloop.agent.envelope import SigningKey
+from edgeloop.agent.runtime import ModelRunner
+from edgeloop.hub.bundler import build_bundle
+from edgeloop.hub.data import (
     SENSOR_LABELS,
     Dataset,
     dataset_sha256,
     generate_sensor_data,
     split_dataset,
 )
-from hub.errors import TrainingError
-from hub.pipeline import ParentSpec, build_version
-from hub.registry import Registry
-from hub.train import (
+from edgeloop.hub.errors import TrainingError
+from edgeloop.hub.pipeline import ParentSpec, build_version
+from edgeloop.hub.registry import Registry
+from edgeloop.hub.train import (
     EWCPenalty,
     TrainParams,
     fine_tune,

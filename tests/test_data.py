@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hub.data import (
+from edgeloop.hub.data import (
     MIN_ROWS,
     SENSOR_FEATURES,
     SENSOR_LABELS,
@@ -23,7 +23,7 @@ from hub.data import (
     validate_dataset,
     write_csv,
 )
-from hub.errors import DataValidationError, HubError
+from edgeloop.hub.errors import DataValidationError, HubError
 
 # Content hash of the shipped hub/data/sensors.csv. It depends only on the file
 # and on dataset_sha256's canonical form, so it must not change across

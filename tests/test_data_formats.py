@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hub.data import (
+from edgeloop.hub.data import (
     WINDOW_LABELS,
     Dataset,
     FeatureSpec,
@@ -29,9 +29,9 @@ from hub.data import (
     write_npz,
     write_schema_file,
 )
-from hub.errors import DataValidationError
-from hub.schema import load_schema_file
-from hub.windows import WINDOW_SAMPLE_SD, window_feature_names
+from edgeloop.hub.errors import DataValidationError
+from edgeloop.hub.schema import load_schema_file
+from edgeloop.hub.windows import WINDOW_SAMPLE_SD, window_feature_names
 
 SAMPLE_SHA256 = "80f7344afcdbf5611db6e60d77c72dbe2f762c5cb78eaa6245bc1b4d8cfcb7df"
 

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from agent.config import AgentConfig
-from agent.discovery import SERVICE_TYPE, AgentAnnouncer, browse
+from edgeloop.agent.config import AgentConfig
+from edgeloop.agent.discovery import SERVICE_TYPE, AgentAnnouncer, browse
 
 
 def test_announced_agent_is_discovered():

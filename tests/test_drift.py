@@ -11,8 +11,8 @@ import pytest
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
-from agent import messages
-from agent.drift import (
+from edgeloop.agent import messages
+from edgeloop.agent.drift import (
     DriftMonitor,
     DriftReferenceError,
     bin_counts,
@@ -24,8 +24,8 @@ from agent.drift import (
     psi_cutoff,
     quantile_edges,
 )
-from agent.errors import BundleFormatError, InputShapeError, InputValueError
-from agent.manifest import DriftReference, FeatureReference, Manifest
+from edgeloop.agent.errors import BundleFormatError, InputShapeError, InputValueError
+from edgeloop.agent.manifest import DriftReference, FeatureReference, Manifest
 from tests.onnx_models import classifier_onnx, manifest_for
 
 NAMES = ["x_normal", "x_expo", "x_uniform", "x_discrete"]

@@ -12,16 +12,16 @@ import json
 import numpy as np
 import pytest
 
-from agent.bundle import verify_bundle
-from agent.drift import DriftMonitor
-from agent.envelope import SigningKey, TrustedKeys
-from agent.runtime import ModelRunner
-from hub.bundler import build_bundle
-from hub.errors import CancelledError, ExportError
-from hub.pipeline import build_version
-from hub.progress import CancelToken
-from hub.registry import Registry
-from hub.train import TrainParams
+from edgeloop.agent.bundle import verify_bundle
+from edgeloop.agent.drift import DriftMonitor
+from edgeloop.agent.envelope import SigningKey, TrustedKeys
+from edgeloop.agent.runtime import ModelRunner
+from edgeloop.hub.bundler import build_bundle
+from edgeloop.hub.errors import CancelledError, ExportError
+from edgeloop.hub.pipeline import build_version
+from edgeloop.hub.progress import CancelToken
+from edgeloop.hub.registry import Registry
+from edgeloop.hub.train import TrainParams
 from tests.test_train_factory import regression_dataset, window_dataset
 
 

@@ -10,11 +10,11 @@ import socket
 import numpy as np
 import pytest
 
-from agent import __version__
-from agent.drift import DriftMonitor, build_reference
-from agent.http_api import HttpApi
-from agent.runtime import ModelRunner
-from agent.serving import Serving
+from edgeloop.agent import __version__
+from edgeloop.agent.drift import DriftMonitor, build_reference
+from edgeloop.agent.http_api import HttpApi
+from edgeloop.agent.runtime import ModelRunner
+from edgeloop.agent.serving import Serving
 from tests.onnx_models import (
     FEATURES,
     LABELS,

@@ -8,10 +8,10 @@ import threading
 
 import pytest
 
-from agent.envelope import MANIFEST_PAYLOAD_TYPE, TrustedKeys, sign_detached, verify_detached, canonical_json
-from agent.errors import KeyFileError
-from hub.home import Home
-from hub.keys import (
+from edgeloop.agent.envelope import MANIFEST_PAYLOAD_TYPE, TrustedKeys, sign_detached, verify_detached, canonical_json
+from edgeloop.agent.errors import KeyFileError
+from edgeloop.hub.home import Home
+from edgeloop.hub.keys import (
     export_public_pem,
     load_or_create_hub_key,
     private_key_path,

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from hub.demo import AGENT_IDS, DemoOptions, run_demo
-from hub.registry import Registry
+from edgeloop.hub.demo import AGENT_IDS, DemoOptions, run_demo
+from edgeloop.hub.registry import Registry
 from tests.conftest import REPO
 
 
@@ -57,15 +57,15 @@ def test_demo_on_mosquitto(tmp_path, mosquitto):
 def test_demo_on_embedded_broker_via_cli(tmp_path):
     """The README's main job, as a user runs it (CLI, embedded broker, --json for checking)."""
     home = tmp_path / "home"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "hub.cli", "demo", "--home", str(home), "--epochs", "10", "--json"],
+    env = dict(os.environ)
+    proc = subprocess.run([sys.executable, "-m", "edgeloop.hub.cli", "demo", "--home", str(home), "--epochs", "10", "--json"],
                           capture_output=True, text=True, timeout=240, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     assert "embedded amqtt" in result["steps"][3]["broker"]
     _check_state(home, result)
     for cmd in (["registry", "list"], ["fleet"], ["drift"]):
-        shown = subprocess.run([sys.executable, "-m", "hub.cli", *cmd, "--home", str(home)], capture_output=True,
+        shown = subprocess.run([sys.executable, "-m", "edgeloop.hub.cli", *cmd, "--home", str(home)], capture_output=True,
                                text=True, timeout=60, env=env, cwd=REPO)
         assert shown.returncode == 0, shown.stderr
         assert "sensor-mlp" in shown.stdout

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.messages import ActiveModel, AgentState, DriftReport, Event, FeatureDrift
-from hub.errors import NotFoundError, RegistryError
-from hub.home import Home, default_home
-from hub.registry import SCHEMA_VERSION, Registry
+from edgeloop.agent.messages import ActiveModel, AgentState, DriftReport, Event, FeatureDrift
+from edgeloop.hub.errors import NotFoundError, RegistryError
+from edgeloop.hub.home import Home, default_home
+from edgeloop.hub.registry import SCHEMA_VERSION, Registry
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -264,9 +264,9 @@ def test_next_counter_is_unique_under_threads_and_processes(tmp_path):
         with lock:
             got.extend(mine)
 
-    script = ("import sys; from hub.registry import Registry; r = Registry(sys.argv[1]); "
+    script = ("import sys; from edgeloop.hub.registry import Registry; r = Registry(sys.argv[1]); "
               "print(' '.join(str(r.next_counter('k')) for _ in range(40)))")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = dict(os.environ)
     procs = [subprocess.Popen([sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE,
                               text=True, env=env, cwd=REPO) for _ in range(2)]
     threads = [threading.Thread(target=take, args=(reg if i % 2 else other,)) for i in range(8)]

@@ -10,9 +10,9 @@ import uuid
 import pytest
 from sqlite_utils import Database
 
-from hub.errors import NotFoundError, RegistryError
-from hub.registry import MIGRATIONS, SCHEMA_VERSION, GateError, Registry, normalize_gate
-from hub.services import Hub
+from edgeloop.hub.errors import NotFoundError, RegistryError
+from edgeloop.hub.registry import MIGRATIONS, SCHEMA_VERSION, GateError, Registry, normalize_gate
+from edgeloop.hub.services import Hub
 
 
 def sha(text: str) -> str:

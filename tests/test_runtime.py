@@ -9,8 +9,8 @@ import threading
 import numpy as np
 import pytest
 
-from agent.drift import DriftMonitor, build_reference
-from agent.errors import (
+from edgeloop.agent.drift import DriftMonitor, build_reference
+from edgeloop.agent.errors import (
     BundleError,
     InferenceError,
     InputShapeError,
@@ -19,9 +19,9 @@ from agent.errors import (
     ModelNotReadyError,
     SmokeTestError,
 )
-from agent.manifest import SmokeTest, TensorSpec
-from agent.runtime import ModelContractError, ModelRunner, coerce_inputs
-from agent.serving import InferOutcome, Serving
+from edgeloop.agent.manifest import SmokeTest, TensorSpec
+from edgeloop.agent.runtime import ModelContractError, ModelRunner, coerce_inputs
+from edgeloop.agent.serving import InferOutcome, Serving
 from tests.onnx_models import (
     FEATURES,
     LABELS,

@@ -6,10 +6,10 @@ import os
 
 import pytest
 
-from agent.errors import HashMismatchError, StoreError, TransferError
-from agent.messages import Chunk, TransferSpec
-from agent.store import AgentStore
-from agent.transfer import Transfer
+from edgeloop.agent.errors import HashMismatchError, StoreError, TransferError
+from edgeloop.agent.messages import Chunk, TransferSpec
+from edgeloop.agent.store import AgentStore
+from edgeloop.agent.transfer import Transfer
 
 SHA_A = "a" * 64
 SHA_B = "b" * 64

@@ -10,9 +10,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from hub.data import generate_sensor_data, load_csv, sample_dataset_path, split_dataset
-from hub.errors import CancelledError, DataValidationError, ExportError, TrainingError
-from hub.export import (
+from edgeloop.hub.data import generate_sensor_data, load_csv, sample_dataset_path, split_dataset
+from edgeloop.hub.errors import CancelledError, DataValidationError, ExportError, TrainingError
+from edgeloop.hub.export import (
     INPUT_NAME,
     OUTPUT_NAME,
     check_parity,
@@ -24,8 +24,8 @@ from hub.export import (
     make_session,
     quantize_static_int8,
 )
-from hub.progress import CancelToken, ProgressEvent, TerminalProgress, null_progress
-from hub.train import (
+from edgeloop.hub.progress import CancelToken, ProgressEvent, TerminalProgress, null_progress
+from edgeloop.hub.train import (
     MLPClassifier,
     TrainParams,
     code_version,

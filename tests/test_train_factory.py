@@ -14,17 +14,17 @@ import numpy as np
 import pytest
 import torch
 
-from hub.data import Dataset, split_dataset
-from hub.errors import CancelledError, DataValidationError, TrainingError
-from hub.export import (
+from edgeloop.hub.data import Dataset, split_dataset
+from edgeloop.hub.errors import CancelledError, DataValidationError, TrainingError
+from edgeloop.hub.export import (
     check_parity,
     export_onnx,
     make_session,
     quantization_report,
     quantize_static_int8,
 )
-from hub.progress import CancelToken, ProgressEvent
-from hub.train import (
+from edgeloop.hub.progress import CancelToken, ProgressEvent
+from edgeloop.hub.train import (
     CNN1D,
     MLPClassifier,
     MLPRegressor,

@@ -5,12 +5,12 @@ import math
 
 import pytest
 
-from agent import messages as m
-from agent import topics
-from agent.errors import ConfigError, MessageFormatError, PayloadTooLargeError, UnsupportedSchemaError
-from agent.manifest import Manifest
+from edgeloop.agent import messages as m
+from edgeloop.agent import topics
+from edgeloop.agent.errors import ConfigError, MessageFormatError, PayloadTooLargeError, UnsupportedSchemaError
+from edgeloop.agent.manifest import Manifest
 from tests.factories import make_manifest
-from agent.envelope import SigningKey
+from edgeloop.agent.envelope import SigningKey
 
 
 def _roundtrip(msg):

@@ -1,0 +1,50 @@
+"""edgeloop: train, sign, ship, serve and watch small ML models on a fleet of edge devices.
+
+The public Python API (see docs/api.md). Names load on first use, so an agent-only
+install (``pip install 'edgeloop[agent]'``, no torch, no Qt) can import this package
+and the agent's names without the hub's dependencies::
+
+    from edgeloop import Hub                 # the workstation: data, training, registry, fleet
+    from edgeloop import Agent, AgentConfig  # the device side
+    from edgeloop import wire                # message, manifest and command codecs
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from edgeloop._version import __version__
+
+# public name -> (module, attribute or None for the module itself)
+_API: dict[str, tuple[str, str | None]] = {
+    "Hub": ("edgeloop.hub.services", "Hub"),
+    "EdgeloopError": ("edgeloop.agent.errors", "EdgeloopError"),
+    "Agent": ("edgeloop.agent.service", "Agent"),
+    "AgentConfig": ("edgeloop.agent.config", "AgentConfig"),
+    "wire": ("edgeloop.agent.wire", None),
+}
+
+__all__ = ["__version__", *_API]
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from edgeloop.agent import wire
+    from edgeloop.agent.config import AgentConfig
+    from edgeloop.agent.errors import EdgeloopError
+    from edgeloop.agent.service import Agent
+    from edgeloop.hub.services import Hub
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module_name, attr = _API[name]
+    except KeyError:
+        raise AttributeError(f"module 'edgeloop' has no attribute {name!r}") from None
+    module = importlib.import_module(module_name)
+    value = module if attr is None else getattr(module, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
