@@ -12,8 +12,8 @@ import signal
 import sys
 from pathlib import Path
 
-from .config import AgentConfig
-from .errors import EdgeloopError
+from edgeloop.agent.config import AgentConfig
+from edgeloop.agent.errors import EdgeloopError
 
 
 def add_agent_commands(sub: argparse._SubParsersAction) -> None:
@@ -56,7 +56,7 @@ def setup_logging(level: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .service import Agent
+    from edgeloop.agent.service import Agent
 
     cfg = AgentConfig.load(args.config)
     setup_logging(args.log_level or cfg.log_level)
@@ -73,8 +73,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from .topics import check_agent_id
     from urllib.parse import urlparse
+
+    from edgeloop.agent.wire.topics import check_agent_id
 
     check_agent_id(args.id)
     u = urlparse(args.broker if "://" in args.broker else f"mqtt://{args.broker}")
@@ -91,7 +92,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .store import AgentStore
+    from edgeloop.agent.store import AgentStore
 
     cfg = AgentConfig.load(args.config)
     store = AgentStore(cfg.state_dir)

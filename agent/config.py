@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .envelope import TrustedKeys
-from .errors import ConfigError, KeyFileError
-from .topics import check_agent_id
+from edgeloop.agent.errors import ConfigError, KeyFileError
+from edgeloop.agent.wire.envelope import TrustedKeys
+from edgeloop.agent.wire.topics import check_agent_id
 
 
 @dataclass
@@ -79,7 +79,7 @@ class AgentConfig:
 
     # --- file I/O --------------------------------------------------------------
     @classmethod
-    def load(cls, path: Path) -> "AgentConfig":
+    def load(cls, path: Path) -> AgentConfig:
         path = Path(path)
         try:
             doc = tomllib.loads(path.read_text("utf-8"))
@@ -90,7 +90,7 @@ class AgentConfig:
         return cls.from_dict(doc, base=path.parent, source=path)
 
     @classmethod
-    def from_dict(cls, doc: dict, base: Path = Path("."), source: Path | None = None) -> "AgentConfig":
+    def from_dict(cls, doc: dict, base: Path = Path("."), source: Path | None = None) -> AgentConfig:
         def get(table: str | None, key: str, typ: type, default: Any) -> Any:
             t = doc if table is None else doc.get(table, {})
             if not isinstance(t, dict):
@@ -111,7 +111,7 @@ class AgentConfig:
         if state_dir is None:
             raise ConfigError("config needs state_dir (where the agent keeps its bundles and state)")
         keys = get(None, "trusted_keys", list, [])
-        resolve = lambda p: (base / p) if not Path(p).is_absolute() else Path(p)  # noqa: E731
+        resolve = lambda p: (base / p) if not Path(p).is_absolute() else Path(p)
         cfg = cls(
             agent_id=agent_id,
             state_dir=resolve(state_dir),
@@ -139,7 +139,7 @@ class AgentConfig:
         return cfg
 
     def to_toml(self) -> str:
-        q = lambda s: '"' + str(s).replace("\\", "\\\\").replace('"', '\\"') + '"'  # noqa: E731
+        q = lambda s: '"' + str(s).replace("\\", "\\\\").replace('"', '\\"') + '"'
         lines = [
             f"agent_id = {q(self.agent_id)}",
             f"state_dir = {q(self.state_dir)}",

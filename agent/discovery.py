@@ -33,7 +33,7 @@ def _txt(agent_id: str, broker: str, version: str) -> dict[str, str]:
 
 class AgentAnnouncer:
     def __init__(self, agent_id: str, cfg, http_port: int | None, interfaces=None) -> None:
-        from . import __version__
+        from edgeloop.agent import __version__
 
         self.agent_id = agent_id
         self.http_port = http_port
@@ -43,7 +43,7 @@ class AgentAnnouncer:
         self._zc = None
         self._info = None
 
-    def start(self) -> "AgentAnnouncer":
+    def start(self) -> AgentAnnouncer:
         from zeroconf import InterfaceChoice, ServiceInfo, Zeroconf
 
         ifaces = self.interfaces or InterfaceChoice.All

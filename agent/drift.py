@@ -27,9 +27,9 @@ from statistics import NormalDist
 
 import numpy as np
 
-from .errors import BundleFormatError, EdgeloopError, InputShapeError, InputValueError
-from .manifest import DriftReference, FeatureReference
-from .messages import DriftReport, FeatureDrift
+from edgeloop.agent.errors import BundleFormatError, EdgeloopError, InputShapeError, InputValueError
+from edgeloop.agent.wire.manifest import DriftReference, FeatureReference
+from edgeloop.agent.wire.messages import DriftReport, FeatureDrift
 
 PSI_EPS = 1e-4
 PSI_CONFIDENCE = 0.99  # quantile of the no-drift PSI distribution used as cutoff
@@ -234,7 +234,7 @@ class _Window:
     started_at: float | None = None
 
     @classmethod
-    def empty(cls, ref: DriftReference) -> "_Window":
+    def empty(cls, ref: DriftReference) -> _Window:
         return cls(
             counts=[np.zeros(len(f.edges) + 1, dtype=np.int64) for f in ref.features],
             sums=np.zeros(len(ref.features), dtype=np.float64),

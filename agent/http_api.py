@@ -31,8 +31,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from . import __version__
-from .errors import (
+from edgeloop.agent import __version__
+from edgeloop.agent.errors import (
     EdgeloopError,
     InputShapeError,
     InputValueError,
@@ -41,10 +41,10 @@ from .errors import (
     ModelNotReadyError,
     PayloadTooLargeError,
 )
-from .manifest import Manifest
-from .messages import load_json, new_id
-from .runtime import CLASSIFICATION_OUTPUT, REGRESSION_OUTPUT, ModelRunner
-from .serving import InferOutcome, Serving
+from edgeloop.agent.runtime import CLASSIFICATION_OUTPUT, REGRESSION_OUTPUT, ModelRunner
+from edgeloop.agent.serving import InferOutcome, Serving
+from edgeloop.agent.wire.manifest import Manifest
+from edgeloop.agent.wire.messages import load_json, new_id
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +274,7 @@ class HttpApi:
         self._thread: threading.Thread | None = None
 
     # --- lifecycle --------------------------------------------------------------------------------
-    def start(self) -> "HttpApi":
+    def start(self) -> HttpApi:
         if self._server is not None:
             return self
         handler = type("EdgeloopV2Handler", (_Handler,), {"api": self, "timeout": self.request_timeout})
@@ -297,7 +297,7 @@ class HttpApi:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def __enter__(self) -> "HttpApi":
+    def __enter__(self) -> HttpApi:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import paho.mqtt.client as mqtt
 
@@ -114,7 +114,7 @@ class MqttLink:
             log.exception("message handler failed for %s", msg.topic)
 
     # --- owner API -------------------------------------------------------------------
-    def start(self) -> "MqttLink":
+    def start(self) -> MqttLink:
         self.client.connect_async(self.host, self.port, keepalive=self.keepalive)
         self.client.loop_start()
         return self

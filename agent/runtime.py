@@ -24,19 +24,18 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from .errors import (
+from edgeloop.agent.errors import (
     BundleError,
     InferenceError,
     InputShapeError,
     InputValueError,
     SmokeTestError,
 )
-from .manifest import Manifest
+from edgeloop.agent.wire.manifest import Manifest
+from edgeloop.agent.wire.tensors import CLASSIFICATION_OUTPUT, REGRESSION_OUTPUT
 
 log = logging.getLogger(__name__)
 
-CLASSIFICATION_OUTPUT = "probabilities"
-REGRESSION_OUTPUT = "prediction"
 DEFAULT_MAX_ROWS = 4096
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _PLAIN_NUMBERS = frozenset({float, int})
@@ -230,7 +229,7 @@ class ModelRunner:
         self._contract = _check_contract(manifest, session)
 
     @classmethod
-    def load(cls, manifest: Manifest, model_bytes: bytes, *, threads: int = 1, bundle_sha256: str = "") -> "ModelRunner":
+    def load(cls, manifest: Manifest, model_bytes: bytes, *, threads: int = 1, bundle_sha256: str = "") -> ModelRunner:
         """Create the session from bytes, check it against the manifest, and warm it up.
 
         Raises a :class:`~agent.errors.BundleError` subclass when the bytes are not

@@ -25,12 +25,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import __version__, topics
-from .bundle import VerifiedBundle, verify_bundle
-from .commands import verify_command
-from .config import AgentConfig
-from .drift import DriftMonitor
-from .errors import (
+from edgeloop.agent import __version__
+from edgeloop.agent.config import AgentConfig
+from edgeloop.agent.drift import DriftMonitor
+from edgeloop.agent.errors import (
     BundleError,
     BundleTooLargeError,
     EdgeloopError,
@@ -38,8 +36,16 @@ from .errors import (
     MessageFormatError,
     StoreError,
 )
-from .http_api import HttpApi
-from .messages import (
+from edgeloop.agent.http_api import HttpApi
+from edgeloop.agent.mqtt_link import MqttLink, Will
+from edgeloop.agent.runtime import ModelRunner
+from edgeloop.agent.serving import Serving
+from edgeloop.agent.store import AgentStore
+from edgeloop.agent.transfer import Transfer
+from edgeloop.agent.wire import topics
+from edgeloop.agent.wire.bundle import VerifiedBundle, verify_bundle
+from edgeloop.agent.wire.commands import verify_command
+from edgeloop.agent.wire.messages import (
     ActiveModel,
     AgentState,
     Chunk,
@@ -50,11 +56,6 @@ from .messages import (
     InferRequest,
     InferResult,
 )
-from .mqtt_link import MqttLink, Will
-from .runtime import ModelRunner
-from .serving import Serving
-from .store import AgentStore
-from .transfer import Transfer
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ class Agent:
         )
 
     # --- lifecycle ---------------------------------------------------------------
-    def start(self) -> "Agent":
+    def start(self) -> Agent:
         self._restore()
         for t in Transfer.load_pending(self.store.incoming_dir):
             self._transfers[t.spec.transfer_id] = t
@@ -439,7 +440,7 @@ class Agent:
 
     def _start_discovery(self) -> None:
         try:
-            from .discovery import AgentAnnouncer
+            from edgeloop.agent.discovery import AgentAnnouncer
 
             self._discovery = AgentAnnouncer(self.id, self.cfg, self.http.port if self.http else None,
                                              interfaces=self.cfg.zeroconf_interfaces or None).start()

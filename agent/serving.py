@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from .drift import DriftMonitor
-from .errors import ModelNotFoundError, ModelNotReadyError
-from .messages import DriftReport
-from .runtime import CLASSIFICATION_OUTPUT, DEFAULT_MAX_ROWS, ModelRunner, coerce_inputs
+from edgeloop.agent.drift import DriftMonitor
+from edgeloop.agent.errors import ModelNotFoundError, ModelNotReadyError
+from edgeloop.agent.runtime import CLASSIFICATION_OUTPUT, DEFAULT_MAX_ROWS, ModelRunner, coerce_inputs
+from edgeloop.agent.wire.messages import DriftReport
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import StoreError
-from .fsutil import atomic_write_bytes, atomic_write_json
+from edgeloop.agent.errors import StoreError
+from edgeloop.agent.fsutil import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
 STATE_SCHEMA = 1
@@ -52,7 +52,7 @@ class StoreState:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "StoreState":
+    def from_dict(cls, d: dict) -> StoreState:
         if d.get("schema") != STATE_SCHEMA:
             raise StoreError(f"state.json schema {d.get('schema')!r} is not {STATE_SCHEMA}; upgrade the agent")
         return cls(

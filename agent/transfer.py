@@ -16,9 +16,9 @@ import os
 import time
 from pathlib import Path
 
-from .errors import HashMismatchError, MessageFormatError, TransferError
-from .fsutil import atomic_write_json
-from .messages import Chunk, TransferSpec
+from edgeloop.agent.errors import HashMismatchError, MessageFormatError, TransferError
+from edgeloop.agent.fsutil import atomic_write_json
+from edgeloop.agent.wire.messages import Chunk, TransferSpec
 
 log = logging.getLogger(__name__)
 BITMAP_SAVE_EVERY = 16
@@ -38,7 +38,7 @@ class Transfer:
 
     # --- lifecycle -------------------------------------------------------------
     @classmethod
-    def open(cls, folder: Path, spec: TransferSpec, command_id: str, meta: dict | None = None) -> "Transfer":
+    def open(cls, folder: Path, spec: TransferSpec, command_id: str, meta: dict | None = None) -> Transfer:
         t = cls(folder, spec, command_id, meta)
         if t.info_path.exists() and t.part_path.exists():
             t._resume()
@@ -49,7 +49,7 @@ class Transfer:
         return t
 
     @classmethod
-    def load_pending(cls, folder: Path) -> list["Transfer"]:
+    def load_pending(cls, folder: Path) -> list[Transfer]:
         """Transfers interrupted by a restart, ready to ask for their missing chunks."""
         out = []
         for info in Path(folder).glob("*.json"):

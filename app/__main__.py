@@ -4,7 +4,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .main import run_app
+from edgeloop.app.main import run_app
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,8 +34,8 @@ import onnxruntime as ort
 import torch
 from torch.nn import functional as F
 
-import edgeloop.hub.data as hub_data
-from edgeloop.hub.data import Dataset, load_csv, sample_dataset_path, split_dataset
+import edgeloop.hub.datasets as hub_data
+from edgeloop.hub.datasets import Dataset, load_csv, sample_dataset_path, split_dataset
 from edgeloop.hub.export import (
     decide_quantization,
     export_onnx,
@@ -43,7 +43,7 @@ from edgeloop.hub.export import (
     quantize_dynamic_int8,
     quantize_static_int8,
 )
-from edgeloop.hub.train import (
+from edgeloop.hub.training import (
     TRAIN_THREADS,
     TrainParams,
     build_model,

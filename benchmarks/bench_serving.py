@@ -29,15 +29,15 @@ sys.path.insert(0, str(REPO))
 
 import paho.mqtt.client as mqtt  # noqa: E402
 
-from edgeloop.agent.bundle import verify_bundle  # noqa: E402
 from edgeloop.agent.config import AgentConfig  # noqa: E402
-from edgeloop.agent.envelope import TrustedKeys  # noqa: E402
 from edgeloop.agent.runtime import ModelRunner, session_options  # noqa: E402
 from edgeloop.agent.serving import Serving  # noqa: E402
-from edgeloop.hub.broker import EmbeddedBroker, MosquittoBroker  # noqa: E402
-from edgeloop.hub.data import load_csv, sample_dataset_path  # noqa: E402
+from edgeloop.agent.wire.bundle import verify_bundle  # noqa: E402
+from edgeloop.agent.wire.envelope import TrustedKeys  # noqa: E402
+from edgeloop.hub.datasets import load_csv, sample_dataset_path  # noqa: E402
+from edgeloop.hub.fleet import EmbeddedBroker, MosquittoBroker  # noqa: E402
 from edgeloop.hub.services import Hub  # noqa: E402
-from edgeloop.hub.train import TrainParams  # noqa: E402
+from edgeloop.hub.training import TrainParams  # noqa: E402
 
 
 def stats(ms: list[float]) -> tuple[float, float]:
@@ -151,7 +151,7 @@ def main() -> None:
                 out = fleet.deploy(cfg.agent_id, b.path.read_bytes(), model="bench-mlp", version=v.version["version"])
                 assert out.ok, out.message
                 http_url = fleet.agents()[cfg.agent_id].http_url
-            from edgeloop.agent import topics
+            from edgeloop.agent.wire import topics
 
             echo = EchoClient(broker.address.host, broker.address.port, "bench/echo")
             base = timed(lambda: echo.roundtrip("bench/echo", b'{"id":"1","inputs":[[0,0,0,0,0,0]]}'), n)

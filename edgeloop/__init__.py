@@ -28,11 +28,11 @@ _API: dict[str, tuple[str, str | None]] = {
 __all__ = ["__version__", *_API]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from edgeloop.agent import wire
-    from edgeloop.agent.config import AgentConfig
-    from edgeloop.agent.errors import EdgeloopError
-    from edgeloop.agent.service import Agent
-    from edgeloop.hub.services import Hub
+    from edgeloop.agent import wire as wire
+    from edgeloop.agent.config import AgentConfig as AgentConfig
+    from edgeloop.agent.errors import EdgeloopError as EdgeloopError
+    from edgeloop.agent.service import Agent as Agent
+    from edgeloop.hub.services import Hub as Hub
 
 
 def __getattr__(name: str) -> Any:

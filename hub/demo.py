@@ -18,17 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-
 from edgeloop.agent.config import AgentConfig
-from edgeloop.agent.envelope import SigningKey
-from edgeloop.agent.messages import InferError
-
-from .broker import BrokerAddress, EmbeddedBroker, MosquittoBroker
-from .data import generate_sensor_data, load_csv, sample_dataset_path, split_dataset
-from .errors import HubError
-from .progress import TerminalProgress
-from .services import Hub
-from .train import TrainParams
+from edgeloop.agent.wire.envelope import SigningKey
+from edgeloop.agent.wire.messages import InferError
+from edgeloop.hub.datasets import generate_sensor_data, load_csv, sample_dataset_path, split_dataset
+from edgeloop.hub.errors import HubError
+from edgeloop.hub.fleet import BrokerAddress, EmbeddedBroker, MosquittoBroker
+from edgeloop.hub.progress import TerminalProgress
+from edgeloop.hub.services import Hub
+from edgeloop.hub.training import TrainParams
 
 MODEL = "sensor-mlp"
 AGENT_IDS = ("edge-1", "edge-2")
@@ -242,8 +240,8 @@ class Demo:
                 doc = json.loads(resp.read())
             http_ms.append((time.perf_counter() - t) * 1000)
         labels = next(o for o in doc["outputs"] if o["name"] == "label")["data"]
-        p50 = lambda v: statistics.median(v)  # noqa: E731
-        p95 = lambda v: sorted(v)[int(0.95 * len(v)) - 1]  # noqa: E731
+        p50 = lambda v: statistics.median(v)
+        p95 = lambda v: sorted(v)[int(0.95 * len(v)) - 1]
         self.say(f"    MQTT request/response: p50 {p50(mqtt_ms):.2f} ms, p95 {p95(mqtt_ms):.2f} ms "
                  f"over {LATENCY_REQUESTS} requests")
         self.say(f"    HTTP POST {url.split('//', 1)[1].split('/', 1)[1]}: p50 {p50(http_ms):.2f} ms, "
@@ -350,7 +348,7 @@ class Demo:
         for s in self.steps:
             self.say(f"  {s.name:<{width}}  {s.seconds:6.1f} s")
         self.say(f"  {'total':<{width}}  {total:6.1f} s")
-        from .home import default_home
+        from edgeloop.hub.home import default_home
 
         home = "" if Path(self.hub.home.root).resolve() == default_home().resolve() else f" --home {self.hub.home.root}"
         self.say("\nThe registry keeps everything. Next (from .venv/bin, or after `. .venv/bin/activate`):")

@@ -42,7 +42,7 @@ class Home:
         object.__setattr__(self, "root", Path(self.root).expanduser())
 
     @classmethod
-    def default(cls) -> "Home":
+    def default(cls) -> Home:
         return cls(default_home())
 
     @property
@@ -73,7 +73,7 @@ class Home:
     def runs_dir(self) -> Path:
         return self.root / "runs"
 
-    def ensure(self) -> "Home":
+    def ensure(self) -> Home:
         """Create the root and every sub-directory (keys/ private to the user)."""
         self.root.mkdir(parents=True, exist_ok=True)
         for d in (self.bundles_dir, self.models_dir, self.datasets_dir, self.agents_dir, self.runs_dir):

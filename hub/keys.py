@@ -18,10 +18,9 @@ import secrets
 import stat
 from pathlib import Path
 
-from edgeloop.agent.envelope import SigningKey
 from edgeloop.agent.errors import KeyFileError
-
-from .home import Home
+from edgeloop.agent.wire.envelope import SigningKey
+from edgeloop.hub.home import Home
 
 KEY_FILE = "hub_ed25519.pem"
 PUBLIC_KEY_FILE = "hub_ed25519.pub.pem"

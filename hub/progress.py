@@ -12,10 +12,11 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
-from .errors import CancelledError
+from edgeloop.hub.errors import CancelledError
 
 __all__ = [
     "ProgressEvent",

@@ -1,11 +1,11 @@
 #!/usr/bin/env python
-"""Write the shipped sample dataset: hub/data/sensors.csv and hub/data/README.md.
+"""Write the shipped sample dataset: hub/datasets/samples/sensors.csv and its README.md.
 
-The data come from :func:`hub.data.generate_sensor_data` (3000 rows, seed 7 by
+The data come from :func:`edgeloop.hub.datasets.generate_sensor_data` (3000 rows, seed 7 by
 default), so the file can always be regenerated bit for bit; its content hash is
 written into the README. Usage::
 
-    python scripts/make_sample_data.py [--rows 3000] [--seed 7] [--out hub/data]
+    python scripts/make_sample_data.py [--rows 3000] [--seed 7] [--out hub/datasets/samples]
 """
 
 from __future__ import annotations
@@ -14,13 +14,11 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
+
+from edgeloop.hub.datasets import SENSOR_FEATURES, Dataset, generate_sensor_data, load_csv, write_csv
+
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # run from a checkout without installing edgeloop
-    sys.path.insert(0, str(REPO))
-
-import numpy as np  # noqa: E402
-
-from edgeloop.hub.data import SENSOR_FEATURES, Dataset, generate_sensor_data, load_csv, write_csv  # noqa: E402
 
 COLUMNS = {
     "temperature_c": ("°C", "motor housing temperature"),
@@ -91,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=3000)
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--out", type=Path, default=REPO / "hub" / "data")
+    ap.add_argument("--out", type=Path, default=REPO / "hub" / "datasets" / "samples")
     args = ap.parse_args(argv)
 
     ds = generate_sensor_data(args.rows, args.seed)

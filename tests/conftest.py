@@ -12,9 +12,9 @@ import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-from edgeloop.agent.config import AgentConfig  # noqa: E402
-from edgeloop.agent.envelope import SigningKey  # noqa: E402
-from edgeloop.hub.broker import EmbeddedBroker, MosquittoBroker  # noqa: E402
+from edgeloop.agent.config import AgentConfig
+from edgeloop.agent.wire.envelope import SigningKey
+from edgeloop.hub.fleet import EmbeddedBroker, MosquittoBroker
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,7 +56,7 @@ class AgentProcess:
         self.log_path = log
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "AgentProcess":
+    def start(self) -> AgentProcess:
         self._log = open(self.log_path, "ab")
         env = dict(os.environ)
         # agents run with torch, Qt, onnx, hub and app made unimportable (tests/agent_isolated.py)
@@ -111,9 +111,9 @@ def wait_until(pred, timeout: float = 10.0, interval: float = 0.05) -> bool:
 # --- a hub with two real trained versions and their signed bundles ---------------------------
 class TrainedHub:
     def __init__(self, root: Path) -> None:
-        from edgeloop.hub.data import load_csv, sample_dataset_path
+        from edgeloop.hub.datasets import load_csv, sample_dataset_path
         from edgeloop.hub.services import Hub
-        from edgeloop.hub.train import TrainParams
+        from edgeloop.hub.training import TrainParams
 
         self.hub = Hub(root, actor="tests")
         self.dataset = load_csv(sample_dataset_path())

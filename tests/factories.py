@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 
-from edgeloop.agent.bundle import file_entry, pack_bundle, sha256
-from edgeloop.agent.commands import seal_command
-from edgeloop.agent.envelope import SigningKey, TrustedKeys
-from edgeloop.agent.manifest import DriftReference, FeatureReference, Manifest, SmokeTest, TensorSpec
-from edgeloop.agent.messages import Command, new_id
+from edgeloop.agent.wire.bundle import file_entry, pack_bundle, sha256
+from edgeloop.agent.wire.commands import seal_command
+from edgeloop.agent.wire.envelope import SigningKey, TrustedKeys
+from edgeloop.agent.wire.manifest import DriftReference, FeatureReference, Manifest, SmokeTest, TensorSpec
+from edgeloop.agent.wire.messages import Command, new_id
 
 
 def make_manifest(key: SigningKey, files: dict[str, bytes], *, model="demo", version="1",

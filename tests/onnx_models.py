@@ -12,8 +12,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeloop.agent.bundle import file_entry
-from edgeloop.agent.manifest import DriftReference, Manifest, SmokeTest, TensorSpec
+from edgeloop.agent.wire.bundle import file_entry
+from edgeloop.agent.wire.manifest import DriftReference, Manifest, SmokeTest, TensorSpec
 
 OPSET = 17
 IR_VERSION = 9

@@ -16,11 +16,11 @@ import urllib.request
 import numpy as np
 import pytest
 
-from edgeloop.agent import topics
-from edgeloop.agent.bundle import read_container, write_container
-from edgeloop.agent.envelope import SigningKey
-from edgeloop.agent.messages import InferError, InferResult
-from edgeloop.hub.broker import MosquittoBroker
+from edgeloop.agent.wire import topics
+from edgeloop.agent.wire.bundle import read_container, write_container
+from edgeloop.agent.wire.envelope import SigningKey
+from edgeloop.agent.wire.messages import InferError, InferResult
+from edgeloop.hub.fleet import MosquittoBroker
 from tests.conftest import wait_until
 from tests.factories import make_command
 
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.broker
 
 
 def _command_id(envelope: bytes) -> str:
-    from edgeloop.agent.envelope import b64d
+    from edgeloop.agent.wire.envelope import b64d
 
     return json.loads(b64d(json.loads(envelope)["payload"], "payload"))["command_id"]
 
@@ -308,9 +308,9 @@ def test_signed_bundle_failing_its_smoke_test_is_not_activated(trained, fleet, o
     """Validly signed, but the model does not produce what the manifest promises: refused, old model serves."""
     import dataclasses
 
-    from edgeloop.agent.bundle import pack_bundle, verify_bundle
-    from edgeloop.agent.envelope import TrustedKeys
-    from edgeloop.agent.manifest import SmokeTest
+    from edgeloop.agent.wire.bundle import pack_bundle, verify_bundle
+    from edgeloop.agent.wire.envelope import TrustedKeys
+    from edgeloop.agent.wire.manifest import SmokeTest
 
     aid, _ = online_agent()
     assert _deploy(fleet, aid, trained.b1, trained.v1).ok

@@ -9,8 +9,8 @@ import pytest
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 pytest.importorskip("PySide6.QtWidgets", reason="the GUI needs the app extras")
 
-from edgeloop.app.main import AGENT_COLUMNS, VERSION_COLUMNS, MainWindow  # noqa: E402
-from edgeloop.agent.messages import ActiveModel, AgentState  # noqa: E402
+from edgeloop.agent.wire.messages import ActiveModel, AgentState
+from edgeloop.app.main import AGENT_COLUMNS, VERSION_COLUMNS, MainWindow
 
 
 def test_window_lists_versions_and_agents(qtbot, trained, tmp_path):

@@ -14,8 +14,8 @@ import sys
 
 import pytest
 
-from edgeloop.hub import cli
-from edgeloop.hub.data import load_csv, sample_dataset_path
+from edgeloop.hub.cli import parser as cli
+from edgeloop.hub.datasets import load_csv, sample_dataset_path
 from tests.conftest import REPO
 
 

@@ -16,10 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from edgeloop.agent.envelope import SigningKey
 from edgeloop.agent.runtime import ModelRunner
-from edgeloop.hub.bundler import build_bundle
-from edgeloop.hub.data import (
+from edgeloop.agent.wire.envelope import SigningKey
+from edgeloop.hub.datasets import (
     SENSOR_LABELS,
     Dataset,
     dataset_sha256,
@@ -27,9 +26,9 @@ from edgeloop.hub.data import (
     split_dataset,
 )
 from edgeloop.hub.errors import TrainingError
-from edgeloop.hub.pipeline import ParentSpec, build_version
+from edgeloop.hub.pipeline import ParentSpec, build_bundle, build_version
 from edgeloop.hub.registry import Registry
-from edgeloop.hub.train import (
+from edgeloop.hub.training import (
     EWCPenalty,
     TrainParams,
     fine_tune,

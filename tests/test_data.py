@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeloop.hub.data import (
+from edgeloop.hub.datasets import (
     MIN_ROWS,
     SENSOR_FEATURES,
     SENSOR_LABELS,

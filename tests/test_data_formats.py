@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeloop.hub.data import (
+from edgeloop.hub.datasets import (
     WINDOW_LABELS,
+    WINDOW_SAMPLE_SD,
     Dataset,
     FeatureSpec,
     Schema,
@@ -21,17 +22,17 @@ from edgeloop.hub.data import (
     load_csv,
     load_dataset,
     load_npz,
+    load_schema_file,
     sample_dataset_path,
     split_dataset,
     validate_dataset,
     validate_labels_known,
+    window_feature_names,
     write_csv,
     write_npz,
     write_schema_file,
 )
 from edgeloop.hub.errors import DataValidationError
-from edgeloop.hub.schema import load_schema_file
-from edgeloop.hub.windows import WINDOW_SAMPLE_SD, window_feature_names
 
 SAMPLE_SHA256 = "80f7344afcdbf5611db6e60d77c72dbe2f762c5cb78eaa6245bc1b4d8cfcb7df"
 

@@ -11,7 +11,6 @@ import pytest
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
-from edgeloop.agent import messages
 from edgeloop.agent.drift import (
     DriftMonitor,
     DriftReferenceError,
@@ -25,7 +24,8 @@ from edgeloop.agent.drift import (
     quantile_edges,
 )
 from edgeloop.agent.errors import BundleFormatError, InputShapeError, InputValueError
-from edgeloop.agent.manifest import DriftReference, FeatureReference, Manifest
+from edgeloop.agent.wire import messages
+from edgeloop.agent.wire.manifest import DriftReference, FeatureReference, Manifest
 from tests.onnx_models import classifier_onnx, manifest_for
 
 NAMES = ["x_normal", "x_expo", "x_uniform", "x_discrete"]

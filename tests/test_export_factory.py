@@ -10,7 +10,7 @@ import onnx
 import pytest
 import torch
 
-from edgeloop.hub.data import split_dataset
+from edgeloop.hub.datasets import split_dataset
 from edgeloop.hub.errors import ExportError
 from edgeloop.hub.export import (
     DEFAULT_OPSET,
@@ -23,7 +23,7 @@ from edgeloop.hub.export import (
     quantize_dynamic_int8,
     quantize_static_int8,
 )
-from edgeloop.hub.train import CNN1D, TrainParams, build_model, make_splits, train_model
+from edgeloop.hub.training import CNN1D, TrainParams, build_model, make_splits, train_model
 from tests.test_train_factory import window_dataset
 
 CNN = TrainParams(arch="cnn1d", epochs=25, patience=6, channels=(16, 32), seed=0)
@@ -171,7 +171,7 @@ def test_export_refuses_a_feature_count_the_model_does_not_take(windows):
 
 def test_cnn_on_hub_sensor_windows_beats_the_mlp():
     """On hub.data's own synthetic vibration windows the CNN beats a flat MLP."""
-    from edgeloop.hub.data import generate_sensor_windows
+    from edgeloop.hub.datasets import generate_sensor_windows
 
     ds = generate_sensor_windows(800, seed=0)
     splits = split_dataset(ds, 0)

@@ -12,16 +12,15 @@ import json
 import numpy as np
 import pytest
 
-from edgeloop.agent.bundle import verify_bundle
 from edgeloop.agent.drift import DriftMonitor
-from edgeloop.agent.envelope import SigningKey, TrustedKeys
 from edgeloop.agent.runtime import ModelRunner
-from edgeloop.hub.bundler import build_bundle
+from edgeloop.agent.wire.bundle import verify_bundle
+from edgeloop.agent.wire.envelope import SigningKey, TrustedKeys
 from edgeloop.hub.errors import CancelledError, ExportError
-from edgeloop.hub.pipeline import build_version
+from edgeloop.hub.pipeline import build_bundle, build_version
 from edgeloop.hub.progress import CancelToken
 from edgeloop.hub.registry import Registry
-from edgeloop.hub.train import TrainParams
+from edgeloop.hub.training import TrainParams
 from tests.test_train_factory import regression_dataset, window_dataset
 
 

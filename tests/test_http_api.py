@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import http.client
-import time
 import json
 import socket
+import time
 
 import numpy as np
 import pytest

@@ -8,8 +8,14 @@ import threading
 
 import pytest
 
-from edgeloop.agent.envelope import MANIFEST_PAYLOAD_TYPE, TrustedKeys, sign_detached, verify_detached, canonical_json
 from edgeloop.agent.errors import KeyFileError
+from edgeloop.agent.wire.envelope import (
+    MANIFEST_PAYLOAD_TYPE,
+    TrustedKeys,
+    canonical_json,
+    sign_detached,
+    verify_detached,
+)
 from edgeloop.hub.home import Home
 from edgeloop.hub.keys import (
     export_public_pem,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeloop.agent.messages import ActiveModel, AgentState, DriftReport, Event, FeatureDrift
+from edgeloop.agent.wire.messages import ActiveModel, AgentState, DriftReport, Event, FeatureDrift
 from edgeloop.hub.errors import NotFoundError, RegistryError
 from edgeloop.hub.home import Home, default_home
 from edgeloop.hub.registry import SCHEMA_VERSION, Registry

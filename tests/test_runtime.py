@@ -19,9 +19,9 @@ from edgeloop.agent.errors import (
     ModelNotReadyError,
     SmokeTestError,
 )
-from edgeloop.agent.manifest import SmokeTest, TensorSpec
 from edgeloop.agent.runtime import ModelContractError, ModelRunner, coerce_inputs
 from edgeloop.agent.serving import InferOutcome, Serving
+from edgeloop.agent.wire.manifest import SmokeTest, TensorSpec
 from tests.onnx_models import (
     FEATURES,
     LABELS,

@@ -7,9 +7,9 @@ import os
 import pytest
 
 from edgeloop.agent.errors import HashMismatchError, StoreError, TransferError
-from edgeloop.agent.messages import Chunk, TransferSpec
 from edgeloop.agent.store import AgentStore
 from edgeloop.agent.transfer import Transfer
+from edgeloop.agent.wire.messages import Chunk, TransferSpec
 
 SHA_A = "a" * 64
 SHA_B = "b" * 64

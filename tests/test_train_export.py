@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from edgeloop.hub.data import generate_sensor_data, load_csv, sample_dataset_path, split_dataset
+from edgeloop.hub.datasets import generate_sensor_data, load_csv, sample_dataset_path, split_dataset
 from edgeloop.hub.errors import CancelledError, DataValidationError, ExportError, TrainingError
 from edgeloop.hub.export import (
     INPUT_NAME,
@@ -25,7 +25,7 @@ from edgeloop.hub.export import (
     quantize_static_int8,
 )
 from edgeloop.hub.progress import CancelToken, ProgressEvent, TerminalProgress, null_progress
-from edgeloop.hub.train import (
+from edgeloop.hub.training import (
     MLPClassifier,
     TrainParams,
     code_version,

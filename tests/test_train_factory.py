@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgeloop.hub.data import Dataset, split_dataset
+from edgeloop.hub.datasets import Dataset, split_dataset
 from edgeloop.hub.errors import CancelledError, DataValidationError, TrainingError
 from edgeloop.hub.export import (
     check_parity,
@@ -24,7 +24,7 @@ from edgeloop.hub.export import (
     quantize_static_int8,
 )
 from edgeloop.hub.progress import CancelToken, ProgressEvent
-from edgeloop.hub.train import (
+from edgeloop.hub.training import (
     CNN1D,
     MLPClassifier,
     MLPRegressor,

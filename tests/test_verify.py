@@ -7,9 +7,6 @@ import time
 
 import pytest
 
-from edgeloop.agent.bundle import inspect_bundle, read_container, verify_bundle, write_container
-from edgeloop.agent.commands import verify_command
-from edgeloop.agent.envelope import SigningKey, b64e, canonical_json
 from edgeloop.agent.errors import (
     BundleFormatError,
     BundleTooLargeError,
@@ -26,6 +23,9 @@ from edgeloop.agent.errors import (
     UntrustedKeyError,
     WrongTargetError,
 )
+from edgeloop.agent.wire.bundle import inspect_bundle, read_container, verify_bundle, write_container
+from edgeloop.agent.wire.commands import verify_command
+from edgeloop.agent.wire.envelope import SigningKey, b64e, canonical_json
 from tests.factories import make_bundle, make_command, make_manifest, trusted
 
 
@@ -45,7 +45,7 @@ def test_good_bundle_verifies(key):
 def test_bundle_bytes_are_deterministic(key):
     files = {"model.onnx": b"xyz"}
     man = make_manifest(key, files)
-    from edgeloop.agent.bundle import pack_bundle
+    from edgeloop.agent.wire.bundle import pack_bundle
 
     assert pack_bundle(man, files, key) == pack_bundle(man, files, key)
 
@@ -78,7 +78,7 @@ def test_every_single_byte_flip_is_refused(key):
         bad[i] ^= 0xFF
         try:
             vb = verify_bundle(bytes(bad), trusted(key))
-        except Exception as exc:  # noqa: BLE001 - any refusal is fine, but it must be ours
+        except Exception as exc:
             assert isinstance(exc, EdgeloopError), (i, exc)
             continue
         # flips in tar padding/headers that do not change content are harmless: content must be identical
@@ -139,8 +139,8 @@ def test_size_cap(key):
 
 
 def test_manifest_signed_but_invalid_is_refused(key):
-    from edgeloop.agent.envelope import MANIFEST_PAYLOAD_TYPE, sign_detached
-    from edgeloop.agent.messages import dumps
+    from edgeloop.agent.wire.envelope import MANIFEST_PAYLOAD_TYPE, sign_detached
+    from edgeloop.agent.wire.messages import dumps
 
     bad_manifest = canonical_json({"kind": "edgeloop.bundle", "schema": 1})
     sig = dumps(sign_detached(key, MANIFEST_PAYLOAD_TYPE, bad_manifest))
@@ -167,7 +167,7 @@ def test_forged_command_refused(key):
 
 def test_tampered_command_refused(key):
     env = json.loads(make_command(key, "a1", 5))
-    from edgeloop.agent.envelope import b64d
+    from edgeloop.agent.wire.envelope import b64d
 
     payload = json.loads(b64d(env["payload"], "p"))
     payload["agent_id"] = "a2"

@@ -5,12 +5,12 @@ import math
 
 import pytest
 
-from edgeloop.agent import messages as m
-from edgeloop.agent import topics
 from edgeloop.agent.errors import ConfigError, MessageFormatError, PayloadTooLargeError, UnsupportedSchemaError
-from edgeloop.agent.manifest import Manifest
+from edgeloop.agent.wire import messages as m
+from edgeloop.agent.wire import topics
+from edgeloop.agent.wire.envelope import SigningKey
+from edgeloop.agent.wire.manifest import Manifest
 from tests.factories import make_manifest
-from edgeloop.agent.envelope import SigningKey
 
 
 def _roundtrip(msg):

@@ -43,9 +43,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .data import MIN_ROWS, Dataset, Splits, split_dataset, validate_dataset
-from .errors import DataValidationError, TrainingError
-from .progress import CancelToken, ProgressCallback, ProgressEvent, null_progress
+from edgeloop.hub.datasets import MIN_ROWS, Dataset, Splits, split_dataset, validate_dataset
+from edgeloop.hub.errors import DataValidationError, TrainingError
+from edgeloop.hub.progress import CancelToken, ProgressCallback, ProgressEvent, null_progress
 
 __all__ = [
     "ARCHS",
@@ -1318,7 +1318,7 @@ def library_versions() -> dict[str, str | None]:
     for name in ("torch", "numpy", "onnx", "onnxruntime"):
         try:
             out[name] = str(importlib.import_module(name).__version__)
-        except Exception:  # noqa: BLE001 - an absent or broken library is recorded, not fatal
+        except Exception:
             out[name] = None
     return out
 
@@ -1330,7 +1330,7 @@ def code_version() -> str:
     so an installed copy inside some other repository is not misreported. Git is
     run with ``--no-optional-locks`` so it never writes the index.
     """
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     try:
         top = _git(root, "rev-parse", "--show-toplevel")
         if top and Path(top).resolve() == root:
@@ -1339,7 +1339,7 @@ def code_version() -> str:
                 return described
     except (OSError, subprocess.SubprocessError):
         pass
-    from . import __version__
+    from edgeloop.hub import __version__
 
     return f"edgeloop-{__version__}"
 

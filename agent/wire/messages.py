@@ -19,7 +19,7 @@ import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
-from .errors import MessageFormatError, PayloadTooLargeError, UnsupportedSchemaError
+from edgeloop.agent.errors import MessageFormatError, PayloadTooLargeError, UnsupportedSchemaError
 
 SCHEMA = 1
 MAX_JSON_MESSAGE = 4 * 1024 * 1024  # bytes; larger JSON messages are refused
@@ -93,7 +93,7 @@ class ActiveModel:
     bundle_sha256: str
 
     @classmethod
-    def from_dict(cls, d: dict, where: str = "active") -> "ActiveModel":
+    def from_dict(cls, d: dict, where: str = "active") -> ActiveModel:
         return cls(
             model=_req(d, "model", str, where),
             version=_req(d, "version", str, where),
@@ -115,7 +115,7 @@ class AgentState(Message):
     installed: list[ActiveModel] = field(default_factory=list)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "AgentState":
+    def from_dict(cls, d: dict) -> AgentState:
         _check_envelope(d, cls.TYPE)
         w = cls.TYPE
         active = d.get("active")
@@ -148,7 +148,7 @@ class TransferSpec:
     chunks: int
 
     @classmethod
-    def from_dict(cls, d: dict, where: str = "transfer") -> "TransferSpec":
+    def from_dict(cls, d: dict, where: str = "transfer") -> TransferSpec:
         spec = cls(
             transfer_id=_req(d, "transfer_id", str, where),
             bundle_sha256=_req(d, "bundle_sha256", str, where),
@@ -185,7 +185,7 @@ class Command(Message):
     args: dict = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Command":
+    def from_dict(cls, d: dict) -> Command:
         _check_envelope(d, cls.TYPE)
         w = cls.TYPE
         return cls(
@@ -230,7 +230,7 @@ class Event(Message):
     details: dict = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Event":
+    def from_dict(cls, d: dict) -> Event:
         _check_envelope(d, cls.TYPE)
         w = cls.TYPE
         ev = _req(d, "event", str, w)
@@ -263,7 +263,7 @@ class InferRequest:
     reply_to: str | None = None
 
     @classmethod
-    def decode(cls, data: bytes, limit: int = MAX_JSON_MESSAGE) -> "InferRequest":
+    def decode(cls, data: bytes, limit: int = MAX_JSON_MESSAGE) -> InferRequest:
         d = load_json(data, "inference request", limit)
         schema = d.get("schema", SCHEMA)
         if schema != SCHEMA:
@@ -300,7 +300,7 @@ class InferResult(Message):
     latency_ms: float
 
     @classmethod
-    def from_dict(cls, d: dict) -> "InferResult":
+    def from_dict(cls, d: dict) -> InferResult:
         _check_envelope(d, cls.TYPE)
         w = cls.TYPE
         return cls(
@@ -320,7 +320,7 @@ class InferError(Message):
     message: str
 
     @classmethod
-    def from_dict(cls, d: dict) -> "InferError":
+    def from_dict(cls, d: dict) -> InferError:
         _check_envelope(d, cls.TYPE)
         w = cls.TYPE
         return cls(id=_req(d, "id", str, w), code=_req(d, "code", str, w), message=_req(d, "message", str, w))
@@ -344,7 +344,7 @@ class FeatureDrift:
     drifted: bool
 
     @classmethod
-    def from_dict(cls, d: dict, where: str) -> "FeatureDrift":
+    def from_dict(cls, d: dict, where: str) -> FeatureDrift:
         counts = _req(d, "counts", list, where)
         if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
             raise MessageFormatError(f"{where}: counts must be non-negative integers")
@@ -385,7 +385,7 @@ class DriftReport(Message):
         return out
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DriftReport":
+    def from_dict(cls, d: dict) -> DriftReport:
         _check_envelope(d, cls.TYPE)
         w = cls.TYPE
         feats = _req(d, "features", list, w)
@@ -445,7 +445,7 @@ class Chunk:
         ) + self.data
 
     @classmethod
-    def decode(cls, payload: bytes) -> "Chunk":
+    def decode(cls, payload: bytes) -> Chunk:
         if len(payload) < CHUNK_HEADER_SIZE:
             raise MessageFormatError(f"bundle chunk is {len(payload)} bytes, shorter than its header")
         if len(payload) > CHUNK_HEADER_SIZE + MAX_CHUNK_SIZE:

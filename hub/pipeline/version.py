@@ -27,12 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from edgeloop.agent.bundle import sha256
 from edgeloop.agent.drift import bin_counts, build_reference, quantile_edges
-
-from .data import Dataset
-from .errors import CancelledError, ExportError, TrainingError
-from .export import (
+from edgeloop.agent.wire.bundle import sha256
+from edgeloop.hub.datasets import Dataset
+from edgeloop.hub.errors import CancelledError, ExportError, TrainingError
+from edgeloop.hub.export import (
     check_parity,
     decide_quantization,
     evaluate_onnx,
@@ -41,8 +40,8 @@ from .export import (
     quantize_dynamic_int8,
     quantize_static_int8,
 )
-from .progress import CancelToken, ProgressCallback, ProgressEvent
-from .train import (
+from edgeloop.hub.progress import CancelToken, ProgressCallback, ProgressEvent
+from edgeloop.hub.training import (
     TrainParams,
     code_version,
     dataset_task,

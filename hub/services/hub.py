@@ -23,16 +23,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edgeloop.agent.bundle import sha256 as sha256_hex
-from edgeloop.agent.envelope import SigningKey
-
-from . import __version__
-from .data import Dataset, load_csv, load_dataset, write_csv
-from .errors import DataValidationError, ExportError, HubError, NotFoundError
-from .home import Home, default_home
-from .keys import export_public_pem, load_or_create_hub_key, public_key_path
-from .progress import CancelToken, ProgressCallback, ProgressEvent
-from .registry import GateError, Registry
+from edgeloop.agent.wire.bundle import sha256 as sha256_hex
+from edgeloop.agent.wire.envelope import SigningKey
+from edgeloop.hub import __version__
+from edgeloop.hub.datasets import Dataset, load_csv, load_dataset, write_csv
+from edgeloop.hub.errors import DataValidationError, ExportError, HubError, NotFoundError
+from edgeloop.hub.home import Home, default_home
+from edgeloop.hub.keys import export_public_pem, load_or_create_hub_key, public_key_path
+from edgeloop.hub.progress import CancelToken, ProgressCallback, ProgressEvent
+from edgeloop.hub.registry import GateError, Registry
 
 
 def default_actor() -> str:
@@ -56,7 +55,7 @@ class Hub:
     def close(self) -> None:
         self.registry.close()
 
-    def __enter__(self) -> "Hub":
+    def __enter__(self) -> Hub:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -158,11 +157,24 @@ class Hub:
             )
         return ds
 
+    # --- registry views (plain records; edgeloop.hub.views formats them) ------------------
+    def list_versions(self, model: str | None = None) -> list[dict]:
+        """Every version (or one model's) with its metrics, quantization, aliases and split."""
+        return self.registry.list_versions(model)
+
+    def list_bundles(self, version_ref: str | None = None) -> list[dict]:
+        """Signed bundles, newest first (optionally one version's)."""
+        return self.registry.list_bundles(version_ref)
+
+    def list_agents(self) -> list[dict]:
+        """The agents this hub has heard from, with their last known state."""
+        return self.registry.list_agents()
+
     # --- models ---------------------------------------------------------------------
     def build_version(self, dataset: Dataset, dataset_record: dict, model_name: str, params, *,
                       progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
                       quantize: bool = True, budget_points: float = 1.0, parent_version: str | None = None):
-        from .pipeline import build_version
+        from edgeloop.hub.pipeline import build_version
 
         return build_version(self.registry, self.home.models_dir, dataset, dataset_record, model_name, params,
                              quantize=quantize, budget_points=budget_points, parent_version=parent_version,
@@ -185,7 +197,7 @@ class Hub:
         ``.folder``, ``.timings``, and ``.continual`` when fine-tuned). ``cancel``
         stops training at the next epoch with :class:`hub.errors.CancelledError`.
         """
-        from . import pipeline
+        from edgeloop.hub import pipeline
 
         params = _train_params(params)
         record = self.registry.get_dataset(dataset_ref)
@@ -323,7 +335,7 @@ class Hub:
 
     # --- bundles --------------------------------------------------------------------------
     def build_bundle(self, version_ref: str):
-        from .bundler import build_bundle
+        from edgeloop.hub.pipeline import build_bundle
 
         return build_bundle(self.registry, self.home.models_dir, self.home.bundles_dir, version_ref, self.key,
                             actor=self.actor)
@@ -384,8 +396,7 @@ class Hub:
 
     # --- fleet -------------------------------------------------------------------------
     def fleet(self, broker_url: str, on_change=None):
-        from .broker import BrokerAddress
-        from .fleet import Fleet
+        from edgeloop.hub.fleet import BrokerAddress, Fleet
 
         return Fleet(BrokerAddress.parse(broker_url), self.registry, self.key, actor=self.actor,
                      on_change=on_change)
@@ -412,7 +423,7 @@ def _label_column_of(csv_path: Path) -> str:
 
 
 def _train_params(params: Any):
-    from .train import TrainParams
+    from edgeloop.hub.training import TrainParams
 
     if params is None:
         return TrainParams()

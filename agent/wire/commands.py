@@ -9,12 +9,25 @@ and the counters and persists the new counter *before* acting.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
-from .envelope import COMMAND_PAYLOAD_TYPE, SigningKey, TrustedKeys, open_envelope, parse_json_object, seal
-from .errors import ExpiredCommandError, MessageFormatError, ReplayError, UnknownCommandError, WrongTargetError
-from .messages import COMMAND_TYPES, MAX_JSON_MESSAGE, Command, dumps, load_json
+from edgeloop.agent.errors import (
+    ExpiredCommandError,
+    MessageFormatError,
+    ReplayError,
+    UnknownCommandError,
+    WrongTargetError,
+)
+from edgeloop.agent.wire.envelope import (
+    COMMAND_PAYLOAD_TYPE,
+    SigningKey,
+    TrustedKeys,
+    open_envelope,
+    parse_json_object,
+    seal,
+)
+from edgeloop.agent.wire.messages import COMMAND_TYPES, MAX_JSON_MESSAGE, Command, dumps, load_json
 
 MAX_CLOCK_SKEW = 600.0  # seconds a command may claim to come from the future
 

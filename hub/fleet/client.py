@@ -15,15 +15,16 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
-from edgeloop.agent import topics
-from edgeloop.agent.bundle import sha256 as sha256_hex
-from edgeloop.agent.commands import seal_command
-from edgeloop.agent.envelope import SigningKey
 from edgeloop.agent.errors import EdgeloopError, MessageFormatError
-from edgeloop.agent.messages import (
+from edgeloop.agent.mqtt_link import MqttLink, Will
+from edgeloop.agent.wire import topics
+from edgeloop.agent.wire.bundle import sha256 as sha256_hex
+from edgeloop.agent.wire.commands import seal_command
+from edgeloop.agent.wire.envelope import SigningKey
+from edgeloop.agent.wire.messages import (
     AgentState,
     Chunk,
     Command,
@@ -37,10 +38,8 @@ from edgeloop.agent.messages import (
     decode_infer_reply,
     new_id,
 )
-from edgeloop.agent.mqtt_link import MqttLink, Will
-
-from .broker import BrokerAddress
-from .errors import FleetError
+from edgeloop.hub.errors import FleetError
+from edgeloop.hub.fleet.brokers import BrokerAddress
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +120,7 @@ class Fleet:
         )
 
     # --- lifecycle ---------------------------------------------------------------
-    def start(self, timeout: float = 10.0) -> "Fleet":
+    def start(self, timeout: float = 10.0) -> Fleet:
         self._worker = threading.Thread(target=self._work, name="fleet-worker", daemon=True)
         self._worker.start()
         self.link.start()
@@ -137,7 +136,7 @@ class Fleet:
         if self._worker is not None:
             self._worker.join(timeout=5)
 
-    def __enter__(self) -> "Fleet":
+    def __enter__(self) -> Fleet:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -13,8 +13,9 @@ import base64
 import binascii
 import hashlib
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -23,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from .errors import KeyFileError, MessageFormatError, SignatureError, UntrustedKeyError
+from edgeloop.agent.errors import KeyFileError, MessageFormatError, SignatureError, UntrustedKeyError
 
 ENVELOPE_SCHEMA = 1
 MANIFEST_PAYLOAD_TYPE = "application/vnd.edgeloop.manifest+json"
@@ -72,7 +73,7 @@ class SigningKey:
     private: Ed25519PrivateKey
 
     @classmethod
-    def generate(cls) -> "SigningKey":
+    def generate(cls) -> SigningKey:
         return cls(Ed25519PrivateKey.generate())
 
     @property
@@ -94,7 +95,7 @@ class SigningKey:
         return public_pem(self.public)
 
     @classmethod
-    def from_pem(cls, data: bytes, source: str = "key") -> "SigningKey":
+    def from_pem(cls, data: bytes, source: str = "key") -> SigningKey:
         try:
             key = serialization.load_pem_private_key(data, password=None)
         except (ValueError, TypeError) as exc:
@@ -130,11 +131,11 @@ class TrustedKeys:
     keys: Mapping[str, Ed25519PublicKey] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, publics: Iterable[Ed25519PublicKey]) -> "TrustedKeys":
+    def of(cls, publics: Iterable[Ed25519PublicKey]) -> TrustedKeys:
         return cls({key_id(k): k for k in publics})
 
     @classmethod
-    def from_pems(cls, pems: Iterable[bytes]) -> "TrustedKeys":
+    def from_pems(cls, pems: Iterable[bytes]) -> TrustedKeys:
         return cls.of(load_public_pem(p) for p in pems)
 
     def __len__(self) -> int:

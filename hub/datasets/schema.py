@@ -66,8 +66,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DataValidationError
-from .problems import Problem, problems_error
+from edgeloop.hub.datasets.problems import Problem, problems_error
+from edgeloop.hub.errors import DataValidationError
 
 __all__ = [
     "DEFAULT_LABEL_COLUMN",

@@ -12,9 +12,9 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .envelope import canonical_json
-from .errors import MessageFormatError, UnsupportedSchemaError
-from .messages import _opt, _req, load_json
+from edgeloop.agent.errors import MessageFormatError, UnsupportedSchemaError
+from edgeloop.agent.wire.envelope import canonical_json
+from edgeloop.agent.wire.messages import _opt, _req, load_json
 
 MANIFEST_SCHEMA = 1
 MANIFEST_KIND = "edgeloop.bundle"
@@ -28,7 +28,7 @@ class TensorSpec:
     shape: list[int]  # -1 marks a dynamic dimension (the batch)
 
     @classmethod
-    def from_dict(cls, d: dict, where: str) -> "TensorSpec":
+    def from_dict(cls, d: dict, where: str) -> TensorSpec:
         spec = cls(_req(d, "name", str, where), _req(d, "datatype", str, where), _req(d, "shape", list, where))
         if spec.datatype not in DATATYPES:
             raise MessageFormatError(f"{where}: datatype {spec.datatype!r} is not one of {DATATYPES}")
@@ -45,7 +45,7 @@ class FileEntry:
     role: str = "model"  # model | model-fp32 | data | other
 
     @classmethod
-    def from_dict(cls, d: dict, where: str) -> "FileEntry":
+    def from_dict(cls, d: dict, where: str) -> FileEntry:
         e = cls(
             path=_req(d, "path", str, where),
             sha256=_req(d, "sha256", str, where),
@@ -76,7 +76,7 @@ class FeatureReference:
     std: float
 
     @classmethod
-    def from_dict(cls, d: dict, where: str) -> "FeatureReference":
+    def from_dict(cls, d: dict, where: str) -> FeatureReference:
         ref = cls(
             name=_req(d, "name", str, where),
             edges=[float(x) for x in _req(d, "edges", list, where)],
@@ -104,7 +104,7 @@ class DriftReference:
     ks_threshold: float = 0.15
 
     @classmethod
-    def from_dict(cls, d: dict, where: str = "drift") -> "DriftReference":
+    def from_dict(cls, d: dict, where: str = "drift") -> DriftReference:
         feats = _req(d, "features", list, where)
         ref = cls(
             features=[FeatureReference.from_dict(f, f"{where}.features[{i}]") for i, f in enumerate(feats)],
@@ -129,7 +129,7 @@ class SmokeTest:
     atol: float = 1e-4
 
     @classmethod
-    def from_dict(cls, d: dict, where: str = "smoke_test") -> "SmokeTest":
+    def from_dict(cls, d: dict, where: str = "smoke_test") -> SmokeTest:
         return cls(
             inputs=_req(d, "inputs", list, where),
             expected=_req(d, "expected", dict, where),
@@ -174,7 +174,7 @@ class Manifest:
         return len(self.feature_names)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Manifest":
+    def from_dict(cls, d: dict) -> Manifest:
         w = "manifest"
         if d.get("kind") != MANIFEST_KIND:
             raise MessageFormatError(f"{w}: kind {d.get('kind')!r} is not {MANIFEST_KIND!r}")
@@ -217,7 +217,7 @@ class Manifest:
         return m
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "Manifest":
+    def from_bytes(cls, data: bytes) -> Manifest:
         return cls.from_dict(load_json(data, "manifest"))
 
 

@@ -16,11 +16,10 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
-from .envelope import MANIFEST_PAYLOAD_TYPE, SigningKey, TrustedKeys, sign_detached, verify_detached
-from .errors import (
+from edgeloop.agent.errors import (
     BundleFormatError,
     BundleTooLargeError,
     EdgeloopError,
@@ -31,8 +30,9 @@ from .errors import (
     SizeMismatchError,
     UnexpectedFileError,
 )
-from .manifest import FileEntry, Manifest
-from .messages import dumps
+from edgeloop.agent.wire.envelope import MANIFEST_PAYLOAD_TYPE, SigningKey, TrustedKeys, sign_detached, verify_detached
+from edgeloop.agent.wire.manifest import FileEntry, Manifest
+from edgeloop.agent.wire.messages import dumps
 
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"

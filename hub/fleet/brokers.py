@@ -23,8 +23,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from edgeloop.agent.errors import ConfigError
-
-from .errors import BrokerError
+from edgeloop.hub.errors import BrokerError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +38,7 @@ class BrokerAddress:
         return f"mqtt://{self.host}:{self.port}"
 
     @classmethod
-    def parse(cls, url: str) -> "BrokerAddress":
+    def parse(cls, url: str) -> BrokerAddress:
         """``mqtt://host:port`` (or ``host:port``) -> address; port defaults to 1883."""
         text = url if "://" in url else f"mqtt://{url}"
         parsed = urlparse(text)
@@ -80,7 +79,7 @@ class EmbeddedBroker:
         self._started = threading.Event()
         self._error: BaseException | None = None
 
-    def start(self) -> "EmbeddedBroker":
+    def start(self) -> EmbeddedBroker:
         from amqtt.broker import Broker  # hub-only dependency
 
         config = {
@@ -128,7 +127,7 @@ class EmbeddedBroker:
             self._thread.join(timeout=10)
         self._loop = None
 
-    def __enter__(self) -> "EmbeddedBroker":
+    def __enter__(self) -> EmbeddedBroker:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -158,7 +157,7 @@ class MosquittoBroker:
             )
         return exe
 
-    def start(self) -> "MosquittoBroker":
+    def start(self) -> MosquittoBroker:
         exe = self.executable()
         self.workdir.mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "mosquitto.conf"
@@ -198,7 +197,7 @@ class MosquittoBroker:
         if self._own_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> "MosquittoBroker":
+    def __enter__(self) -> MosquittoBroker:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -14,14 +14,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeloop.agent.bundle import file_entry, pack_bundle, sha256
-from edgeloop.agent.envelope import SigningKey
-from edgeloop.agent.manifest import DriftReference, Manifest, SmokeTest, TensorSpec
-
-from .errors import NotFoundError
+from edgeloop.agent.wire.bundle import file_entry, pack_bundle, sha256
+from edgeloop.agent.wire.envelope import SigningKey
+from edgeloop.agent.wire.manifest import DriftReference, Manifest, SmokeTest, TensorSpec
+from edgeloop.agent.wire.tensors import CLASSIFICATION_OUTPUT
+from edgeloop.hub.errors import NotFoundError
 
 MODEL_FILE = "model.onnx"
-CLASSIFICATION_OUTPUT = "probabilities"
 REGRESSION_OUTPUT = "prediction"
 SMOKE_ATOL = 1e-4
 

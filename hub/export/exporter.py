@@ -29,7 +29,8 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from .errors import ExportError
+from edgeloop.agent.wire import tensors
+from edgeloop.hub.errors import ExportError
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -52,9 +53,9 @@ __all__ = [
     "quantize_static_int8",
 ]
 
-INPUT_NAME = "features"
-OUTPUT_NAME = "probabilities"  # classification (kept as the module's historical default)
-REGRESSION_OUTPUT_NAME = "prediction"
+INPUT_NAME = tensors.INPUT_NAME
+OUTPUT_NAME = tensors.CLASSIFICATION_OUTPUT  # classification (kept as the module's historical default)
+REGRESSION_OUTPUT_NAME = tensors.REGRESSION_OUTPUT
 # Pinned: the exporters' defaults move between torch releases. 18 is the lowest opset the
 # dynamo exporter of torch >= 2.9 writes without a lossy version conversion; onnxruntime has
 # run it since 1.14, and the legacy exporter writes it too.
@@ -131,12 +132,12 @@ def export_onnx(
     if exporter in ("auto", "legacy"):
         try:
             data = _export_legacy(cpu_model, example, opset, out_name)
-        except Exception as exc:  # noqa: BLE001 - reported below, or the dynamo path takes over
+        except Exception as exc:
             errors.append(f"legacy exporter: {type(exc).__name__}: {exc}")
     if data is None and exporter in ("auto", "dynamo"):
         try:
             data = _export_dynamo(cpu_model, example, opset, out_name)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             errors.append(f"dynamo exporter: {type(exc).__name__}: {exc}")
     if data is None:
         raise ExportError("ONNX export failed; " + " | ".join(errors)
@@ -341,7 +342,7 @@ def _pre_process(src: Path, dst: Path) -> None:
 
     try:
         quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
-    except Exception:  # noqa: BLE001 - symbolic shape inference is optional (needs sympy)
+    except Exception:
         quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
 
 

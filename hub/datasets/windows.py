@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .problems import Problem
+from edgeloop.hub.datasets.problems import Problem
 
 if TYPE_CHECKING:
-    from .data import Dataset
+    from edgeloop.hub.datasets.dataset import Dataset
 
 __all__ = [
     "WINDOW_CLASS_PRIORS",
@@ -199,7 +199,7 @@ def generate_sensor_windows(n_windows: int, seed: int, *, channels: int = 3, ste
     (``bearing_fault, imbalance, normal``); ``X`` is (n_windows, channels*steps),
     channel-major, and ``window_shape`` is ``(channels, steps)``.
     """
-    from .data import Dataset  # late import: hub.data imports this module
+    from edgeloop.hub.datasets.dataset import Dataset  # late import: hub.data imports this module
 
     if n_windows < 1 or channels < 1 or steps < 2:
         raise ValueError(f"need n_windows >= 1, channels >= 1, steps >= 2; got {n_windows}, {channels}, {steps}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import DataValidationError
+from edgeloop.hub.errors import DataValidationError
 
 __all__ = [
     "ARRAY_ROW_CONVENTION",

@@ -49,7 +49,7 @@ class UsageError(EdgeloopError):
 
 # --- helpers ---------------------------------------------------------------------
 def _hub(args):
-    from .services import Hub
+    from edgeloop.hub.services import Hub
 
     return Hub(args.home)
 
@@ -158,8 +158,8 @@ def _cancel_on_sigint(token) -> Iterator[None]:
 
 # --- commands ------------------------------------------------------------------------
 def cmd_demo(args) -> int:
-    from .demo import DemoOptions, run_demo
-    from .home import default_home
+    from edgeloop.hub.demo import DemoOptions, run_demo
+    from edgeloop.hub.home import default_home
 
     opts = DemoOptions(home=Path(args.home) if args.home else default_home(), broker=args.broker,
                        epochs=args.epochs, json=args.json)
@@ -216,7 +216,7 @@ def cmd_data_show(args) -> int:
         versions = [v for v in hub.registry.list_versions() if v["run_id"] in run_ids]
         summary = None
         try:
-            from .services import _dataset_summary
+            from edgeloop.hub.services.hub import _dataset_summary
 
             summary = _dataset_summary(hub.load_dataset(rec["id"]))
         except EdgeloopError as exc:  # the copy is gone or changed: show the record anyway
@@ -234,7 +234,7 @@ def cmd_data_show(args) -> int:
 
 
 def cmd_data_sample(args) -> int:
-    from .data import generate_sensor_data, write_csv
+    from edgeloop.hub.datasets import generate_sensor_data, write_csv
 
     ds = generate_sensor_data(args.rows, args.seed, shift=args.shift)
     path = write_csv(ds, args.out)
@@ -254,7 +254,7 @@ TRAIN_OPTIONS = ("epochs", "lr", "batch_size", "hidden", "weight_decay", "patien
 
 
 def _train_params(args):
-    from .train import TrainParams
+    from edgeloop.hub.training import TrainParams
 
     given = {name: getattr(args, name) for name in TRAIN_OPTIONS if getattr(args, name, None) is not None}
     known = {f.name for f in dataclasses.fields(TrainParams)}
@@ -279,8 +279,8 @@ def _train_params(args):
 
 
 def cmd_train(args) -> int:
-    from .errors import CancelledError
-    from .progress import CancelToken, TerminalProgress
+    from edgeloop.hub.errors import CancelledError
+    from edgeloop.hub.progress import CancelToken, TerminalProgress
 
     params = _train_params(args)
     with _hub(args) as hub:
@@ -594,7 +594,7 @@ def cmd_drift(args) -> int:
 
 
 def cmd_bundle_inspect(args) -> int:
-    from edgeloop.agent.bundle import inspect_bundle, sha256
+    from edgeloop.agent.wire.bundle import inspect_bundle, sha256
 
     data = Path(args.file).read_bytes()
     manifest, sig = inspect_bundle(data)
@@ -622,8 +622,8 @@ def cmd_bundle_inspect(args) -> int:
 
 
 def cmd_bundle_verify(args) -> int:
-    from edgeloop.agent.bundle import sha256, verify_bundle
-    from edgeloop.agent.envelope import TrustedKeys
+    from edgeloop.agent.wire.bundle import sha256, verify_bundle
+    from edgeloop.agent.wire.envelope import TrustedKeys
 
     if args.key:
         trusted = TrustedKeys.from_pems([Path(k).read_bytes() for k in args.key])

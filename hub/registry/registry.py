@@ -68,15 +68,14 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlite_utils import Database
 
-from edgeloop.agent.messages import AgentState, DriftReport, Event
-
-from .errors import NotFoundError, RegistryError
+from edgeloop.agent.wire.messages import AgentState, DriftReport, Event
+from edgeloop.hub.errors import NotFoundError, RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +236,7 @@ def _now() -> float:
 
 
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
 
 
 def _dumps(value: Any) -> str | None:
@@ -450,7 +449,7 @@ class Registry:
             with contextlib.suppress(sqlite3.Error):
                 holder.db.conn.close()
 
-    def __enter__(self) -> "Registry":
+    def __enter__(self) -> Registry:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -789,12 +788,18 @@ class Registry:
         self, model_name: str, run_id: str, onnx_sha256: str, *, task: str | None = None,
         int8_sha256: str | None = None, chosen: str = "fp32", quantization: dict | None = None,
         metrics: dict | None = None, parent_version: str | None = None, actor: str = "hub",
+        write_files: Callable[[dict], None] | None = None,
     ) -> dict:
         """Register the next version (``<model>:<n>``) of ``model_name`` built by ``run_id``.
 
         ``task`` is required when the model has no version yet. ``chosen`` says which
         export is served; ``int8`` needs ``int8_sha256``. ``parent_version`` is any
         :meth:`get_version` reference to the version this one was derived from.
+
+        ``write_files``, when given, is called inside the registry's write transaction
+        with ``{"id", "model_name", "version"}`` once the number is allocated and
+        before the row exists: it puts the version's files in place (durably). If it
+        raises, nothing is recorded -- so a version row never points at missing files.
         """
         _check_model_name(model_name)
         onnx = _check_sha256(onnx_sha256, "onnx_sha256")
@@ -810,6 +815,8 @@ class Registry:
             parent = self.get_version(parent_version)["id"] if parent_version else None
             number = self._next_version_number(db, model_name)
             version_id = f"{model_name}:{number}"
+            if write_files is not None:
+                write_files({"id": version_id, "model_name": model_name, "version": str(number)})
             db["versions"].insert({
                 "id": version_id, "model_name": model_name, "version": str(number),
                 "run_id": run["id"], "onnx_sha256": onnx, "int8_sha256": int8, "chosen": chosen,

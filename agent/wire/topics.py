@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import ConfigError
+from edgeloop.agent.errors import ConfigError
 
 ROOT = "edgeloop/v1"
 AGENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

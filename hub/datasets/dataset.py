@@ -31,15 +31,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataValidationError
-from .problems import (
+from edgeloop.hub.datasets.problems import (
     ARRAY_ROW_CONVENTION,
     MAX_PROBLEMS,
     ROW_CONVENTION,
     Problem,
     validation_error,
 )
-from .schema import (
+from edgeloop.hub.datasets.schema import (
     DEFAULT_TIME_COLUMN,
     DEFAULT_WINDOW_ID_COLUMN,
     TASKS,
@@ -55,13 +54,14 @@ from .schema import (
     resolve_label_column,
     write_schema_file,
 )
-from .windows import (
+from edgeloop.hub.datasets.windows import (
     WINDOW_LABELS,
     detect_wide_windows,
     generate_sensor_windows,
     long_to_wide,
     window_feature_names,
 )
+from edgeloop.hub.errors import DataValidationError
 
 __all__ = [
     "DATA_SUFFIXES",
@@ -1467,4 +1467,4 @@ def generate_sensor_data(n_rows: int, seed: int, *, shift: float = 0.0) -> Datas
 
 def sample_dataset_path() -> Path:
     """Path of the shipped sample CSV (``hub/data/sensors.csv``, written by scripts/make_sample_data.py)."""
-    return Path(__file__).resolve().parent / "data" / "sensors.csv"
+    return Path(__file__).resolve().parent / "samples" / "sensors.csv"
