@@ -25,7 +25,7 @@ from edgeloop.hub.datasets import (
 )
 from edgeloop.hub.errors import DataValidationError, HubError
 
-# Content hash of the shipped hub/data/sensors.csv. It depends only on the file
+# Content hash of the shipped hub/datasets/samples/sensors.csv. It depends only on the file
 # and on dataset_sha256's canonical form, so it must not change across
 # platforms or library versions; regenerate the file only on purpose.
 SAMPLE_SHA256 = "80f7344afcdbf5611db6e60d77c72dbe2f762c5cb78eaa6245bc1b4d8cfcb7df"
@@ -328,7 +328,7 @@ def test_split_is_deterministic_stratified_and_complete():
     assert np.array_equal(np.sort(everything), np.arange(ds.n_rows))  # disjoint and complete
     for c in range(ds.n_classes):
         n_c = int((ds.y == c).sum())
-        for part, frac in zip((a.train, a.val, a.test), (0.7, 0.15, 0.15)):
+        for part, frac in zip((a.train, a.val, a.test), (0.7, 0.15, 0.15), strict=True):
             assert abs(int((ds.y[part] == c).sum()) - frac * n_c) <= 1
     other = split_dataset(ds, seed=4)
     assert not np.array_equal(other.test, a.test)

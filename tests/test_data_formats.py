@@ -46,7 +46,8 @@ def _write(path: Path, header: list[str], rows: list[list]) -> Path:
 
 
 def _table(path: Path, names, X, label_name: str, y) -> Path:
-    return _write(path, [*names, label_name], [[repr(float(v)) for v in row] + [lab] for row, lab in zip(X, y)])
+    return _write(path, [*names, label_name],
+                  [[repr(float(v)) for v in row] + [lab] for row, lab in zip(X, y, strict=True)])
 
 
 def _error(fn, *args, **kw) -> DataValidationError:
@@ -172,7 +173,7 @@ def test_schema_inference_classification_vs_regression(tmp_path: Path):
 def test_schema_file_overrides_task_label_column_classes_and_ranges(tmp_path: Path):
     rng = np.random.default_rng(4)
     rows = [[f"{t:.1f}", f"{p:.1f}", str(i % 4), "a" if i % 3 else "b"]
-            for i, (t, p) in enumerate(zip(rng.uniform(-20, 80, 60), rng.uniform(90, 110, 60)))]
+            for i, (t, p) in enumerate(zip(rng.uniform(-20, 80, 60), rng.uniform(90, 110, 60), strict=True))]
     path = _write(tmp_path / "d.csv", ["temp", "pres", "y", "tag"], rows)
     schema_path = tmp_path / "schema.json"
     schema_path.write_text(json.dumps({
@@ -239,7 +240,7 @@ def test_bad_schema_files_are_refused_with_every_finding(tmp_path: Path):
 
 def test_out_of_range_names_line_column_value_and_range(tmp_path: Path):
     ds = generate_sensor_data(80, 6)
-    rows = [[*map(str, r.tolist()), ds.labels[c]] for r, c in zip(ds.X, ds.y)]
+    rows = [[*map(str, r.tolist()), ds.labels[c]] for r, c in zip(ds.X, ds.y, strict=True)]
     rows[9][0] = "130.5"  # temperature_c on file line 11
     rows[40][5] = "-3"  # rpm on file line 42
     path = _write(tmp_path / "d.csv", [*ds.feature_names, "label"], rows)
@@ -247,7 +248,8 @@ def test_out_of_range_names_line_column_value_and_range(tmp_path: Path):
     exc = _error(load_dataset, path, schema=schema)
     assert [(p.row, p.column, p.rule) for p in exc.problems] == [
         (11, "temperature_c", "out_of_range"), (42, "rpm", "out_of_range")]
-    assert "line 11, column 'temperature_c': [out_of_range] value 130.5 is outside the allowed range [-40, 125]" in str(exc)
+    assert ("line 11, column 'temperature_c': [out_of_range] value 130.5 is outside the allowed range [-40, 125]"
+            in str(exc))
     assert "line 42, column 'rpm': [out_of_range] value -3 is outside the allowed range [0, inf]" in str(exc)
     # bounds are inclusive
     rows[9][0], rows[40][5] = "125", "0"
@@ -555,7 +557,8 @@ def test_sklearn_digits_constant_pixels_are_refused_then_ignored(tmp_path: Path)
 
 def test_sklearn_diabetes_is_regression_in_csv_and_npz(tmp_path: Path):
     db = sk.load_diabetes()
-    path = _table(tmp_path / "diabetes.csv", db.feature_names, db.data, "progression", [repr(float(v)) for v in db.target])
+    path = _table(tmp_path / "diabetes.csv", db.feature_names, db.data, "progression",
+                  [repr(float(v)) for v in db.target])
     ds = load_dataset(path)
     assert ds.task == "regression" and ds.label_column == "progression" and ds.n_rows == 442
     assert np.array_equal(ds.y, db.target.astype(np.float32))

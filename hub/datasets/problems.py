@@ -1,8 +1,8 @@
-"""Validation findings shared by the data modules (:mod:`hub.data`, :mod:`hub.schema`, :mod:`hub.windows`).
+"""Validation findings shared by the modules of :mod:`edgeloop.hub.datasets`.
 
 A :class:`Problem` names the row, column and rule of one finding; the data
 modules collect *every* problem of a file and raise one
-:class:`hub.errors.DataValidationError` whose ``problems`` list holds them all.
+:class:`edgeloop.hub.errors.DataValidationError` whose ``problems`` list holds them all.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ __all__ = [
     "MAX_PROBLEMS_IN_MESSAGE",
     "ROW_CONVENTION",
     "Problem",
+    "file_error",
     "problems_error",
     "validation_error",
 ]
@@ -72,7 +73,13 @@ def validation_error(source: str, problems: list[Problem], *, convention: str = 
                      headline: str | None = None) -> DataValidationError:
     """The error raised for invalid training data: every problem, with row, column and rule."""
     capped = " (stopped counting)" if len(problems) >= MAX_PROBLEMS else ""
-    intro = f"{source} is not valid training data: {min(len(problems), MAX_PROBLEMS)} problem(s){capped} ({convention}):"
+    count = min(len(problems), MAX_PROBLEMS)
+    intro = f"{source} is not valid training data: {count} problem(s){capped} ({convention}):"
     if headline:
         intro = f"{headline}\n{intro}"
     return problems_error(intro, problems, "Fix the data and load it again; nothing was trained.")
+
+
+def file_error(source: str, rule: str, detail: str, exc: BaseException | None = None) -> DataValidationError:
+    """A data file that cannot be read: the message names the file, the problem carries the rule."""
+    return DataValidationError(f"{source} {detail}", [Problem(None, None, rule, str(exc) if exc else detail)])

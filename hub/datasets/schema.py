@@ -5,8 +5,8 @@ classification or regression, the features (in order) with their dtype and an
 optional allowed ``[min, max]`` range, the class list, and the data's shape
 (tabular rows or multichannel sensor windows). Every field is optional: a
 partial schema (from a schema file, or built in code) *overrides* what
-:func:`hub.data.load_dataset` infers from the data, and the loaded
-:class:`hub.data.Dataset` carries the fully resolved schema in ``.schema``.
+:func:`edgeloop.hub.datasets.load_dataset` infers from the data, and the loaded
+:class:`edgeloop.hub.datasets.Dataset` carries the fully resolved schema in ``.schema``.
 
 Inference (used for every field a schema leaves open)
 -----------------------------------------------------
@@ -49,7 +49,7 @@ range are reported with rule ``out_of_range`` (row, column, value and range);
 non-whole values in an ``"int"`` feature with rule ``not_integer``; a feature
 named in the file but absent from the data with ``unknown_feature``. A schema
 file that is not valid JSON or breaks the format raises
-:class:`hub.errors.DataValidationError` with rule ``bad_schema`` for each
+:class:`edgeloop.hub.errors.DataValidationError` with rule ``bad_schema`` for each
 finding. :meth:`Schema.to_dict` writes this format, so the resolved schema of a
 loaded dataset can be saved (:func:`write_schema_file`) and reused.
 """
@@ -179,7 +179,8 @@ class Schema:
             problems.append(Problem(None, None, "bad_schema", f"layout: must be one of {LAYOUTS}, got {self.layout!r}"))
         if problems:
             raise problems_error("schema is not valid:", problems, "Fix the schema and load the data again.")
-        self.features = {str(k): (v if isinstance(v, FeatureSpec) else FeatureSpec(**v)) for k, v in self.features.items()}
+        self.features = {str(k): (v if isinstance(v, FeatureSpec) else FeatureSpec(**v))
+                         for k, v in self.features.items()}
         if self.labels is not None:
             self.labels = [str(lab) for lab in self.labels]
         if self.ignore_columns is not None:
@@ -223,7 +224,7 @@ class Schema:
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "schema") -> Schema:
-        """Parse the schema-file form; raise :class:`DataValidationError` (rule ``bad_schema``) listing every finding."""
+        """Parse the schema-file form; raise :class:`DataValidationError` (``bad_schema``) listing every finding."""
         problems: list[Problem] = []
 
         def bad(key: str, detail: str) -> None:
@@ -310,7 +311,7 @@ def _parse_feature(key: str, spec: Any, bad) -> FeatureSpec | None:
     if dtype is not None and dtype not in FEATURE_DTYPES:
         bad(f"{key}.dtype", f"must be one of {', '.join(map(repr, FEATURE_DTYPES))}, got {dtype!r}")
         ok = False
-    bounds = {}
+    bounds: dict[str, float | None] = {}
     for k in ("min", "max"):
         v = spec.get(k)
         if v is None:
@@ -335,9 +336,11 @@ def _check_fields(task: Any, labels: Any, label_column: Any, features: Any, igno
         p.append(Problem(None, None, "bad_schema", "labels: a class list makes no sense for task 'regression'"))
     if label_column is not None:
         if label_column in (features or {}):
-            p.append(Problem(None, None, "bad_schema", f"features: the label column {label_column!r} cannot be a feature"))
+            p.append(Problem(None, None, "bad_schema",
+                             f"features: the label column {label_column!r} cannot be a feature"))
         if label_column in (ignore_columns or []):
-            p.append(Problem(None, None, "bad_schema", f"ignore_columns: the label column {label_column!r} cannot be ignored"))
+            p.append(Problem(None, None, "bad_schema",
+                             f"ignore_columns: the label column {label_column!r} cannot be ignored"))
     return p
 
 
@@ -348,7 +351,7 @@ def _json_type(v: Any) -> str:
 
 def _schema_error(source: str, problems: list[Problem]) -> DataValidationError:
     return problems_error(f"schema file {source} is not valid: {len(problems)} problem(s):", problems,
-                          "Fix the schema file (format: see hub.schema) and load the data again.")
+                          "Fix the schema file (format: see edgeloop.hub.datasets.schema) and load the data again.")
 
 
 def load_schema_file(path: str | Path) -> Schema:
@@ -366,8 +369,8 @@ def load_schema_file(path: str | Path) -> Schema:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise _schema_error(source, [Problem(exc.lineno, None, "bad_schema",
-                                             f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})")]) from exc
+        detail = f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        raise _schema_error(source, [Problem(exc.lineno, None, "bad_schema", detail)]) from exc
     return Schema.from_dict(data, source=source)
 
 

@@ -1,4 +1,4 @@
-"""Multichannel sensor windows for sequence models (1D-CNN): naming, detection, long → wide, synthetic data.
+"""Multichannel sensor windows for sequence models (1D-CNN): the layout -- naming, detection, long → wide.
 
 A window dataset holds one fixed-length multichannel recording per row. Its
 arrays stay *flat*: ``X`` is (n_windows, C*T) in **channel-major** order --
@@ -7,7 +7,7 @@ feature ``c*T + t`` is channel ``c`` at step ``t`` and is named ``ch{c}_t{t}``
 wants while the ONNX input stays ``[batch, C*T]``. ``Dataset.window_shape`` is
 ``(C, T)``.
 
-Two file layouts are read (by :func:`hub.data.load_dataset`):
+Two file layouts are read (by :func:`edgeloop.hub.datasets.load_dataset`):
 
 * **wide**: one row per window with feature columns named ``ch{c}_t{t}``, in any
   column order; detected when *every* feature column has such a name and the
@@ -18,6 +18,11 @@ Two file layouts are read (by :func:`hub.data.load_dataset`):
   (any names; channel ``c`` is the ``c``-th of them) become ``ch{c}_t{t}``. Every
   window must have the same number of steps (rule ``ragged_window``), no step
   twice (``duplicate_step``) and one label throughout (``inconsistent_window_label``).
+
+Synthetic window data (:func:`edgeloop.hub.datasets.generate_sensor_windows`)
+live in :mod:`edgeloop.hub.datasets.synthetic`; this module holds only the
+layout helpers, so it depends on nothing but
+:mod:`edgeloop.hub.datasets.problems`.
 """
 
 from __future__ import annotations
@@ -27,25 +32,12 @@ import math
 import re
 from collections import Counter
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgeloop.hub.datasets.problems import Problem
 
-if TYPE_CHECKING:
-    from edgeloop.hub.datasets.dataset import Dataset
-
-__all__ = [
-    "WINDOW_CLASS_PRIORS",
-    "WINDOW_LABELS",
-    "WINDOW_SAMPLE_SD",
-    "detect_wide_windows",
-    "generate_sensor_windows",
-    "long_to_wide",
-    "parse_window_column",
-    "window_feature_names",
-]
+__all__ = ["detect_wide_windows", "long_to_wide", "parse_window_column", "window_feature_names"]
 
 _WINDOW_COLUMN = re.compile(r"ch(\d+)_t(\d+)")
 
@@ -81,8 +73,9 @@ def detect_wide_windows(names: Sequence[str]) -> tuple[tuple[int, int] | None, l
             f"{len(hits)} column(s) are window samples (ch{{c}}_t{{t}}) but {len(others)} are not: "
             f"{others[:5]}{' ...' if len(others) > 5 else ''}; drop them (schema ignore_columns) or set the "
             "schema's layout to 'tabular'")]
-    channels = max(p[0] for p in parsed) + 1  # type: ignore[index]
-    steps = max(p[1] for p in parsed) + 1  # type: ignore[index]
+    grid = [p for p in parsed if p is not None]  # all of them: every name parsed
+    channels = max(c for c, _ in grid) + 1
+    steps = max(t for _, t in grid) + 1
     where = {p: i for i, p in enumerate(parsed)}
     missing = [f"ch{c}_t{t}" for c in range(channels) for t in range(steps) if (c, t) not in where]
     if missing or len(where) != len(names):
@@ -130,9 +123,9 @@ def long_to_wide(
         max(counts.items(), key=lambda kv: (kv[1], kv[0]))[0] if counts else 0)
     for wid, rows in groups.items():
         if len(rows) != n_steps:
+            why = "the declared window_shape" if expected_steps is not None else "as most windows have"
             problems.append(Problem(min(lines[i] for i in rows), window_id_column, "ragged_window",
-                                    f"window {wid!r} has {len(rows)} step(s); every window needs {n_steps} "
-                                    f"({'the declared window_shape' if expected_steps is not None else 'as most windows have'})"))
+                                    f"window {wid!r} has {len(rows)} step(s); every window needs {n_steps} ({why})"))
     for wid, rows in groups.items():
         by_line = sorted(rows, key=lambda i: lines[i])
         first = by_line[0]
@@ -155,83 +148,3 @@ def _same(a, b) -> bool:
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
     return a == b
-
-
-# --------------------------------------------------------------------------
-# Synthetic vibration windows
-# --------------------------------------------------------------------------
-
-WINDOW_LABELS = ["bearing_fault", "imbalance", "normal"]  # sorted, as the loaders order classes
-WINDOW_CLASS_PRIORS = {"normal": 0.4, "imbalance": 0.3, "bearing_fault": 0.3}
-WINDOW_NOISE_SD = 0.3
-# Marginal standard deviation of one sample value of the undrifted process
-# (3 channels × 32 steps, from 2*10^5 windows): the unit in which ``shift`` moves every sample.
-WINDOW_SAMPLE_SD = 0.72
-_RESONANCE = 0.35  # cycles per sample of the ringing a bearing impact excites
-
-
-def generate_sensor_windows(n_windows: int, seed: int, *, channels: int = 3, steps: int = 32,
-                            shift: float = 0.0) -> Dataset:
-    """Synthetic vibration windows of a rotating machine, 3 classes, for the 1D-CNN.
-
-    Each window is ``steps`` samples of a ``channels``-axis accelerometer
-    (channels 0, 1 radial, 2 axial, repeating for more channels). Process, per
-    window (``numpy.random.default_rng(seed)``):
-
-    * condition ~ Categorical(normal 0.4, imbalance 0.3, bearing_fault 0.3);
-    * shaft speed ``f`` ~ U(2, 4) revolutions per window, phase ``φ`` ~ U(0, 2π);
-    * every condition has a residual once-per-revolution vibration
-      ``a · g_c · sin(2π f t/steps + φ + c·π/2)`` with ``a`` ~ U(0.3, 0.9) and
-      gain ``g_c`` = 1 on radial and 0.4 on axial channels;
-    * **imbalance** adds a stronger sinusoid at the same frequency and phase,
-      amplitude ~ U(0.5, 1.5) (times ``g_c``);
-    * **bearing_fault** adds periodic impacts: every ``P`` ~ U(steps/8, steps/4)
-      samples (random start) an impulse of height ~ U(1, 2.5) rings down,
-      ``B · exp(-k/1.2) · cos(2π·0.35·k)`` for ``k`` samples after it, with
-      gain ``1/(1 + 0.3c)`` on channel ``c``;
-    * white noise N(0, 0.3) on every sample; values rounded to 0.001.
-
-    The classes overlap at the edges (a rough normal machine vs. a mild
-    imbalance, small impacts in noise), so a small 1D-CNN separates them well
-    but not perfectly; there is no label noise. ``shift`` simulates sensor drift
-    (a bias after remounting): every sample moves by ``shift × WINDOW_SAMPLE_SD``
-    (0.72, the marginal SD of a sample without drift). Labels are sorted
-    (``bearing_fault, imbalance, normal``); ``X`` is (n_windows, channels*steps),
-    channel-major, and ``window_shape`` is ``(channels, steps)``.
-    """
-    from edgeloop.hub.datasets.dataset import Dataset  # late import: hub.data imports this module
-
-    if n_windows < 1 or channels < 1 or steps < 2:
-        raise ValueError(f"need n_windows >= 1, channels >= 1, steps >= 2; got {n_windows}, {channels}, {steps}")
-    rng = np.random.default_rng(seed)
-    priors = np.array([WINDOW_CLASS_PRIORS[lab] for lab in WINDOW_LABELS])
-    y = rng.choice(len(WINDOW_LABELS), size=n_windows, p=priors)
-    imbalance = (y == WINDOW_LABELS.index("imbalance")).astype(np.float64)
-    fault = (y == WINDOW_LABELS.index("bearing_fault")).astype(np.float64)
-
-    t = np.arange(steps, dtype=np.float64)
-    c = np.arange(channels, dtype=np.float64)
-    radial_gain = np.where(np.arange(channels) % 3 == 2, 0.4, 1.0)
-    impact_gain = 1.0 / (1.0 + 0.3 * c)
-    speed = rng.uniform(2.0, 4.0, n_windows)
-    phase = rng.uniform(0.0, 2.0 * np.pi, n_windows)
-    amplitude = rng.uniform(0.3, 0.9, n_windows) + imbalance * rng.uniform(0.5, 1.5, n_windows)
-    angle = (2.0 * np.pi * speed[:, None, None] * t[None, None, :] / steps + phase[:, None, None]
-             + c[None, :, None] * np.pi / 2.0)
-    signal = amplitude[:, None, None] * radial_gain[None, :, None] * np.sin(angle)
-
-    period = rng.uniform(steps / 8.0, steps / 4.0, n_windows)
-    start = rng.uniform(0.0, 1.0, n_windows) * period
-    height = rng.uniform(1.0, 2.5, n_windows)
-    since = np.mod(t[None, :] - start[:, None], period[:, None])  # samples since the last impact
-    since = np.where(t[None, :] >= start[:, None], since, np.inf)  # nothing before the first impact
-    ringing = np.exp(-since / 1.2) * np.cos(2.0 * np.pi * _RESONANCE * np.where(np.isfinite(since), since, 0.0))
-    ringing = np.where(np.isfinite(since), ringing, 0.0)
-    signal += (fault * height)[:, None, None] * impact_gain[None, :, None] * ringing[:, None, :]
-
-    signal += rng.normal(0.0, WINDOW_NOISE_SD, signal.shape)
-    signal += shift * WINDOW_SAMPLE_SD
-    X = np.round(signal, 3).reshape(n_windows, channels * steps).astype(np.float32)
-    source = f"generate_sensor_windows(n_windows={n_windows}, seed={seed}, channels={channels}, steps={steps}, shift={shift:g})"
-    return Dataset(window_feature_names(channels, steps), X, y.astype(np.int64), list(WINDOW_LABELS),
-                   label_column="label", source=source, window_shape=(channels, steps))
