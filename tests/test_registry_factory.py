@@ -1,14 +1,15 @@
 """Model factory features of the registry on real SQLite files: aliases with history,
-evaluation gates (and their recorded overrides), compare, two-way lineage, schema 1 -> 2."""
+evaluation gates (and their recorded overrides), compare, two-way lineage, and the migration of
+a frozen schema-1 registry (tests/data/registry_schema1.sql) to schema 2."""
 
 from __future__ import annotations
 
 import hashlib
 import sqlite3
 import uuid
+from pathlib import Path
 
 import pytest
-from sqlite_utils import Database
 
 from edgeloop.hub.errors import NotFoundError, RegistryError
 from edgeloop.hub.registry import MIGRATIONS, SCHEMA_VERSION, GateError, Registry, normalize_gate
@@ -259,42 +260,105 @@ def test_lineage_from_a_dataset_and_through_parent_versions(reg):
         reg.lineage("nothing-like-this")
 
 
-# --- schema migration -----------------------------------------------------------------------------------
-def test_a_schema_1_registry_is_migrated_to_2_keeping_its_data(tmp_path):
-    path = tmp_path / "registry.sqlite"
-    conn = sqlite3.connect(path)
-    db = Database(conn)
-    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
-    MIGRATIONS[0](db)  # exactly what edgeloop 0.1 wrote
-    db["meta"].insert({"key": "schema_version", "value": "1"})
-    db["datasets"].insert({"id": "ds-" + sha("d")[:12], "sha256": sha("d"), "name": "d", "source": "f",
-                           "rows": 10, "features": '["a"]', "labels": '["x"]', "created_at": 1.0})
-    db["runs"].insert({"id": "run-1", "dataset_id": "ds-" + sha("d")[:12], "model_name": "iris",
-                       "params": '{"epochs": 3}', "metrics": '{"test_accuracy": 0.8}', "history": "[]",
-                       "code_version": "old", "library_versions": "{}", "started_at": 1.0, "finished_at": 2.0,
-                       "status": "succeeded"})
-    db["models"].insert({"name": "iris", "task": "classification", "created_at": 1.0})
-    db["versions"].insert({"id": "iris:1", "model_name": "iris", "version": "1", "run_id": "run-1",
-                           "onnx_sha256": sha("o"), "int8_sha256": None, "chosen": "fp32", "quantization": "{}",
-                           "metrics": '{"test_accuracy": 0.8}', "created_at": 2.0, "parent_version": None})
-    conn.commit()
-    conn.close()
+# --- schema migration ---------------------------------------------------------------------------------
+SCHEMA1_DUMP = Path(__file__).parent / "data" / "registry_schema1.sql"
 
-    assert SCHEMA_VERSION == 2
-    with Registry(path) as reg:
-        assert reg.schema_version == 2
-        assert reg.get_version("iris")["id"] == "iris:1" and reg.get_model("iris")["gate"] is None
-        assert reg.get_run("run-1")["params"] == {"epochs": 3}
-        reg.set_gate("iris", {"test_accuracy": 0.75})
-        reg.set_alias("iris", "production", "1", actor="ops", reason="migrated")
-        assert reg.resolve("iris@production") == "iris:1"
+
+def frozen_schema1(path: Path) -> Path:
+    """A registry file at ``path`` as edgeloop 0.1 left it (tests/data/registry_schema1.sql)."""
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
-    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert {"aliases", "alias_history"} <= tables
-    indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert "idx_versions_parent_version" in indexes
+    conn.executescript(SCHEMA1_DUMP.read_text())
+    conn.close()
+    return path
+
+
+def contents(path: Path) -> dict[str, tuple[list[str], list[tuple]]]:
+    """Every table's column names and rows (in rowid order)."""
+    conn = sqlite3.connect(path)
+    out = {}
+    for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"):
+        columns = [c[1] for c in conn.execute(f'PRAGMA table_info("{table}")')]
+        out[table] = (columns, conn.execute(f'SELECT * FROM "{table}" ORDER BY rowid').fetchall())
+    conn.close()
+    return out
+
+
+def rows_of(path: Path, table: str, columns: list[str]) -> list[tuple]:
+    conn = sqlite3.connect(path)
+    names = ", ".join(f'"{c}"' for c in columns)
+    rows = conn.execute(f'SELECT {names} FROM "{table}" ORDER BY rowid').fetchall()
+    conn.close()
+    return rows
+
+
+def schema(path: Path) -> dict[str, dict]:
+    """Tables with their columns, indexes and foreign keys, as SQLite reports them."""
+    conn = sqlite3.connect(path)
+    out = {}
+    for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"):
+        indexes = {}
+        for _, name, unique, origin, partial in conn.execute(f'PRAGMA index_list("{table}")'):
+            columns = [c[2] for c in conn.execute(f'PRAGMA index_info("{name}")')]
+            indexes[name] = (unique, origin, partial, columns)
+        out[table] = {
+            "columns": [tuple(c[1:]) for c in conn.execute(f'PRAGMA table_info("{table}")')],
+            "indexes": indexes,
+            "foreign_keys": sorted(tuple(f[2:]) for f in conn.execute(f'PRAGMA foreign_key_list("{table}")')),
+        }
+    conn.close()
+    return out
+
+
+def test_a_frozen_schema_1_registry_is_migrated_to_2_keeping_its_data(tmp_path):
+    path = frozen_schema1(tmp_path / "registry.sqlite")
+    before = contents(path)
+    assert before["meta"] == (["key", "value"], [("schema_version", "1")])
+    assert "aliases" not in before and "gate" not in before["models"][0]
+    assert len(before["audit"][1]) == 23 and len(before["versions"][1]) == 2  # the dump holds real rows
+
+    with Registry(path) as reg:
+        assert reg.schema_version == SCHEMA_VERSION == len(MIGRATIONS) == 2
+    for table, (columns, rows) in before.items():  # every schema-1 row, unchanged, but for the version
+        if table != "meta":
+            assert rows_of(path, table, columns) == rows, table
+    assert rows_of(path, "meta", ["key", "value"]) == [("schema_version", "2")]
+    assert rows_of(path, "models", ["name", "gate"]) == [("iris", None)]
+    after = schema(path)
+    assert {"aliases", "alias_history"} <= set(after)
+    assert "idx_versions_parent_version" in after["versions"]["indexes"]
+    conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
     conn.close()
-    with Registry(path) as again:  # reopening migrates nothing
-        assert again.get_alias("iris", "production")["reason"] == "migrated"
+
+    with Registry(path) as reg:  # reopening migrates nothing; the old rows read like new ones
+        latest = reg.get_version("iris")
+        assert (latest["id"], latest["parent_version"], latest["chosen"]) == ("iris:2", "iris:1", "fp32")
+        assert reg.get_run("run-1")["params"]["hidden"] == [32, 16] and reg.get_run("run-3")["status"] == "failed"
+        assert reg.get_dataset("iris.csv")["labels"] == ["setosa", "versicolor", "virginica"]
+        assert [d["status"] for d in reg.list_deployments("pi-kitchen")] == ["pending", "failed", "installed"]
+        lin = reg.lineage("dep-1")
+        assert (lin["dataset"]["name"], lin["versions"][0]["id"]) == ("iris.csv", "iris:1")
+        assert [d["id"] for d in reg.lineage("iris:1")["versions"][0]["descendants"]] == ["iris:2"]
+        assert reg.drift_summary("pi-kitchen")[0]["drifted_features"] == {"petal_width": 1}
+        assert reg.get_agent("pi-kitchen")["state"]["active"]["version"] == "1"
+        assert reg.next_counter("5f1c2a9e0b7d4c38") == 4  # the signing counter carries on
+        reg.set_gate("iris", {"accuracy": 0.96})  # gates read the metrics schema 1 stored
+        assert [c["value"] for c in reg.check_gate("iris:2")["failures"]] == [0.9515]
+        reg.set_alias("iris", "production", "1", actor="ops", reason="migrated")
+        assert reg.resolve("iris@production") == "iris:1"
+        assert reg.alias_history("iris", "production")[0]["reason"] == "migrated"
+        assert [a["action"] for a in reg.list_audit(limit=3)] == ["alias.set", "model.gate", "note"]
+
+
+def test_migrating_the_frozen_schema_1_file_gives_the_schema_of_a_new_registry(tmp_path):
+    """Released migrations stay append-only: an edit to migration 1 shows up here as a
+    difference between an old registry brought up to date and a new one."""
+    old = frozen_schema1(tmp_path / "old.sqlite")
+    Registry(old).close()
+    new = tmp_path / "new.sqlite"
+    Registry(new).close()
+    expected = schema(new)
+    assert set(expected) == {"meta", "datasets", "runs", "models", "versions", "bundles", "deployments",
+                             "agents", "drift_reports", "audit", "counters", "aliases", "alias_history"}
+    assert sum(len(t["indexes"]) for t in expected.values()) >= 15
+    assert schema(old) == expected

@@ -1,7 +1,14 @@
 """The hub's registry: one SQLite file (sqlite-utils, WAL) holding datasets, runs,
 models, versions, aliases and gates, bundles, deployments, agents, drift reports,
-signing counters and the audit trail, with lineage across all of them."""
+signing counters and the audit trail, with lineage across all of them.
 
-from edgeloop.hub.registry.registry import MIGRATIONS, SCHEMA_VERSION, GateError, Registry, normalize_gate
+:class:`Registry` (registry.py) is composed of one module per concern: db.py
+(connections, transactions, audit, counters), migrations.py, catalog.py (datasets,
+runs, models, versions), promotion.py (aliases, gates, compare), fleet_log.py
+(bundles, deployments, agents, drift) and lineage.py."""
+
+from edgeloop.hub.registry.migrations import MIGRATIONS, SCHEMA_VERSION
+from edgeloop.hub.registry.promotion import GateError, normalize_gate
+from edgeloop.hub.registry.registry import Registry
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "GateError", "Registry", "normalize_gate"]

@@ -1,0 +1,133 @@
+"""The registry's schema migrations.
+
+The ``meta`` table holds ``schema_version``; :data:`MIGRATIONS` is the ordered list
+of migrations (migration *n* takes the schema from version *n-1* to *n*, inside the
+write transaction that records the new version). Released migrations are never
+edited -- registries on users' disks were built by them -- a change of schema is a
+new migration appended to the list (tests/test_registry_factory.py migrates a frozen
+schema-1 file to prove it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlite_utils import Database
+
+
+def _m001_initial(db: Database) -> None:
+    """Version 1: every table of the registry."""
+    db.table("datasets").create(
+        {"id": str, "sha256": str, "name": str, "source": str, "rows": int,
+         "features": str, "labels": str, "created_at": float},
+        pk="id", not_null={"sha256", "name", "source", "rows", "features", "created_at"},
+    )
+    db.table("datasets").create_index(["sha256"], unique=True)
+    db.table("runs").create(
+        {"id": str, "dataset_id": str, "model_name": str, "params": str, "metrics": str,
+         "history": str, "code_version": str, "library_versions": str,
+         "started_at": float, "finished_at": float, "status": str},
+        pk="id", foreign_keys=[("dataset_id", "datasets", "id")],
+        not_null={"dataset_id", "model_name", "params", "started_at", "status"},
+    )
+    db.table("runs").create_index(["dataset_id"])
+    db.table("models").create(
+        {"name": str, "task": str, "created_at": float}, pk="name",
+        not_null={"task", "created_at"},
+    )
+    db.table("versions").create(
+        {"id": str, "model_name": str, "version": str, "run_id": str, "onnx_sha256": str,
+         "int8_sha256": str, "chosen": str, "quantization": str, "metrics": str,
+         "created_at": float, "parent_version": str},
+        pk="id",
+        foreign_keys=[("model_name", "models", "name"), ("run_id", "runs", "id"),
+                      ("parent_version", "versions", "id")],
+        not_null={"model_name", "version", "run_id", "onnx_sha256", "chosen", "created_at"},
+    )
+    db.table("versions").create_index(["model_name", "version"], unique=True)
+    db.table("versions").create_index(["run_id"])
+    db.table("bundles").create(
+        {"sha256": str, "version_id": str, "path": str, "size": int, "key_id": str,
+         "created_at": float},
+        pk="sha256", foreign_keys=[("version_id", "versions", "id")],
+        not_null={"version_id", "path", "size", "key_id", "created_at"},
+    )
+    db.table("bundles").create_index(["version_id"])
+    db.table("deployments").create(
+        {"id": str, "bundle_sha256": str, "target_sha256": str, "agent_id": str, "kind": str,
+         "command_id": str, "counter": int, "status": str, "detail": str,
+         "created_at": float, "updated_at": float},
+        pk="id", foreign_keys=[("bundle_sha256", "bundles", "sha256")],
+        not_null={"agent_id", "kind", "command_id", "counter", "status", "detail",
+                  "created_at", "updated_at"},
+        defaults={"detail": ""},
+    )
+    db.table("deployments").create_index(["command_id"], unique=True)
+    db.table("deployments").create_index(["agent_id"])
+    db.table("deployments").create_index(["bundle_sha256"])
+    db.table("deployments").create_index(["target_sha256"])
+    db.table("agents").create(
+        {"agent_id": str, "status": str, "session": int, "agent_version": str, "host": str,
+         "http_url": str, "active_model": str, "active_version": str, "active_bundle": str,
+         "started_at": float, "last_seen": float, "state": str},
+        pk="agent_id", not_null={"status"},
+    )
+    db.table("drift_reports").create(
+        {"id": int, "agent_id": str, "model": str, "version": str, "bundle_sha256": str,
+         "window": int, "rows": int, "started_at": float, "ended_at": float,
+         "drifted_features": str, "report": str, "received_at": float},
+        pk="id",
+        not_null={"agent_id", "model", "version", "bundle_sha256", "window", "rows",
+                  "started_at", "ended_at", "drifted_features", "report", "received_at"},
+    )
+    # A report re-delivered by MQTT (QoS 1) is the same agent, bundle, window and start.
+    db.table("drift_reports").create_index(
+        ["agent_id", "bundle_sha256", "window", "started_at"], unique=True
+    )
+    db.table("drift_reports").create_index(["agent_id", "model", "version"])
+    db.table("audit").create(
+        {"id": int, "at": float, "at_iso": str, "actor": str, "action": str, "target": str,
+         "detail": str},
+        pk="id", not_null={"at", "at_iso", "actor", "action", "target", "detail"},
+    )
+    db.table("audit").create_index(["at"])
+    db.table("counters").create({"key_id": str, "value": int}, pk="key_id", not_null={"value"})
+
+
+def _m002_model_factory(db: Database) -> None:
+    """Version 2: evaluation gates on models, aliases with their history, child lookups.
+
+    * ``models.gate``: the model's evaluation gate (JSON, see :func:`normalize_gate`),
+      NULL for no gate;
+    * ``aliases``: where each named alias of a model (``production``, ``staging``...)
+      points now, one row per (model, alias);
+    * ``alias_history``: every move (and removal) of an alias, append only: who,
+      when, why, from which version to which, and the gate check when overridden;
+    * an index on ``versions.parent_version`` so lineage finds a version's children.
+    """
+    db.table("models").add_column("gate", str)
+    db.table("aliases").create(
+        {"model_name": str, "alias": str, "version_id": str, "updated_at": float,
+         "updated_by": str, "reason": str},
+        pk=("model_name", "alias"),
+        foreign_keys=[("model_name", "models", "name"), ("version_id", "versions", "id")],
+        not_null={"version_id", "updated_at", "updated_by", "reason"}, defaults={"reason": ""},
+    )
+    db.table("aliases").create_index(["version_id"])
+    db.table("alias_history").create(
+        {"id": int, "model_name": str, "alias": str, "version_id": str,
+         "previous_version_id": str, "actor": str, "reason": str, "override_gate": int,
+         "gate_check": str, "at": float, "at_iso": str},
+        pk="id",
+        foreign_keys=[("model_name", "models", "name"), ("version_id", "versions", "id"),
+                      ("previous_version_id", "versions", "id")],
+        not_null={"model_name", "alias", "actor", "reason", "override_gate", "at", "at_iso"},
+        defaults={"reason": "", "override_gate": 0},
+    )
+    db.table("alias_history").create_index(["model_name", "alias"])
+    db.table("versions").create_index(["parent_version"])
+
+
+# Append only: never edit a released migration, add a new one.
+MIGRATIONS: list[Callable[[Database], None]] = [_m001_initial, _m002_model_factory]
+SCHEMA_VERSION = len(MIGRATIONS)
