@@ -9,8 +9,8 @@ dataset (1D-CNN):
   int8 for the MLP) -- size ratio, onnxruntime latency ratio int8/fp32 at
   batch 1 and batch 32 (edge session options: 1 thread, sequential, all graph
   optimizations; medians of interleaved runs), held-out metric change, and the
-  decision :func:`hub.export.decide_quantization` takes;
-* training throughput: samples/s of :func:`hub.train.train_model` (whole call:
+  decision :func:`edgeloop.hub.export.decide_quantization` takes;
+* training throughput: samples/s of :func:`edgeloop.hub.training.train_model` (whole call:
   validation every epoch, best-state copies, final evaluation) against a bare
   PyTorch loop (same model, data, batch size, optimizer, seed, one thread) --
   the overhead ratio bare/train_model.
@@ -34,8 +34,7 @@ import onnxruntime as ort
 import torch
 from torch.nn import functional as F
 
-import edgeloop.hub.datasets as hub_data
-from edgeloop.hub.datasets import Dataset, load_csv, sample_dataset_path, split_dataset
+from edgeloop.hub.datasets import Dataset, generate_sensor_windows, load_csv, sample_dataset_path, split_dataset
 from edgeloop.hub.export import (
     decide_quantization,
     export_onnx,
@@ -53,22 +52,8 @@ from edgeloop.hub.training import (
 
 
 def window_data(n: int, seed: int) -> Dataset:
-    """hub.data's synthetic vibration windows when available, else a small local generator (3 x 32)."""
-    gen = getattr(hub_data, "generate_sensor_windows", None)
-    if gen is not None:
-        return gen(n, seed=seed)
-    rng = np.random.default_rng(seed)
-    c, t = 3, 32
-    y = rng.integers(0, 3, n)
-    W = rng.normal(0.0, 0.5, (n, c, t))
-    k = np.arange(t)
-    for i in range(n):
-        if y[i]:
-            W[i, y[i] - 1] += np.sin(2 * np.pi * k / (4 * y[i]) + rng.uniform(0, 6.3))
-    names = [f"ch{a}_t{b}" for a in range(c) for b in range(t)]
-    ds = Dataset(names, W.reshape(n, c * t), y, ["normal", "fast", "slow"], source="local windows")
-    ds.window_shape = (c, t)
-    return ds
+    """edgeloop.hub.datasets' synthetic vibration windows."""
+    return generate_sensor_windows(n, seed=seed)
 
 
 def bare_loop(model: torch.nn.Module, X: np.ndarray, y: np.ndarray, p: TrainParams) -> float:
@@ -142,7 +127,10 @@ def quant_rows(name: str, ds: Dataset, splits, model, per_channel: bool, runs: i
 def table(rows: list[list], header: list[str]) -> str:
     cells = [header] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    fmt = lambda r: "  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
+    def fmt(r: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+
     return "\n".join([fmt(cells[0]), "  ".join("-" * w for w in widths)] + [fmt(r) for r in cells[1:]])
 
 

@@ -105,7 +105,8 @@ def test_ewc_anchors_the_weights(parent, new_data):
     data, splits, base = parent
     ewc = EWCPenalty.from_data(base.model, data.X[splits.train], data.y[splits.train], 1.0, max_rows=400)
     assert set(ewc.fisher) == {n for n, _ in base.model.named_parameters()}
-    assert all(bool((f >= 0).all()) for f in ewc.fisher.values()) and sum(float(f.sum()) for f in ewc.fisher.values()) > 0
+    assert all(bool((f >= 0).all()) for f in ewc.fisher.values())
+    assert sum(float(f.sum()) for f in ewc.fisher.values()) > 0
     assert float(ewc.penalty(base.model).detach()) == 0.0  # at the anchor
     plain = fine_tune(base.model, data, splits, new_data, FINE, replay_size=0)
     strong = fine_tune(base.model, data, splits, new_data, FINE, replay_size=0, ewc_lambda=1e4)

@@ -98,8 +98,15 @@ def test_static_per_channel_qdq_on_the_cnn(windows, cnn_fp32):
         assert rep[f"latency_ratio_batch{b}"] == pytest.approx(
             rep[f"int8_latency_us_batch{b}"] / rep[f"fp32_latency_us_batch{b}"])
     assert rep["size_ratio"] == pytest.approx(len(q) / len(cnn_fp32))
+    # the policy's rule, applied by hand to the report's numbers: int8 iff it loses at most
+    # 1 accuracy point (the default budget) and is not slower at batch 1
+    drop = 100.0 * (rep["fp32_accuracy"] - rep["int8_accuracy"])
+    assert rep["metric_drop_points"] == pytest.approx(drop)
+    lat8, lat32 = rep["int8_latency_us_batch1"], rep["fp32_latency_us_batch1"]
+    expected = "int8" if drop <= 1.0 and lat8 <= lat32 else "fp32"
     d = decide_quantization(rep)
-    assert d.chosen in ("int8", "fp32") and "at batch 1" in d.reason
+    assert d.chosen == expected, (d.reason, drop, lat8, lat32)
+    assert f"int8 {lat8:.1f} µs vs fp32 {lat32:.1f} µs at batch 1" in d.reason and d.reason.endswith(expected)
 
 
 def test_dynamic_quantization_is_for_mlps_only(windows, cnn_fp32):
@@ -127,7 +134,8 @@ def test_regression_cnn_export_int8_and_report():
     out = onnx.load_from_string(fp32).graph.output[0]
     assert out.name == "prediction" and _dims(out)[1] == 1 and isinstance(_dims(out)[0], str)
     ev = evaluate_onnx(fp32, ds.X[splits.test], ds.y[splits.test])
-    assert ev["rmse"] == pytest.approx(r.metrics["test_rmse"], rel=1e-4) and ev["predictions"].shape == (len(splits.test),)
+    assert ev["rmse"] == pytest.approx(r.metrics["test_rmse"], rel=1e-4)
+    assert ev["predictions"].shape == (len(splits.test),)
     q = quantize_static_int8(fp32, ds.X[splits.train[:300]])
     proto = onnx.load_from_string(q)
     assert [n.op_type for n in proto.graph.node][-2:] == ["Mul", "Add"]  # the target scale stays float
@@ -170,7 +178,7 @@ def test_export_refuses_a_feature_count_the_model_does_not_take(windows):
 
 
 def test_cnn_on_hub_sensor_windows_beats_the_mlp():
-    """On hub.data's own synthetic vibration windows the CNN beats a flat MLP."""
+    """On edgeloop.hub.datasets' own synthetic vibration windows the CNN beats a flat MLP."""
     from edgeloop.hub.datasets import generate_sensor_windows
 
     ds = generate_sensor_windows(800, seed=0)

@@ -1,13 +1,12 @@
 """Model factory training: scikit-learn's bundled datasets, regression, run files, determinism, progress, cancel.
 
 Real torch training on small data. Also home of the small data builders the
-other factory tests import (``window_dataset``, ``regression_dataset``), so
-they work whether or not ``hub.data`` already knows regression and windows.
+other factory tests import (``window_dataset``, ``regression_dataset``); both
+build real :class:`edgeloop.hub.datasets.Dataset` objects.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import numpy as np
@@ -47,54 +46,17 @@ sk_datasets = pytest.importorskip("sklearn.datasets")
 # --------------------------------------------------------------------------
 
 
-class _RegressionRows:
-    """Stand-in for a regression :class:`hub.data.Dataset` while hub.data does not build one yet."""
-
-    def __init__(self, feature_names, X, y, window_shape=None, source="test"):
-        self.feature_names = list(feature_names)
-        self.X = np.ascontiguousarray(X, dtype=np.float32)
-        self.y = np.ascontiguousarray(y, dtype=np.float32)
-        self.labels: list[str] = []
-        self.label_column = "target"
-        self.task = "regression"
-        self.source = source
-        self.window_shape = window_shape
-        self.sha256 = hashlib.sha256(b"regression\n" + self.X.tobytes() + self.y.tobytes()).hexdigest()
-
-    @property
-    def n_rows(self) -> int:
-        return int(self.X.shape[0])
-
-    @property
-    def n_features(self) -> int:
-        return int(self.X.shape[1])
-
-    @property
-    def n_classes(self) -> int:
-        return 0
-
-
 def _dataset(feature_names, X, y, labels, window_shape=None, **kw) -> Dataset:
-    """hub.data.Dataset with ``window_shape`` (an attribute set afterwards on a hub.data without that field)."""
-    if window_shape is None:
-        return Dataset(list(feature_names), X, y, labels, **kw)
-    try:
-        return Dataset(list(feature_names), X, y, labels, window_shape=tuple(window_shape), **kw)
-    except TypeError:  # hub.data without window datasets
-        ds = Dataset(list(feature_names), X, y, labels, **kw)
-        ds.window_shape = tuple(window_shape)
-        return ds
+    """A real :class:`edgeloop.hub.datasets.Dataset` (with ``window_shape`` when given)."""
+    shape = tuple(window_shape) if window_shape is not None else None
+    return Dataset(list(feature_names), X, y, labels, window_shape=shape, **kw)
 
 
-def regression_dataset(feature_names, X, y, window_shape=None, source="test"):
-    """A real hub.data.Dataset(task="regression") when hub.data supports it, else a stand-in."""
-    try:
-        ds = _dataset(feature_names, X, np.asarray(y, dtype=np.float32), [], window_shape, label_column="target",
-                      task="regression", source=source)
-        if ds.task != "regression" or ds.y.dtype.kind != "f":
-            raise TypeError("no regression support")
-    except (DataValidationError, TypeError, ValueError):
-        return _RegressionRows(feature_names, X, y, window_shape, source)
+def regression_dataset(feature_names, X, y, window_shape=None, source="test") -> Dataset:
+    """A real :class:`edgeloop.hub.datasets.Dataset` with ``task="regression"`` (float32 target, no labels)."""
+    ds = _dataset(feature_names, X, np.asarray(y, dtype=np.float32), [], window_shape, label_column="target",
+                  task="regression", source=source)
+    assert ds.task == "regression" and ds.y.dtype == np.float32 and ds.labels == []
     return ds
 
 
@@ -280,7 +242,7 @@ def test_same_seed_gives_identical_metrics_for_every_kind():
         a = train_model(ds, splits, params)
         b = train_model(ds, splits, params)
         assert a.metrics == b.metrics and a.history == b.history
-        for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
             assert ka == kb and torch.equal(va, vb)
 
 

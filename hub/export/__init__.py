@@ -1,21 +1,15 @@
 """ONNX export with preprocessing in the graph, onnxruntime-vs-torch parity, int8
-quantization (static QDQ or dynamic) and the policy that picks what ships."""
+quantization (static QDQ or dynamic) and the policy that picks what ships.
 
-from edgeloop.hub.export.exporter import (
-    DEFAULT_OPSET,
-    INPUT_NAME,
-    OUTPUT_NAME,
-    check_parity,
-    choose_model,
-    compare_fp32_int8,
-    decide_quantization,
-    evaluate_onnx,
-    export_onnx,
-    make_session,
-    quantization_report,
-    quantize_dynamic_int8,
-    quantize_static_int8,
-)
+Modules: ``onnx_export`` (:func:`export_onnx`, graph checks, opset), ``parity``
+(sessions, :func:`check_parity`, :func:`evaluate_onnx`), ``quantize`` (int8) and
+``policy`` (:func:`quantization_report`, :func:`decide_quantization`).
+"""
+
+from edgeloop.hub.export.onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx
+from edgeloop.hub.export.parity import check_parity, evaluate_onnx, make_session
+from edgeloop.hub.export.policy import choose_model, compare_fp32_int8, decide_quantization, quantization_report
+from edgeloop.hub.export.quantize import quantize_dynamic_int8, quantize_static_int8
 
 __all__ = [
     "DEFAULT_OPSET", "INPUT_NAME", "OUTPUT_NAME", "check_parity", "choose_model", "compare_fp32_int8",

@@ -14,14 +14,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgeloop.agent.fsutil import atomic_write_bytes
 from edgeloop.agent.wire.bundle import file_entry, pack_bundle, sha256
 from edgeloop.agent.wire.envelope import SigningKey
 from edgeloop.agent.wire.manifest import DriftReference, Manifest, SmokeTest, TensorSpec
-from edgeloop.agent.wire.tensors import CLASSIFICATION_OUTPUT
+from edgeloop.agent.wire.tensors import CLASSIFICATION_OUTPUT, INPUT_NAME, REGRESSION_OUTPUT
 from edgeloop.hub.errors import NotFoundError
 
 MODEL_FILE = "model.onnx"
-REGRESSION_OUTPUT = "prediction"
 SMOKE_ATOL = 1e-4
 
 
@@ -36,6 +36,10 @@ class BundleBuild:
 
 def build_bundle(registry, models_dir: Path, bundles_dir: Path, version_ref: str, key: SigningKey,
                  *, actor: str = "hub") -> BundleBuild:
+    """Pack and sign the chosen model of ``version_ref`` into ``<bundles_dir>/<model>-<n>-<sha12>.elb``.
+
+    The bundle file is written atomically and durably before the registry row for it is added.
+    """
     version = registry.get_version(version_ref)
     folder = Path(models_dir) / version["model_name"] / version["version"]
     if not (folder / "meta.json").exists():
@@ -59,7 +63,7 @@ def build_bundle(registry, models_dir: Path, bundles_dir: Path, version_ref: str
         entrypoint=MODEL_FILE,
         files=[file_entry(MODEL_FILE, model_bytes, role="model")],
         feature_names=list(meta["feature_names"]),
-        inputs=[TensorSpec("features", "FP32", [-1, n_features])],
+        inputs=[TensorSpec(INPUT_NAME, "FP32", [-1, n_features])],
         outputs=outputs,
         labels=labels,
         drift=ref,
@@ -73,6 +77,6 @@ def build_bundle(registry, models_dir: Path, bundles_dir: Path, version_ref: str
     digest = sha256(data)
     Path(bundles_dir).mkdir(parents=True, exist_ok=True)
     path = Path(bundles_dir) / f"{version['model_name']}-{version['version']}-{digest[:12]}.elb"
-    path.write_bytes(data)
+    atomic_write_bytes(path, data)  # complete on disk before the row that points to it
     record = registry.add_bundle(digest, version["id"], str(path), len(data), key.keyid, actor=actor)
     return BundleBuild(digest, path, len(data), manifest, record)

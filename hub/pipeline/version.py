@@ -7,8 +7,9 @@ decision, parent version for a fine-tuned model), plus the drift reference and
 smoke test the bundle will carry and the torch weights a later fine-tuning
 starts from.
 
-Files of a version (``<models_dir>/<model>/<version>/``): ``model.fp32.onnx``,
-``model.int8.onnx`` (when quantized), ``model.pt`` (:func:`hub.train.save_model`),
+Files of a version (``<models_dir>/<model>/<version>/``, all on disk before the
+registry row exists -- see :mod:`edgeloop.hub.pipeline.files`): ``model.fp32.onnx``,
+``model.int8.onnx`` (when quantized), ``model.pt`` (:func:`edgeloop.hub.training.save_model`),
 ``reference.json`` (the input drift reference) and ``meta.json`` (features,
 labels, task, architecture, smoke test, lineage; for regression also the
 ``prediction_reference`` -- quantile edges and counts of the model's
@@ -28,9 +29,10 @@ from typing import Any
 import numpy as np
 
 from edgeloop.agent.drift import bin_counts, build_reference, quantile_edges
+from edgeloop.agent.fsutil import atomic_write_bytes
 from edgeloop.agent.wire.bundle import sha256
-from edgeloop.hub.datasets import Dataset
-from edgeloop.hub.errors import CancelledError, ExportError, TrainingError
+from edgeloop.hub.datasets import Dataset, Splits
+from edgeloop.hub.errors import CancelledError, ExportError, NotFoundError, TrainingError
 from edgeloop.hub.export import (
     check_parity,
     decide_quantization,
@@ -40,8 +42,10 @@ from edgeloop.hub.export import (
     quantize_dynamic_int8,
     quantize_static_int8,
 )
+from edgeloop.hub.pipeline.files import discard, install_folder, stage_files
 from edgeloop.hub.progress import CancelToken, ProgressCallback, ProgressEvent
 from edgeloop.hub.training import (
+    FactoryModel,
     TrainParams,
     code_version,
     dataset_task,
@@ -50,7 +54,7 @@ from edgeloop.hub.training import (
     library_versions,
     load_model,
     make_splits,
-    save_model,
+    model_bytes,
     train_model,
 )
 
@@ -70,7 +74,7 @@ class ParentSpec:
     ``dataset`` is the parent's training data (its content hash and split must
     match the parent's run, so the replayed rows and the parent test split are
     the ones the parent saw). ``replay_size`` and ``ewc_lambda`` are passed to
-    :func:`hub.train.fine_tune`.
+    :func:`edgeloop.hub.training.fine_tune`.
     """
 
     version: str
@@ -101,7 +105,18 @@ def _emit(progress: ProgressCallback | None, stage: str, message: str, done: flo
         progress(ProgressEvent(stage=stage, done=done, total=total, message=message, metrics={}))
 
 
-def _resolve_parent(registry, models_dir: Path, parent: ParentSpec, parent_version: str | None, task: str):
+@dataclass
+class _Parent:
+    """A :class:`ParentSpec` resolved: the parent's registry record, torch model and splits."""
+
+    spec: ParentSpec
+    record: dict
+    model: FactoryModel
+    splits: Splits
+
+
+def _resolve_parent(registry, models_dir: Path, parent: ParentSpec, parent_version: str | None,
+                    task: str) -> _Parent:
     """The parent's record, torch model and splits, checked against what the registry says it was trained on."""
     pv = registry.get_version(parent.version)
     if parent_version is not None and registry.get_version(parent_version)["id"] != pv["id"]:
@@ -120,11 +135,11 @@ def _resolve_parent(registry, models_dir: Path, parent: ParentSpec, parent_versi
                             f"{pv['id']} was trained on ({want_sha[:16]}…); load that dataset")
     split = (run.get("params") or {}).get("split") or {}
     fractions = tuple(split.get("fractions", (0.7, 0.15, 0.15)))
-    splits = make_splits(parent.dataset, int(split.get("seed", 0)), fractions)  # type: ignore[arg-type]
+    splits = make_splits(parent.dataset, int(split.get("seed", 0)), fractions)
     if split.get("sha256") and splits.sha256() != split["sha256"]:
         raise TrainingError(f"re-splitting the parent dataset does not reproduce the split of {run['id']}; "
                             "the data library changed how it splits -- fine-tuning would leak test rows")
-    return pv, model, splits
+    return _Parent(parent, pv, model, splits)
 
 
 def build_version(
@@ -150,12 +165,12 @@ def build_version(
     ``window_shape`` (``params.arch`` picks MLP or 1D-CNN). ``quantize``:
     ``True``/``"static"`` (QDQ int8 calibrated on training rows; per-channel
     for CNNs), ``"dynamic"`` (MLPs only) or ``False``; the int8 model is kept
-    only when :func:`hub.export.decide_quantization` says so (``budget_points``),
+    only when :func:`edgeloop.hub.export.decide_quantization` says so (``budget_points``),
     and the report and decision go to the version's ``quantization``. A failed
     quantization ships fp32 with the error as the reason.
 
     ``parent`` (a :class:`ParentSpec`) fine-tunes that version's saved model
-    with replay/EWC (:func:`hub.train.fine_tune`) instead of training from
+    with replay/EWC (:func:`edgeloop.hub.training.fine_tune`) instead of training from
     scratch; the new version records it as ``parent_version`` and its metrics
     carry the forgetting numbers under ``"continual"``. ``parent_version``
     alone only records lineage (e.g. a retrain on new data).
@@ -169,23 +184,25 @@ def build_version(
         raise ExportError(f"quantize={quantize!r}; use True/'static', 'dynamic' or False")
     if method == "dynamic" and params.arch == "cnn1d" and parent is None:
         raise ExportError("dynamic quantization is for MLPs; use quantize='static' for a CNN")
-    parent_model = parent_splits = None
+    resolved = None
     if parent is not None:
-        pv, parent_model, parent_splits = _resolve_parent(registry, models_dir, parent, parent_version, task)
-        parent_version = pv["id"]
+        resolved = _resolve_parent(registry, models_dir, parent, parent_version, task)
+        parent_version = resolved.record["id"]
     splits = make_splits(dataset, split_seed)
     run_params: dict[str, Any] = {**params.to_dict(), "split": splits.to_dict()}
-    if parent is not None:
-        run_params["continual"] = {"parent_version": parent_version, "replay_size": parent.replay_size,
-                                   "ewc_lambda": parent.ewc_lambda, "parent_dataset_sha256": parent.dataset.sha256,
-                                   "model_config": parent_model.config()}  # the parent's architecture is kept
+    if resolved is not None:
+        spec = resolved.spec
+        run_params["continual"] = {"parent_version": parent_version, "replay_size": spec.replay_size,
+                                   "ewc_lambda": spec.ewc_lambda, "parent_dataset_sha256": spec.dataset.sha256,
+                                   "model_config": resolved.model.config()}  # the parent's architecture is kept
     run = registry.start_run(dataset_record["id"], model_name, run_params,
                              code_version=code_version(), library_versions=library_versions(), actor=actor)
     continual = None
     try:
-        if parent is not None:
-            cres = fine_tune(parent_model, parent.dataset, parent_splits, dataset, params, new_splits=splits,
-                             replay_size=parent.replay_size, ewc_lambda=parent.ewc_lambda, seed=params.seed,
+        if resolved is not None:
+            spec = resolved.spec
+            cres = fine_tune(resolved.model, spec.dataset, resolved.splits, dataset, params, new_splits=splits,
+                             replay_size=spec.replay_size, ewc_lambda=spec.ewc_lambda, seed=params.seed,
                              progress=progress, cancel=cancel)
             result, continual = cres.train, cres.summary()
         else:
@@ -233,7 +250,7 @@ def build_version(
         quant.update({"report": _fp32_numbers(evaluate_onnx(fp32, X_test, y_test), task),
                       "reason": "quantization skipped"})
     timings["export_s"] = time.perf_counter() - t1
-    chosen_bytes = int8 if quant["chosen"] == "int8" else fp32
+    chosen_bytes = int8 if quant["chosen"] == "int8" and int8 is not None else fp32
 
     # drift reference: training + validation rows, and the chosen model's outputs on them
     ref_idx = np.concatenate([splits.train, splits.val])
@@ -257,36 +274,65 @@ def build_version(
     version_metrics = dict(result.metrics)
     if prediction_reference is not None:
         version_metrics["prediction_reference"] = prediction_reference
-    version = registry.add_version(
-        model_name, run["id"], sha256(fp32), task=task,
-        int8_sha256=sha256(int8) if int8 is not None else None, chosen=quant["chosen"],
-        quantization=_jsonable(quant), metrics=_jsonable(version_metrics), parent_version=parent_version, actor=actor,
-    )
-    folder = Path(models_dir) / model_name / version["version"]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "model.fp32.onnx").write_bytes(fp32)
-    if int8 is not None:
-        (folder / "model.int8.onnx").write_bytes(int8)
-    save_model(result.model, folder / TORCH_FILE)
-    (folder / "reference.json").write_text(json.dumps(_jsonable(reference.__dict__ | {
-        "features": [f.__dict__ for f in reference.features]})))
     meta = {
         "feature_names": dataset.feature_names, "labels": list(dataset.labels), "task": task,
         "arch": result.model.arch, "model_config": result.model.config(),
         "window_shape": list(window_shape) if window_shape else None,
         "smoke_inputs": smoke_X.tolist(), "smoke_expected": smoke_expected,
-        "dataset_sha256": dataset.sha256, "run_id": run["id"], "version_id": version["id"],
+        "dataset_sha256": dataset.sha256, "run_id": run["id"], "version_id": None,  # known once registered
         "parent_version": parent_version,
     }
     if prediction_reference is not None:
         meta["prediction_reference"] = prediction_reference
     if continual is not None:
         meta["continual"] = continual
-    (folder / "meta.json").write_text(json.dumps(_jsonable(meta)))
-    if not (folder / "model.fp32.onnx").exists():
-        raise ExportError(f"could not write the model files under {folder}")
+
+    # The files go on disk (staged, fsynced) first; the registry row is inserted only after
+    # they are renamed into place, inside its transaction -- see edgeloop.hub.pipeline.files.
+    files = {"model.fp32.onnx": fp32}
+    if int8 is not None:
+        files["model.int8.onnx"] = int8
+    files[TORCH_FILE] = model_bytes(result.model)
+    files["reference.json"] = json.dumps(_jsonable(reference.to_dict())).encode("utf-8")
+    model_dir = Path(models_dir) / model_name
+    staging = model_dir / f".staging-{run['id']}"
+    placing: list[tuple[str, Path]] = []  # (version id, final folder) once the rename is attempted
+
+    def write_files(info: dict) -> None:
+        meta["version_id"] = info["id"]
+        atomic_write_bytes(staging / "meta.json", json.dumps(_jsonable(meta)).encode("utf-8"))
+        final = model_dir / info["version"]
+        placing.append((info["id"], final))
+        install_folder(staging, final)
+
+    try:
+        stage_files(staging, files)
+        version = registry.add_version(
+            model_name, run["id"], sha256(fp32), task=task,
+            int8_sha256=sha256(int8) if int8 is not None else None, chosen=quant["chosen"],
+            quantization=_jsonable(quant), metrics=_jsonable(version_metrics), parent_version=parent_version,
+            actor=actor, write_files=write_files,
+        )
+    except BaseException:
+        _undo_files(registry, staging, placing)
+        raise
     return VersionBuild(version=version, run=registry.get_run(run["id"]), metrics=result.metrics,
-                        quantization=quant, folder=folder, timings=timings, continual=continual)
+                        quantization=quant, folder=model_dir / version["version"], timings=timings,
+                        continual=continual)
+
+
+def _undo_files(registry, staging: Path, placing: list[tuple[str, Path]]) -> None:
+    """After a failed registration: remove the staging folder, or -- when it was already renamed into
+    place -- the final folder, unless a row for it exists after all."""
+    renamed = not staging.exists()
+    discard(staging)
+    for version_id, folder in placing if renamed else []:
+        try:
+            registry.get_version(version_id)
+        except NotFoundError:
+            discard(folder)
+        except Exception:  # the registry cannot say; leave the files (the next build moves them aside)
+            pass
 
 
 def _fp32_numbers(ev: dict, task: str) -> dict:

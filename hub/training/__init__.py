@@ -1,34 +1,33 @@
 """Training with PyTorch: parameters, models (MLP, 1D-CNN) with standardization inside,
-the training loop, continual learning (replay, EWC), metrics and run provenance."""
+the training loop, continual learning (replay, EWC), metrics and run provenance.
 
-from edgeloop.hub.training.train import (
+Modules: ``params`` (:class:`TrainParams`), ``models`` (the model factory, save/load),
+``data`` (dataset checks and splits), ``loop`` (:func:`train_model`), ``replay``
+(reservoir, EWC), ``continual`` (:func:`fine_tune`), ``metrics``, ``provenance``.
+"""
+
+from edgeloop.hub.training.continual import fine_tune
+from edgeloop.hub.training.data import dataset_task, dataset_window_shape, make_splits
+from edgeloop.hub.training.loop import TRAIN_THREADS, train_classifier, train_model
+from edgeloop.hub.training.metrics import confusion_matrix, macro_f1, regression_metrics
+from edgeloop.hub.training.models import (
     CNN1D,
-    TRAIN_THREADS,
-    EWCPenalty,
+    FactoryModel,
     MLPClassifier,
     MLPRegressor,
-    TrainParams,
     build_model,
-    code_version,
-    confusion_matrix,
-    dataset_task,
-    dataset_window_shape,
-    fine_tune,
-    library_versions,
     load_model,
-    macro_f1,
-    make_splits,
-    regression_metrics,
-    reservoir_sample,
+    model_bytes,
     save_model,
     standardization_stats,
-    train_classifier,
-    train_model,
 )
+from edgeloop.hub.training.params import TrainParams
+from edgeloop.hub.training.provenance import code_version, library_versions
+from edgeloop.hub.training.replay import EWCPenalty, reservoir_sample
 
 __all__ = [
-    "CNN1D", "TRAIN_THREADS", "EWCPenalty", "MLPClassifier", "MLPRegressor", "TrainParams", "build_model",
-    "code_version", "confusion_matrix", "dataset_task", "dataset_window_shape", "fine_tune",
-    "library_versions", "load_model", "macro_f1", "make_splits", "regression_metrics", "reservoir_sample",
-    "save_model", "standardization_stats", "train_classifier", "train_model",
+    "CNN1D", "TRAIN_THREADS", "EWCPenalty", "FactoryModel", "MLPClassifier", "MLPRegressor", "TrainParams",
+    "build_model", "code_version", "confusion_matrix", "dataset_task", "dataset_window_shape", "fine_tune",
+    "library_versions", "load_model", "macro_f1", "make_splits", "model_bytes", "regression_metrics",
+    "reservoir_sample", "save_model", "standardization_stats", "train_classifier", "train_model",
 ]
