@@ -4,7 +4,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from edgeloop.app.main import run_app
+from edgeloop.app.window import run_app
 
 
 def main(argv: list[str] | None = None) -> int:
