@@ -4,6 +4,7 @@ import io
 import json
 import tarfile
 import time
+from collections.abc import Sequence
 
 import pytest
 
@@ -25,7 +26,15 @@ from edgeloop.agent.errors import (
 )
 from edgeloop.agent.wire.bundle import inspect_bundle, read_container, verify_bundle, write_container
 from edgeloop.agent.wire.commands import verify_command
-from edgeloop.agent.wire.envelope import SigningKey, b64e, canonical_json
+from edgeloop.agent.wire.envelope import (
+    COMMAND_PAYLOAD_TYPE,
+    MANIFEST_PAYLOAD_TYPE,
+    SigningKey,
+    b64e,
+    canonical_json,
+    sign_detached,
+)
+from edgeloop.agent.wire.fields import dumps
 from tests.factories import make_bundle, make_command, make_manifest, trusted
 
 
@@ -69,23 +78,74 @@ def test_flipped_byte_in_manifest_refused(key):
         verify_bundle(_flip_in(data, b'"model_name":"demo"'), trusted(key))
 
 
-def test_every_single_byte_flip_is_refused(key):
-    """Exhaustive over the signed region: no flip of manifest, signature or model passes."""
-    data = make_bundle(key)
-    passed = []
-    for i in range(0, len(data), 7):
+def _unread_bytes(data: bytes) -> set[int]:
+    """Offsets of the bytes no tar reader looks at, from the good bundle's own layout.
+
+    Three kinds, all outside what the signature can cover: the last byte of each header's
+    checksum field (written as six octal digits, NUL, space; readers stop at the NUL and
+    sum the field as spaces), the zero padding from each entry's data to its 512-byte
+    block, and the end-of-archive blocks plus record padding (reading stops at the first
+    block that is not a valid header). Everything else is a header or data byte.
+    """
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        members = tar.getmembers()
+    unread = set()
+    block_end = 0
+    for member in members:
+        unread.add(member.offset + 155)
+        data_end = member.offset_data + member.size
+        block_end = -(-data_end // 512) * 512
+        unread.update(range(data_end, block_end))
+    unread.update(range(block_end, len(data)))
+    return unread
+
+
+def _flip_outcomes(data: bytes, keys, offsets, mask: int) -> tuple[set[int], set[int]]:
+    """(refused, harmless) offsets among ``offsets`` when byte ``i`` is XORed with ``mask``.
+
+    Refused means an EdgeloopError (anything else -- KeyError, UnicodeDecodeError... -- fails the
+    test); harmless means it verified to exactly the original content (anything else fails).
+    """
+    good = verify_bundle(data, keys)
+    refused, harmless = set(), set()
+    for i in offsets:
         bad = bytearray(data)
-        bad[i] ^= 0xFF
+        bad[i] ^= mask
         try:
-            vb = verify_bundle(bytes(bad), trusted(key))
-        except Exception as exc:
-            assert isinstance(exc, EdgeloopError), (i, exc)
+            vb = verify_bundle(bytes(bad), keys)
+        except EdgeloopError:
+            refused.add(i)
             continue
-        # flips in tar padding/headers that do not change content are harmless: content must be identical
-        good = verify_bundle(data, trusted(key))
-        if (vb.manifest_bytes, dict(vb.files)) != (good.manifest_bytes, dict(good.files)):
-            passed.append(i)
-    assert passed == []
+        assert (vb.manifest_bytes, vb.signature, vb.files, vb.keyid) == (
+            good.manifest_bytes, good.signature, good.files, good.keyid), f"flip at {i} changed the content"
+        harmless.add(i)
+    return refused, harmless
+
+
+def test_every_single_byte_flip_is_refused(key):
+    """Invert each byte of a bundle in turn (all of them): every header or data byte is refused
+    with an EdgeloopError; only the bytes no reader looks at (``_unread_bytes``) pass, and then
+    with content identical to the original."""
+    data = make_bundle(key, n_features=1)  # small: 3 entries, 10 KiB with the tar record padding
+    unread = _unread_bytes(data)
+    assert len(members := _member_names(data)) == 3 and len(data) - len(unread) > 3 * 512, members
+    refused, harmless = _flip_outcomes(data, trusted(key), range(len(data)), 0xFF)
+    assert harmless == unread
+    assert refused == set(range(len(data))) - unread
+
+
+def test_low_bit_flip_of_every_header_and_data_byte_is_refused(key):
+    """Flipping only the low bit keeps JSON text valid (1 -> 0, a -> `, a key id digit changes...):
+    every header and data byte must still be refused."""
+    data = make_bundle(key, n_features=1)
+    read = sorted(set(range(len(data))) - _unread_bytes(data))
+    refused, harmless = _flip_outcomes(data, trusted(key), read, 0x01)
+    assert harmless == set() and refused == set(read)
+
+
+def _member_names(data: bytes) -> list[str]:
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        return tar.getnames()
 
 
 def test_truncated_bundle_refused(key):
@@ -102,15 +162,26 @@ def test_wrong_key_refused(key):
         verify_bundle(make_bundle(other), trusted(key))
 
 
-def test_unsigned_and_unexpected_entries(key):
+def test_missing_signature_refused(key):
     raw = read_container(make_bundle(key))
-    no_sig = io.BytesIO()
-    with tarfile.open(fileobj=no_sig, mode="w") as tar:
-        info = tarfile.TarInfo("manifest.json")
-        info.size = len(raw.manifest)
-        tar.addfile(info, io.BytesIO(raw.manifest))
-    with pytest.raises(BundleFormatError, match="unsigned"):
-        verify_bundle(no_sig.getvalue(), trusted(key))
+    no_sig = _tar([(_info("manifest.json"), raw.manifest), (_info("files/model.onnx"), raw.files["model.onnx"])])
+    with pytest.raises(BundleFormatError, match="no manifest.sig: unsigned bundles are refused") as err:
+        verify_bundle(no_sig, trusted(key))
+    assert err.value.code == "bundle_format"
+
+
+def test_missing_manifest_refused(key):
+    raw = read_container(make_bundle(key))
+    no_manifest = _tar([(_info("manifest.sig"), raw.signature), (_info("files/model.onnx"), raw.files["model.onnx"])])
+    with pytest.raises(BundleFormatError, match="no manifest.json: not an edgeloop bundle") as err:
+        verify_bundle(no_manifest, trusted(key))
+    assert err.value.code == "bundle_format"
+    with pytest.raises(BundleFormatError, match="no manifest.json"):
+        verify_bundle(_tar([]), trusted(key))  # an empty (but well-formed) tar
+
+
+def test_unexpected_missing_and_short_files(key):
+    raw = read_container(make_bundle(key))
     extra = write_container(raw.manifest, raw.signature, {**raw.files, "evil.sh": b"rm -rf /"})
     with pytest.raises(UnexpectedFileError, match="evil.sh"):
         verify_bundle(extra, trusted(key))
@@ -132,16 +203,131 @@ def test_path_traversal_entry_refused(key):
         verify_bundle(buf.getvalue(), trusted(key))
 
 
+def _info(name: str, type_: bytes = tarfile.REGTYPE, size: int = 0, linkname: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.size, info.linkname = type_, size, linkname
+    return info
+
+
+def _tar(entries: Sequence[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
+    """A tar of exactly these entries (sizes of regular files follow their data)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for info, blob in entries:
+            if blob is not None:
+                info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob) if blob is not None else None)
+    return buf.getvalue()
+
+
+def _signed_parts(key):
+    raw = read_container(make_bundle(key))
+    return [(_info("manifest.json"), raw.manifest), (_info("manifest.sig"), raw.signature)]
+
+
+@pytest.mark.parametrize("kind,entry", [
+    ("symbolic link", _info("files/model.onnx", tarfile.SYMTYPE, linkname="/etc/passwd")),
+    ("hard link", _info("files/model.onnx", tarfile.LNKTYPE, linkname="manifest.json")),
+    ("directory", _info("files/sub", tarfile.DIRTYPE)),
+    ("fifo", _info("files/pipe", tarfile.FIFOTYPE)),
+    ("character device", _info("files/null", tarfile.CHRTYPE)),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_non_regular_entries_refused(key, kind, entry):
+    """Links, directories and devices are refused by type, whatever they point at, before anything is read."""
+    data = _tar([*_signed_parts(key), (entry, None)])
+    with pytest.raises(BundleFormatError, match=f"is a {kind}, not a regular file") as err:
+        verify_bundle(data, trusted(key))
+    assert err.value.code == "bundle_format"
+
+
+@pytest.mark.parametrize("name", ["files/model.onnx", "manifest.json", "manifest.sig"])
+def test_duplicate_entry_refused(key, name):
+    """A name twice is ambiguous (tar readers disagree on which copy wins): refused, even with equal bytes."""
+    raw = read_container(make_bundle(key))
+    parts = {"manifest.json": raw.manifest, "manifest.sig": raw.signature, "files/model.onnx": raw.files["model.onnx"]}
+    entries = [(_info(n), blob) for n, blob in parts.items()] + [(_info(name), parts[name])]
+    with pytest.raises(BundleFormatError, match=f"holds '{name}' twice") as err:
+        verify_bundle(_tar(entries), trusted(key))
+    assert err.value.code == "bundle_format"
+
+
+def test_signer_other_than_the_manifests_key_refused(key):
+    """Both keys trusted, but the manifest names one and the other signed it."""
+    other = SigningKey.generate()
+    files = {"model.onnx": b"weights"}
+    manifest = make_manifest(key, files).to_bytes()  # names ``key``
+    sig = dumps(sign_detached(other, MANIFEST_PAYLOAD_TYPE, manifest))
+    with pytest.raises(SignatureError, match=f"signed by {key.keyid} but {other.keyid} signed it") as err:
+        verify_bundle(write_container(manifest, sig, files), trusted(key, other))
+    assert err.value.code == "bad_signature"
+
+
+@pytest.mark.parametrize("signature,match", [
+    (b"{", "not valid JSON"),
+    (b"\xff\xfe", "not valid JSON"),
+    (b"[]", "must be a JSON object"),
+    (b'{"schema":1,"payload_type":"application/vnd.edgeloop.manifest+json"}', "'signatures' must be a list"),
+    (b'{"schema":2,"payload_type":"x","signatures":[]}', "schema 2 is not supported"),
+    (b'{"schema":1,"payload_type":"application/vnd.edgeloop.manifest+json","signatures":[{"keyid":"k"}]}',
+     r"signatures\[0\]\.sig must be a base64 string"),
+], ids=["truncated", "binary", "array", "no-signatures", "future-schema", "no-sig"])
+def test_malformed_signature_document_refused(key, signature, match):
+    raw = read_container(make_bundle(key))
+    with pytest.raises(SignatureError, match=match) as err:
+        verify_bundle(write_container(raw.manifest, signature, raw.files), trusted(key))
+    assert str(err.value).startswith("manifest.sig is not a valid signature document")
+    assert err.value.code == "bad_signature"
+
+
+def test_empty_signature_list_refused(key):
+    raw = read_container(make_bundle(key))
+    sig = dumps({"schema": 1, "payload_type": MANIFEST_PAYLOAD_TYPE, "signatures": []})
+    with pytest.raises(SignatureError, match="no signatures"):
+        verify_bundle(write_container(raw.manifest, sig, raw.files), trusted(key))
+
+
+def test_signed_command_is_not_a_manifest_signature(key):
+    """DSSE binds the payload type: a command envelope from the same key does not sign a manifest,
+    neither as it is nor relabelled as a manifest signature."""
+    raw = read_container(make_bundle(key))
+    command = make_command(key, "a1", 5)
+    with pytest.raises(SignatureError, match="command\\+json' payload where .*manifest\\+json' was expected") as err:
+        verify_bundle(write_container(raw.manifest, command, raw.files), trusted(key))
+    assert err.value.code == "bad_signature"
+    # the same key's signature over the manifest bytes, but made for the command payload type
+    as_command = sign_detached(key, COMMAND_PAYLOAD_TYPE, raw.manifest)
+    relabelled = dumps({**as_command, "payload_type": MANIFEST_PAYLOAD_TYPE})
+    with pytest.raises(SignatureError, match="does not match the signed data"):
+        verify_bundle(write_container(raw.manifest, relabelled, raw.files), trusted(key))
+
+
 def test_size_cap(key):
     data = make_bundle(key)
-    with pytest.raises(BundleTooLargeError):
+    with pytest.raises(BundleTooLargeError, match="accepts at most 100") as err:
         verify_bundle(data, trusted(key), max_size=100)
+    assert err.value.code == "bundle_too_large"
+    assert verify_bundle(data, trusted(key), max_size=len(data)).keyid == key.keyid  # the cap itself is allowed
+
+
+def test_declared_content_over_the_cap_refused_before_reading(key):
+    """A header may claim more content than the archive holds: the total of the declared
+    sizes is capped before any entry is read."""
+    data = bytearray(make_bundle(key))
+    model_header = data.index(b"files/model.onnx")
+    _set_size(data, model_header, len(data))  # manifest + signature + this > the archive's own size
+    with pytest.raises(BundleTooLargeError, match="content exceeds") as err:
+        verify_bundle(bytes(data), trusted(key), max_size=len(data))
+    assert err.value.code == "bundle_too_large"
+
+
+def _set_size(data: bytearray, header: int, size: int) -> None:
+    """Rewrite the size field of the tar header at ``header`` and fix its checksum."""
+    data[header + 124:header + 136] = b"%011o\0" % size
+    data[header + 148:header + 156] = b" " * 8
+    data[header + 148:header + 156] = b"%06o\0 " % sum(data[header:header + 512])
 
 
 def test_manifest_signed_but_invalid_is_refused(key):
-    from edgeloop.agent.wire.envelope import MANIFEST_PAYLOAD_TYPE, sign_detached
-    from edgeloop.agent.wire.messages import dumps
-
     bad_manifest = canonical_json({"kind": "edgeloop.bundle", "schema": 1})
     sig = dumps(sign_detached(key, MANIFEST_PAYLOAD_TYPE, bad_manifest))
     with pytest.raises(BundleFormatError, match="missing field"):

@@ -2,19 +2,24 @@
 
 Layout::
 
-    manifest.json   canonical JSON (see agent.manifest), the signed bytes
-    manifest.sig    signature document over manifest.json (see agent.envelope)
+    manifest.json   canonical JSON (see edgeloop.agent.wire.manifest), the signed bytes
+    manifest.sig    detached signature envelope over manifest.json (see edgeloop.agent.wire.envelope)
     files/<path>    every file the manifest lists, nothing else
 
+Each name appears once, and only regular files are allowed (no links, devices,
+fifos or directories). :func:`write_container` and :func:`read_container` are the
+codec (``read_container(write_container(m, s, f)) == RawBundle(m, s, f)``);
 :func:`verify_bundle` goes from bytes to a :class:`VerifiedBundle` or raises a
-specific :class:`~agent.errors.BundleError`/:class:`~agent.errors.SignatureError`;
-it touches no disk and no network. Nothing is loaded before it passes.
+specific :class:`~edgeloop.agent.errors.BundleError` /
+:class:`~edgeloop.agent.errors.SignatureError`; it touches no disk and no network.
+Nothing is loaded before it passes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import tarfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,8 +36,8 @@ from edgeloop.agent.errors import (
     UnexpectedFileError,
 )
 from edgeloop.agent.wire.envelope import MANIFEST_PAYLOAD_TYPE, SigningKey, TrustedKeys, sign_detached, verify_detached
+from edgeloop.agent.wire.fields import dumps
 from edgeloop.agent.wire.manifest import FileEntry, Manifest
-from edgeloop.agent.wire.messages import dumps
 
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
@@ -99,50 +104,76 @@ def write_container(manifest_bytes: bytes, signature: bytes, files: Mapping[str,
 
 
 # --- unpacking and verification (pure) ------------------------------------------
+_KINDS = {  # names of the tar entry types a bundle must not hold, for the error message
+    tarfile.SYMTYPE: "symbolic link",
+    tarfile.LNKTYPE: "hard link",
+    tarfile.DIRTYPE: "directory",
+    tarfile.FIFOTYPE: "fifo",
+    tarfile.CHRTYPE: "character device",
+    tarfile.BLKTYPE: "block device",
+}
+
+
 def read_container(data: bytes, max_size: int = DEFAULT_MAX_BUNDLE) -> RawBundle:
+    """Bytes of a bundle -> its three parts, refusing anything the layout does not allow. Trusts nothing."""
     if len(data) > max_size:
         raise BundleTooLargeError(f"bundle is {len(data)} bytes; this agent accepts at most {max_size}")
-    manifest = signature = None
-    files: dict[str, bytes] = {}
+    parts: dict[str, bytes] = {}  # manifest.json, manifest.sig, files/<path>, by entry name
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
             total = 0
             for member in tar:
                 name = member.name
-                if not member.isfile():
-                    raise BundleFormatError(f"bundle entry {name!r} is not a regular file")
-                if name.startswith("/") or ".." in name.split("/") or "\\" in name:
-                    raise BundleFormatError(f"bundle entry {name!r} tries to leave the bundle")
+                _check_member(member)
+                if name in parts:
+                    raise BundleFormatError(f"bundle holds {name!r} twice: refused as ambiguous")
                 total += member.size
                 if total > max_size:
-                    raise BundleTooLargeError(f"bundle content exceeds {max_size} bytes")
+                    raise BundleTooLargeError(
+                        f"bundle content exceeds {max_size} bytes (entry {name!r} brings it to {total})"
+                    )
                 fh = tar.extractfile(member)
                 blob = fh.read() if fh is not None else b""
                 if len(blob) != member.size:
                     raise BundleFormatError(f"bundle entry {name!r} is truncated")
-                if name == MANIFEST_NAME:
-                    manifest = blob
-                elif name == SIGNATURE_NAME:
-                    signature = blob
-                elif name.startswith(FILES_PREFIX) and len(name) > len(FILES_PREFIX):
-                    rel = name[len(FILES_PREFIX):]
-                    if rel in files:
-                        raise BundleFormatError(f"bundle holds {rel!r} twice")
-                    files[rel] = blob
-                else:
-                    raise UnexpectedFileError(f"bundle entry {name!r} is not part of the bundle format")
+                parts[name] = blob
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise BundleFormatError(f"bundle is not a readable edgeloop bundle (truncated or corrupt tar): {exc}") from exc
+    manifest = parts.pop(MANIFEST_NAME, None)
+    signature = parts.pop(SIGNATURE_NAME, None)
     if manifest is None:
-        raise BundleFormatError(f"bundle has no {MANIFEST_NAME}")
+        raise BundleFormatError(
+            f"bundle has no {MANIFEST_NAME}: not an edgeloop bundle (build one with `edgeloop bundle build`)"
+        )
     if signature is None:
         raise BundleFormatError(f"bundle has no {SIGNATURE_NAME}: unsigned bundles are refused")
-    return RawBundle(manifest, signature, files)
+    return RawBundle(manifest, signature, {name[len(FILES_PREFIX):]: blob for name, blob in parts.items()})
+
+
+def _check_member(member: tarfile.TarInfo) -> None:
+    """A regular file under an allowed name that stays inside the bundle."""
+    name = member.name
+    if not member.isfile():
+        raise BundleFormatError(
+            f"bundle entry {name!r} is a {_KINDS.get(member.type, 'special entry')}, not a regular file: "
+            "bundles hold regular files only"
+        )
+    if name.startswith("/") or ".." in name.split("/") or "\\" in name:
+        raise BundleFormatError(f"bundle entry {name!r} tries to leave the bundle")
+    if member.size < 0:
+        raise BundleFormatError(f"bundle entry {name!r} has a negative size")
+    if name not in (MANIFEST_NAME, SIGNATURE_NAME) and not (
+        name.startswith(FILES_PREFIX) and len(name) > len(FILES_PREFIX)
+    ):
+        raise UnexpectedFileError(f"bundle entry {name!r} is not part of the bundle format")
 
 
 def verify_raw(raw: RawBundle, trusted: TrustedKeys) -> VerifiedBundle:
     """Signature first (over the exact manifest bytes), then every file's size and hash."""
-    signed = verify_detached(raw.signature, raw.manifest, MANIFEST_PAYLOAD_TYPE, trusted)
+    try:
+        signed = verify_detached(raw.signature, raw.manifest, MANIFEST_PAYLOAD_TYPE, trusted)
+    except MessageFormatError as exc:
+        raise SignatureError(f"{SIGNATURE_NAME} is not a valid signature document: {exc}") from exc
     try:
         manifest = Manifest.from_bytes(raw.manifest)
     except MessageFormatError as exc:
@@ -173,14 +204,11 @@ def inspect_bundle(data: bytes) -> tuple[Manifest, dict]:
     """Read a bundle's manifest WITHOUT trusting it (for ``edgeloop bundle inspect``)."""
     raw = read_container(data)
     manifest = Manifest.from_bytes(raw.manifest)
-    sig = {}
     try:
-        import json
-
         sig = json.loads(raw.signature)
     except ValueError:
-        pass
-    return manifest, sig
+        sig = {}
+    return manifest, sig if isinstance(sig, dict) else {}
 
 
 __all__ = [

@@ -27,7 +27,8 @@ from edgeloop.agent.wire.envelope import (
     parse_json_object,
     seal,
 )
-from edgeloop.agent.wire.messages import COMMAND_TYPES, MAX_JSON_MESSAGE, Command, dumps, load_json
+from edgeloop.agent.wire.fields import MAX_JSON_MESSAGE, dumps, load_json
+from edgeloop.agent.wire.messages import COMMAND_TYPES, Command
 
 MAX_CLOCK_SKEW = 600.0  # seconds a command may claim to come from the future
 

@@ -2,7 +2,11 @@
 
 The envelope signs ``PAE(payload_type, payload)`` -- the pre-authentication
 encoding of the DSSE spec (github.com/secure-systems-lab/dsse, protocol.md) --
-so a signed manifest can never be replayed as a command and vice versa.
+so a signed manifest can never be replayed as a command and vice versa. The
+signature document is an :class:`Envelope` (``"schema": 1``, ``payload_type``,
+``signatures`` and, for commands, the base64 ``payload``) with an explicit
+``to_dict()``/``from_dict()``; used by :mod:`edgeloop.agent.wire.bundle` (detached,
+``manifest.sig``) and :mod:`edgeloop.agent.wire.commands` (sealed).
 
 Key ids are the first 16 hex digits of sha256(raw public key).
 """
@@ -24,7 +28,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from edgeloop.agent.errors import KeyFileError, MessageFormatError, SignatureError, UntrustedKeyError
+from edgeloop.agent.errors import (
+    KeyFileError,
+    MessageFormatError,
+    SignatureError,
+    UnsupportedSchemaError,
+    UntrustedKeyError,
+)
+from edgeloop.agent.wire.fields import is_version
 
 ENVELOPE_SCHEMA = 1
 MANIFEST_PAYLOAD_TYPE = "application/vnd.edgeloop.manifest+json"
@@ -51,7 +62,8 @@ def b64e(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def b64d(text: str, what: str) -> bytes:
+def b64d(text: Any, what: str) -> bytes:
+    """Strict base64 (no stray characters) -> bytes, or MessageFormatError naming ``what``."""
     if not isinstance(text, str):
         raise MessageFormatError(f"{what} must be a base64 string")
     try:
@@ -104,8 +116,11 @@ class SigningKey:
             raise KeyFileError(f"{source} holds a {type(key).__name__}, edgeloop needs Ed25519")
         return cls(key)
 
+    def signature(self, payload_type: str, payload: bytes) -> Signature:
+        return Signature(self.keyid, self.private.sign(pae(payload_type, payload)))
+
     def sign(self, payload_type: str, payload: bytes) -> dict:
-        return {"keyid": self.keyid, "sig": b64e(self.private.sign(pae(payload_type, payload)))}
+        return self.signature(payload_type, payload).to_dict()
 
 
 def public_pem(public: Ed25519PublicKey) -> bytes:
@@ -144,6 +159,74 @@ class TrustedKeys:
 
 # --- envelope --------------------------------------------------------------
 @dataclass(frozen=True)
+class Signature:
+    """One signature in an envelope: who signed (key id) and the raw Ed25519 signature."""
+
+    keyid: str
+    sig: bytes
+
+    def to_dict(self) -> dict:
+        return {"keyid": self.keyid, "sig": b64e(self.sig)}
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> Signature:
+        if not isinstance(d, Mapping):
+            raise MessageFormatError(f"{where} must be an object with keyid and sig")
+        kid = d.get("keyid")
+        if not isinstance(kid, str):
+            raise MessageFormatError(f"{where}: field 'keyid' must be a string")
+        return cls(keyid=kid, sig=b64d(d.get("sig"), f"{where}.sig"))
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """The signature document (schema-versioned JSON object).
+
+    Detached (``payload`` None, the bundle's ``manifest.sig``) or carrying its
+    payload base64-encoded (a signed command). ``from_dict`` checks the shape only;
+    :func:`verify_detached` / :func:`open_envelope` check the payload type and the
+    signatures.
+    """
+
+    payload_type: str
+    signatures: tuple[Signature, ...]
+    payload: bytes | None = None
+    schema: int = ENVELOPE_SCHEMA
+
+    def to_dict(self) -> dict:
+        out: dict[str, Any] = {
+            "schema": self.schema,
+            "payload_type": self.payload_type,
+            "signatures": [s.to_dict() for s in self.signatures],
+        }
+        if self.payload is not None:
+            out["payload"] = b64e(self.payload)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], what: str = "envelope") -> Envelope:
+        schema = d.get("schema")
+        if not is_version(schema, ENVELOPE_SCHEMA):
+            raise UnsupportedSchemaError(
+                f"{what}: schema {schema!r} is not supported (this version reads schema {ENVELOPE_SCHEMA}); "
+                "upgrade the agent if the hub is newer"
+            )
+        ptype = d.get("payload_type")
+        if not isinstance(ptype, str):
+            raise MessageFormatError(f"{what}: field 'payload_type' must be a string")
+        sigs = d.get("signatures")
+        if not isinstance(sigs, list):
+            raise MessageFormatError(f"{what}: field 'signatures' must be a list")
+        payload = d.get("payload")
+        return cls(
+            payload_type=ptype,
+            signatures=tuple(Signature.from_dict(s, f"{what}.signatures[{i}]") for i, s in enumerate(sigs)),
+            payload=b64d(payload, f"{what} payload") if payload is not None else None,
+            schema=ENVELOPE_SCHEMA,
+        )
+
+
+@dataclass(frozen=True)
 class Signed:
     """The result of a successful verification: the payload and who signed it."""
 
@@ -154,54 +237,36 @@ class Signed:
 
 def sign_detached(key: SigningKey, payload_type: str, payload: bytes) -> dict:
     """A signature document for bytes stored elsewhere (the bundle's manifest.json)."""
-    return {
-        "schema": ENVELOPE_SCHEMA,
-        "payload_type": payload_type,
-        "signatures": [key.sign(payload_type, payload)],
-    }
+    return Envelope(payload_type, (key.signature(payload_type, payload),)).to_dict()
 
 
 def seal(key: SigningKey, payload_type: str, payload: bytes) -> dict:
     """An envelope that carries its payload (used for commands)."""
-    doc = sign_detached(key, payload_type, payload)
-    doc["payload"] = b64e(payload)
-    return doc
+    return Envelope(payload_type, (key.signature(payload_type, payload),), payload).to_dict()
 
 
-def _check_signatures(
-    doc: Mapping[str, Any], payload: bytes, expected_type: str, trusted: TrustedKeys
-) -> Signed:
-    if doc.get("schema") != ENVELOPE_SCHEMA:
-        raise MessageFormatError(
-            f"signature envelope schema {doc.get('schema')!r} is not supported (expected {ENVELOPE_SCHEMA})"
-        )
-    ptype = doc.get("payload_type")
-    if ptype != expected_type:
+def _check_signatures(env: Envelope, payload: bytes, expected_type: str, trusted: TrustedKeys) -> Signed:
+    if env.payload_type != expected_type:
         raise SignatureError(
-            f"envelope carries a {ptype!r} payload where {expected_type!r} was expected"
+            f"envelope carries a {env.payload_type!r} payload where {expected_type!r} was expected"
         )
-    sigs = doc.get("signatures")
-    if not isinstance(sigs, list) or not sigs:
+    if not env.signatures:
         raise SignatureError("envelope has no signatures")
     message = pae(expected_type, payload)
     seen_unknown = []
-    for entry in sigs:
-        if not isinstance(entry, Mapping):
-            raise MessageFormatError("each signature must be an object with keyid and sig")
-        kid = entry.get("keyid")
-        pub = trusted.keys.get(kid) if isinstance(kid, str) else None
+    for entry in env.signatures:
+        pub = trusted.keys.get(entry.keyid)
         if pub is None:
-            seen_unknown.append(str(kid))
+            seen_unknown.append(entry.keyid)
             continue
-        sig = b64d(entry.get("sig"), "signature")
         try:
-            pub.verify(sig, message)
+            pub.verify(entry.sig, message)
         except InvalidSignature:
             raise SignatureError(
-                f"signature by key {kid} does not match the signed data: it was altered "
+                f"signature by key {entry.keyid} does not match the signed data: it was altered "
                 "after signing or signed by another key with the same id"
             ) from None
-        return Signed(payload=payload, payload_type=ptype, keyid=kid)
+        return Signed(payload=payload, payload_type=env.payload_type, keyid=entry.keyid)
     raise UntrustedKeyError(
         f"signed by unknown key(s) {', '.join(seen_unknown)}; trusted: "
         f"{', '.join(sorted(trusted.keys)) or 'none'}. Provision the hub's public key on "
@@ -212,14 +277,18 @@ def _check_signatures(
 def verify_detached(
     signature_doc: bytes, payload: bytes, expected_type: str, trusted: TrustedKeys
 ) -> Signed:
-    doc = parse_json_object(signature_doc, "signature document")
-    return _check_signatures(doc, payload, expected_type, trusted)
+    """``signature_doc`` (a detached :class:`Envelope`'s JSON) must sign ``payload`` as ``expected_type``."""
+    env = Envelope.from_dict(parse_json_object(signature_doc, "signature document"), "signature document")
+    return _check_signatures(env, payload, expected_type, trusted)
 
 
 def open_envelope(envelope: bytes | Mapping[str, Any], expected_type: str, trusted: TrustedKeys) -> Signed:
+    """An :class:`Envelope` carrying its payload -> the payload, if a trusted key signed it as ``expected_type``."""
     doc = parse_json_object(envelope, "envelope") if isinstance(envelope, (bytes, bytearray, str)) else envelope
-    payload = b64d(doc.get("payload"), "envelope payload")
-    return _check_signatures(doc, payload, expected_type, trusted)
+    env = Envelope.from_dict(doc, "envelope")
+    if env.payload is None:
+        raise MessageFormatError("envelope has no payload: a signed command carries its payload (base64)")
+    return _check_signatures(env, env.payload, expected_type, trusted)
 
 
 def parse_json_object(data: bytes | bytearray | str, what: str) -> dict:

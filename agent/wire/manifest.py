@@ -1,24 +1,28 @@
 """The bundle manifest: what a signed bundle promises about itself.
 
-The manifest is canonical JSON (``manifest.json`` in the bundle); the Ed25519
-signature covers its exact bytes. It lists every file with its sha256 and size
-(signing one manifest over all files defeats mix-and-match), the input/output
-schema, the drift reference, a smoke test and the lineage back to the dataset.
+The manifest is canonical JSON (``manifest.json`` in the bundle, see
+:mod:`edgeloop.agent.wire.bundle`); the Ed25519 signature covers its exact bytes. It
+lists every file with its sha256 and size (signing one manifest over all files
+defeats mix-and-match), the input/output schema, the drift reference, a smoke test
+and the lineage back to the dataset. Every class has an explicit ``to_dict()`` and a
+strict ``from_dict()``; ``Manifest.from_bytes(m.to_bytes()) == m``.
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from edgeloop.agent.errors import MessageFormatError, UnsupportedSchemaError
 from edgeloop.agent.wire.envelope import canonical_json
-from edgeloop.agent.wire.messages import _opt, _req, load_json
+from edgeloop.agent.wire.fields import is_version, list_of, load_json, obj, objects, opt, req
 
 MANIFEST_SCHEMA = 1
 MANIFEST_KIND = "edgeloop.bundle"
 DATATYPES = ("FP32", "FP64", "INT64", "INT32")
+TASKS = ("classification", "regression")
 
 
 @dataclass
@@ -27,12 +31,16 @@ class TensorSpec:
     datatype: str  # Open Inference Protocol datatype: FP32, INT64, ...
     shape: list[int]  # -1 marks a dynamic dimension (the batch)
 
+    def to_dict(self) -> dict:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
     @classmethod
     def from_dict(cls, d: dict, where: str) -> TensorSpec:
-        spec = cls(_req(d, "name", str, where), _req(d, "datatype", str, where), _req(d, "shape", list, where))
+        obj(d, where)
+        spec = cls(req(d, "name", str, where), req(d, "datatype", str, where), list_of(d, "shape", int, where))
         if spec.datatype not in DATATYPES:
             raise MessageFormatError(f"{where}: datatype {spec.datatype!r} is not one of {DATATYPES}")
-        if not all(isinstance(x, int) and not isinstance(x, bool) and (x == -1 or x > 0) for x in spec.shape):
+        if not all(x == -1 or x > 0 for x in spec.shape):
             raise MessageFormatError(f"{where}: shape must hold positive integers or -1")
         return spec
 
@@ -44,13 +52,17 @@ class FileEntry:
     size: int
     role: str = "model"  # model | model-fp32 | data | other
 
+    def to_dict(self) -> dict:
+        return {"path": self.path, "sha256": self.sha256, "size": self.size, "role": self.role}
+
     @classmethod
     def from_dict(cls, d: dict, where: str) -> FileEntry:
+        obj(d, where)
         e = cls(
-            path=_req(d, "path", str, where),
-            sha256=_req(d, "sha256", str, where),
-            size=_req(d, "size", int, where),
-            role=_opt(d, "role", str, where, "model"),
+            path=req(d, "path", str, where),
+            sha256=req(d, "sha256", str, where),
+            size=req(d, "size", int, where),
+            role=opt(d, "role", str, where, "model"),
         )
         if not e.path or e.path.startswith("/") or ".." in e.path.split("/") or "\\" in e.path:
             raise MessageFormatError(f"{where}: file path {e.path!r} must be relative and stay in the bundle")
@@ -75,21 +87,30 @@ class FeatureReference:
     mean: float
     std: float
 
+    def to_dict(self) -> dict:
+        return {"name": self.name, "edges": list(self.edges), "counts": list(self.counts),
+                "mean": self.mean, "std": self.std}
+
     @classmethod
     def from_dict(cls, d: dict, where: str) -> FeatureReference:
+        obj(d, where)
         ref = cls(
-            name=_req(d, "name", str, where),
-            edges=[float(x) for x in _req(d, "edges", list, where)],
-            counts=_req(d, "counts", list, where),
-            mean=_req(d, "mean", float, where),
-            std=_req(d, "std", float, where),
+            name=req(d, "name", str, where),
+            edges=list_of(d, "edges", float, where),
+            counts=list_of(d, "counts", int, where),
+            mean=req(d, "mean", float, where),
+            std=req(d, "std", float, where),
         )
         if len(ref.counts) != len(ref.edges) + 1:
-            raise MessageFormatError(f"{where}: needs len(edges)+1 counts, got {len(ref.counts)} for {len(ref.edges)} edges")
-        if any(b <= a for a, b in zip(ref.edges, ref.edges[1:])):
-            raise MessageFormatError(f"{where}: edges must be strictly increasing")
+            raise MessageFormatError(
+                f"{where}: needs len(edges)+1 counts, got {len(ref.counts)} for {len(ref.edges)} edges"
+            )
+        if any(c < 0 for c in ref.counts):
+            raise MessageFormatError(f"{where}: counts must not be negative")
         if not all(math.isfinite(x) for x in ref.edges):
             raise MessageFormatError(f"{where}: edges must be finite")
+        if any(b <= a for a, b in zip(ref.edges, ref.edges[1:], strict=False)):
+            raise MessageFormatError(f"{where}: edges must be strictly increasing")
         return ref
 
 
@@ -103,17 +124,28 @@ class DriftReference:
     psi_threshold: float = 0.2
     ks_threshold: float = 0.15
 
+    def to_dict(self) -> dict:
+        return {
+            "features": [f.to_dict() for f in self.features],
+            "output_labels": list(self.output_labels),
+            "output_shares": list(self.output_shares),
+            "window": self.window,
+            "min_rows": self.min_rows,
+            "psi_threshold": self.psi_threshold,
+            "ks_threshold": self.ks_threshold,
+        }
+
     @classmethod
     def from_dict(cls, d: dict, where: str = "drift") -> DriftReference:
-        feats = _req(d, "features", list, where)
+        obj(d, where)
         ref = cls(
-            features=[FeatureReference.from_dict(f, f"{where}.features[{i}]") for i, f in enumerate(feats)],
-            output_labels=_opt(d, "output_labels", list, where, []),
-            output_shares=[float(x) for x in _opt(d, "output_shares", list, where, [])],
-            window=_opt(d, "window", int, where, 200),
-            min_rows=_opt(d, "min_rows", int, where, 100),
-            psi_threshold=_opt(d, "psi_threshold", float, where, 0.2),
-            ks_threshold=_opt(d, "ks_threshold", float, where, 0.15),
+            features=[FeatureReference.from_dict(f, w) for f, w in objects(d, "features", where)],
+            output_labels=list_of(d, "output_labels", str, where, []),
+            output_shares=list_of(d, "output_shares", float, where, []),
+            window=opt(d, "window", int, where, 200),
+            min_rows=opt(d, "min_rows", int, where, 100),
+            psi_threshold=opt(d, "psi_threshold", float, where, 0.2),
+            ks_threshold=opt(d, "ks_threshold", float, where, 0.15),
         )
         if ref.window <= 0 or ref.min_rows <= 0 or ref.min_rows > ref.window:
             raise MessageFormatError(f"{where}: need 0 < min_rows <= window")
@@ -128,12 +160,16 @@ class SmokeTest:
     expected: dict[str, list]  # output name -> expected values (nested list)
     atol: float = 1e-4
 
+    def to_dict(self) -> dict:
+        return {"inputs": copy.deepcopy(self.inputs), "expected": copy.deepcopy(self.expected), "atol": self.atol}
+
     @classmethod
     def from_dict(cls, d: dict, where: str = "smoke_test") -> SmokeTest:
+        obj(d, where)
         return cls(
-            inputs=_req(d, "inputs", list, where),
-            expected=_req(d, "expected", dict, where),
-            atol=_opt(d, "atol", float, where, 1e-4),
+            inputs=req(d, "inputs", list, where),
+            expected=req(d, "expected", dict, where),
+            atol=opt(d, "atol", float, where, 1e-4),
         )
 
 
@@ -158,7 +194,26 @@ class Manifest:
     kind: str = MANIFEST_KIND
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Every field, absent optional parts as null (the signed bytes are ``canonical_json`` of this)."""
+        return {
+            "model_name": self.model_name,
+            "version": self.version,
+            "task": self.task,
+            "created_at": self.created_at,
+            "key_id": self.key_id,
+            "entrypoint": self.entrypoint,
+            "files": [f.to_dict() for f in self.files],
+            "feature_names": list(self.feature_names),
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "labels": list(self.labels),
+            "drift": self.drift.to_dict() if self.drift is not None else None,
+            "smoke_test": self.smoke_test.to_dict() if self.smoke_test is not None else None,
+            "lineage": copy.deepcopy(self.lineage),
+            "quantization": copy.deepcopy(self.quantization),
+            "schema": self.schema,
+            "kind": self.kind,
+        }
 
     def to_bytes(self) -> bytes:
         return canonical_json(self.to_dict())
@@ -176,45 +231,51 @@ class Manifest:
     @classmethod
     def from_dict(cls, d: dict) -> Manifest:
         w = "manifest"
+        obj(d, w)
         if d.get("kind") != MANIFEST_KIND:
             raise MessageFormatError(f"{w}: kind {d.get('kind')!r} is not {MANIFEST_KIND!r}")
-        if d.get("schema") != MANIFEST_SCHEMA:
+        if not is_version(d.get("schema"), MANIFEST_SCHEMA):
             raise UnsupportedSchemaError(
-                f"{w}: schema {d.get('schema')!r} is not supported by this agent (reads schema {MANIFEST_SCHEMA}); upgrade the agent"
+                f"{w}: schema {d.get('schema')!r} is not supported by this agent (reads schema {MANIFEST_SCHEMA}); "
+                "upgrade the agent"
             )
-        drift = d.get("drift")
-        smoke = d.get("smoke_test")
+        drift = opt(d, "drift", dict, w)
+        smoke = opt(d, "smoke_test", dict, w)
         m = cls(
-            model_name=_req(d, "model_name", str, w),
-            version=_req(d, "version", str, w),
-            task=_req(d, "task", str, w),
-            created_at=_req(d, "created_at", float, w),
-            key_id=_req(d, "key_id", str, w),
-            entrypoint=_req(d, "entrypoint", str, w),
-            files=[FileEntry.from_dict(f, f"{w}.files[{i}]") for i, f in enumerate(_req(d, "files", list, w))],
-            feature_names=_req(d, "feature_names", list, w),
-            inputs=[TensorSpec.from_dict(t, f"{w}.inputs[{i}]") for i, t in enumerate(_req(d, "inputs", list, w))],
-            outputs=[TensorSpec.from_dict(t, f"{w}.outputs[{i}]") for i, t in enumerate(_req(d, "outputs", list, w))],
-            labels=_opt(d, "labels", list, w, []),
-            drift=DriftReference.from_dict(drift) if drift is not None else None,
-            smoke_test=SmokeTest.from_dict(smoke) if smoke is not None else None,
-            lineage=_opt(d, "lineage", dict, w, {}),
-            quantization=_opt(d, "quantization", dict, w, {}),
+            model_name=req(d, "model_name", str, w),
+            version=req(d, "version", str, w),
+            task=req(d, "task", str, w),
+            created_at=req(d, "created_at", float, w),
+            key_id=req(d, "key_id", str, w),
+            entrypoint=req(d, "entrypoint", str, w),
+            files=[FileEntry.from_dict(f, where) for f, where in objects(d, "files", w)],
+            feature_names=list_of(d, "feature_names", str, w),
+            inputs=[TensorSpec.from_dict(t, where) for t, where in objects(d, "inputs", w)],
+            outputs=[TensorSpec.from_dict(t, where) for t, where in objects(d, "outputs", w)],
+            labels=list_of(d, "labels", str, w, []),
+            drift=DriftReference.from_dict(drift, f"{w}.drift") if drift is not None else None,
+            smoke_test=SmokeTest.from_dict(smoke, f"{w}.smoke_test") if smoke is not None else None,
+            lineage=opt(d, "lineage", dict, w, {}),
+            quantization=opt(d, "quantization", dict, w, {}),
         )
-        if m.task not in ("classification", "regression"):
-            raise MessageFormatError(f"{w}: task must be classification or regression, got {m.task!r}")
-        paths = [f.path for f in m.files]
+        m._check(w)
+        return m
+
+    def _check(self, w: str) -> None:
+        """Consistency across fields (each field is already well-formed)."""
+        if self.task not in TASKS:
+            raise MessageFormatError(f"{w}: task must be classification or regression, got {self.task!r}")
+        paths = [f.path for f in self.files]
         if len(set(paths)) != len(paths):
             raise MessageFormatError(f"{w}: a file is listed twice")
-        if m.entrypoint not in paths:
-            raise MessageFormatError(f"{w}: entrypoint {m.entrypoint!r} is not among the listed files")
-        if len(m.inputs) != 1:
-            raise MessageFormatError(f"{w}: exactly one input tensor is supported, got {len(m.inputs)}")
-        if not m.outputs:
+        if self.entrypoint not in paths:
+            raise MessageFormatError(f"{w}: entrypoint {self.entrypoint!r} is not among the listed files")
+        if len(self.inputs) != 1:
+            raise MessageFormatError(f"{w}: exactly one input tensor is supported, got {len(self.inputs)}")
+        if not self.outputs:
             raise MessageFormatError(f"{w}: at least one output tensor is needed")
-        if m.drift is not None and [f.name for f in m.drift.features] != list(m.feature_names):
+        if self.drift is not None and [f.name for f in self.drift.features] != list(self.feature_names):
             raise MessageFormatError(f"{w}: drift reference features must match feature_names in order")
-        return m
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Manifest:

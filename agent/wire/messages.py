@@ -1,9 +1,11 @@
 """Typed messages exchanged over MQTT, and their (de)serialization.
 
-Every JSON message carries ``"schema": 1`` and a ``"type"``. ``decode`` is strict:
-it raises :class:`MessageFormatError` (or :class:`UnsupportedSchemaError`) with a
-message naming the field at fault, so a malformed message is answered, never
-half-understood. Bundle chunks are binary (see :class:`Chunk`).
+Every JSON message carries ``"schema": 1`` and a ``"type"``. Each class has an
+explicit ``to_dict()`` and a strict ``from_dict()`` (``from_dict(x.to_dict()) == x``);
+``decode`` picks the class by ``type`` and raises :class:`MessageFormatError` (or
+:class:`UnsupportedSchemaError`) with a message naming the field at fault, so a
+malformed message is answered, never half-understood. Bundle chunks are binary
+(see :class:`Chunk`).
 
 Inference requests are deliberately lenient about ``schema``/``type`` so that an
 IoT device can send ``{"id": "1", "inputs": [[...]]}`` with plain ``mosquitto_pub``.
@@ -11,56 +13,33 @@ IoT device can send ``{"id": "1", "inputs": [[...]]}`` with plain ``mosquitto_pu
 
 from __future__ import annotations
 
-import json
+import copy
 import math
 import struct
 import uuid
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from edgeloop.agent.errors import MessageFormatError, PayloadTooLargeError, UnsupportedSchemaError
+from edgeloop.agent.wire.fields import (
+    MAX_JSON_MESSAGE,
+    dumps,
+    is_version,
+    list_of,
+    load_json,
+    obj,
+    objects,
+    opt,
+    req,
+)
 
 SCHEMA = 1
-MAX_JSON_MESSAGE = 4 * 1024 * 1024  # bytes; larger JSON messages are refused
 
 
-# --- field helpers ----------------------------------------------------------
-def _req(d: dict, key: str, typ: type | tuple, where: str) -> Any:
-    if key not in d:
-        raise MessageFormatError(f"{where}: missing field {key!r}")
-    val = d[key]
-    if typ is float and isinstance(val, int) and not isinstance(val, bool):
-        val = float(val)
-    if not isinstance(val, typ) or (isinstance(val, bool) and typ in (int, float)):
-        tname = typ.__name__ if isinstance(typ, type) else "/".join(t.__name__ for t in typ)
-        raise MessageFormatError(f"{where}: field {key!r} must be {tname}, got {type(val).__name__}")
-    return val
-
-
-def _opt(d: dict, key: str, typ: type | tuple, where: str, default: Any = None) -> Any:
-    if d.get(key) is None:
-        return default
-    return _req(d, key, typ, where)
-
-
-def load_json(data: bytes | str, what: str = "message", limit: int = MAX_JSON_MESSAGE) -> dict:
-    if len(data) > limit:
-        raise PayloadTooLargeError(f"{what} is {len(data)} bytes; the limit is {limit}")
-    try:
-        obj = json.loads(data)
-    except UnicodeDecodeError as exc:
-        raise MessageFormatError(f"{what} is not UTF-8 text: {exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise MessageFormatError(f"{what} is not valid JSON: {exc.msg} at position {exc.pos}") from exc
-    if not isinstance(obj, dict):
-        raise MessageFormatError(f"{what} must be a JSON object, got {type(obj).__name__}")
-    return obj
-
-
-def _check_envelope(d: dict, expected_type: str) -> None:
+def _check_header(d: dict, expected_type: str) -> None:
     schema = d.get("schema")
-    if schema != SCHEMA:
+    if not is_version(schema, SCHEMA):
         raise UnsupportedSchemaError(
             f"{expected_type}: schema {schema!r} is not supported by this version (speaks schema {SCHEMA})"
         )
@@ -68,18 +47,21 @@ def _check_envelope(d: dict, expected_type: str) -> None:
         raise MessageFormatError(f"expected a {expected_type!r} message, got type {d.get('type')!r}")
 
 
-def dumps(obj: dict) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")
-
-
 @dataclass
 class Message:
+    """Base of the JSON messages that ``decode`` knows by their ``type``."""
+
     TYPE: ClassVar[str] = ""
 
+    def _header(self) -> dict[str, Any]:
+        return {"schema": SCHEMA, "type": self.TYPE}
+
     def to_dict(self) -> dict:
-        out = {"schema": SCHEMA, "type": self.TYPE}
-        out.update(asdict(self))
-        return out
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Message:
+        raise NotImplementedError
 
     def encode(self) -> bytes:
         return dumps(self.to_dict())
@@ -92,12 +74,16 @@ class ActiveModel:
     version: str
     bundle_sha256: str
 
+    def to_dict(self) -> dict:
+        return {"model": self.model, "version": self.version, "bundle_sha256": self.bundle_sha256}
+
     @classmethod
     def from_dict(cls, d: dict, where: str = "active") -> ActiveModel:
+        obj(d, where)
         return cls(
-            model=_req(d, "model", str, where),
-            version=_req(d, "version", str, where),
-            bundle_sha256=_req(d, "bundle_sha256", str, where),
+            model=req(d, "model", str, where),
+            version=req(d, "version", str, where),
+            bundle_sha256=req(d, "bundle_sha256", str, where),
         )
 
 
@@ -114,24 +100,30 @@ class AgentState(Message):
     active: ActiveModel | None = None
     installed: list[ActiveModel] = field(default_factory=list)
 
+    def to_dict(self) -> dict:
+        return {
+            **self._header(),
+            "agent_id": self.agent_id, "status": self.status, "session": self.session,
+            "agent_version": self.agent_version, "started_at": self.started_at, "host": self.host,
+            "http_url": self.http_url, "active": self.active.to_dict() if self.active is not None else None,
+            "installed": [m.to_dict() for m in self.installed],
+        }
+
     @classmethod
     def from_dict(cls, d: dict) -> AgentState:
-        _check_envelope(d, cls.TYPE)
+        _check_header(d, cls.TYPE)
         w = cls.TYPE
-        active = d.get("active")
-        if active is not None and not isinstance(active, dict):
-            raise MessageFormatError(f"{w}: field 'active' must be an object or null")
-        installed = _opt(d, "installed", list, w, [])
+        active = opt(d, "active", dict, w)
         return cls(
-            agent_id=_req(d, "agent_id", str, w),
-            status=_req(d, "status", str, w),
-            session=_req(d, "session", int, w),
-            agent_version=_req(d, "agent_version", str, w),
-            started_at=_req(d, "started_at", float, w),
-            host=_opt(d, "host", str, w, ""),
-            http_url=_opt(d, "http_url", str, w),
-            active=ActiveModel.from_dict(active) if active else None,
-            installed=[ActiveModel.from_dict(x, f"{w}.installed") for x in installed],
+            agent_id=req(d, "agent_id", str, w),
+            status=req(d, "status", str, w),
+            session=req(d, "session", int, w),
+            agent_version=req(d, "agent_version", str, w),
+            started_at=req(d, "started_at", float, w),
+            host=opt(d, "host", str, w, ""),
+            http_url=opt(d, "http_url", str, w),
+            active=ActiveModel.from_dict(active, f"{w}.active") if active is not None else None,
+            installed=[ActiveModel.from_dict(x, where) for x, where in objects(d, "installed", w, [])],
         )
 
 
@@ -147,21 +139,25 @@ class TransferSpec:
     chunk_size: int
     chunks: int
 
+    def to_dict(self) -> dict:
+        return {
+            "transfer_id": self.transfer_id,
+            "bundle_sha256": self.bundle_sha256,
+            "size": self.size, "chunk_size": self.chunk_size, "chunks": self.chunks,
+        }
+
     @classmethod
     def from_dict(cls, d: dict, where: str = "transfer") -> TransferSpec:
+        obj(d, where)
         spec = cls(
-            transfer_id=_req(d, "transfer_id", str, where),
-            bundle_sha256=_req(d, "bundle_sha256", str, where),
-            size=_req(d, "size", int, where),
-            chunk_size=_req(d, "chunk_size", int, where),
-            chunks=_req(d, "chunks", int, where),
+            transfer_id=req(d, "transfer_id", str, where),
+            bundle_sha256=req(d, "bundle_sha256", str, where),
+            size=req(d, "size", int, where),
+            chunk_size=req(d, "chunk_size", int, where),
+            chunks=req(d, "chunks", int, where),
         )
-        if len(spec.transfer_id) != 32:
-            raise MessageFormatError(f"{where}: transfer_id must be 32 hex digits")
-        try:
-            bytes.fromhex(spec.transfer_id)
-        except ValueError:
-            raise MessageFormatError(f"{where}: transfer_id must be 32 hex digits") from None
+        if not _is_transfer_id(spec.transfer_id):
+            raise MessageFormatError(f"{where}: transfer_id must be 32 lowercase hex digits")
         if spec.size <= 0 or spec.chunk_size <= 0:
             raise MessageFormatError(f"{where}: size and chunk_size must be positive")
         if spec.chunks != math.ceil(spec.size / spec.chunk_size):
@@ -169,6 +165,11 @@ class TransferSpec:
                 f"{where}: chunks={spec.chunks} does not match size {spec.size} / chunk_size {spec.chunk_size}"
             )
         return spec
+
+
+def _is_transfer_id(text: str) -> bool:
+    """32 lowercase hex digits: chunk headers carry the 16 raw bytes, which decode as lowercase."""
+    return len(text) == 32 and all(c in "0123456789abcdef" for c in text)
 
 
 @dataclass
@@ -184,26 +185,34 @@ class Command(Message):
     expires_at: float
     args: dict = field(default_factory=dict)
 
+    def to_dict(self) -> dict:
+        return {
+            **self._header(),
+            "command": self.command, "command_id": self.command_id, "agent_id": self.agent_id,
+            "counter": self.counter, "issued_at": self.issued_at, "expires_at": self.expires_at,
+            "args": copy.deepcopy(self.args),
+        }
+
     @classmethod
     def from_dict(cls, d: dict) -> Command:
-        _check_envelope(d, cls.TYPE)
+        _check_header(d, cls.TYPE)
         w = cls.TYPE
         return cls(
-            command=_req(d, "command", str, w),
-            command_id=_req(d, "command_id", str, w),
-            agent_id=_req(d, "agent_id", str, w),
-            counter=_req(d, "counter", int, w),
-            issued_at=_req(d, "issued_at", float, w),
-            expires_at=_req(d, "expires_at", float, w),
-            args=_opt(d, "args", dict, w, {}),
+            command=req(d, "command", str, w),
+            command_id=req(d, "command_id", str, w),
+            agent_id=req(d, "agent_id", str, w),
+            counter=req(d, "counter", int, w),
+            issued_at=req(d, "issued_at", float, w),
+            expires_at=req(d, "expires_at", float, w),
+            args=opt(d, "args", dict, w, {}),
         )
 
     # typed views of args
     def transfer(self) -> TransferSpec:
-        return TransferSpec.from_dict(_req(self.args, "transfer", dict, "deploy.args"), "deploy.args.transfer")
+        return TransferSpec.from_dict(req(self.args, "transfer", dict, "deploy.args"), "deploy.args.transfer")
 
     def target_bundle(self) -> str:
-        return _req(self.args, "bundle_sha256", str, f"{self.command}.args")
+        return req(self.args, "bundle_sha256", str, f"{self.command}.args")
 
 
 # --- events (agent -> hub) ---------------------------------------------------
@@ -229,22 +238,29 @@ class Event(Message):
     command_id: str | None = None
     details: dict = field(default_factory=dict)
 
+    def to_dict(self) -> dict:
+        return {
+            **self._header(),
+            "event": self.event, "agent_id": self.agent_id, "ok": self.ok, "at": self.at, "code": self.code,
+            "message": self.message, "command_id": self.command_id, "details": copy.deepcopy(self.details),
+        }
+
     @classmethod
     def from_dict(cls, d: dict) -> Event:
-        _check_envelope(d, cls.TYPE)
+        _check_header(d, cls.TYPE)
         w = cls.TYPE
-        ev = _req(d, "event", str, w)
+        ev = req(d, "event", str, w)
         if ev not in EVENT_KINDS:
-            raise MessageFormatError(f"{w}: unknown event kind {ev!r}")
+            raise MessageFormatError(f"{w}: unknown event kind {ev!r}; known: {', '.join(EVENT_KINDS)}")
         return cls(
             event=ev,
-            agent_id=_req(d, "agent_id", str, w),
-            ok=_req(d, "ok", bool, w),
-            at=_req(d, "at", float, w),
-            code=_opt(d, "code", str, w, "ok"),
-            message=_opt(d, "message", str, w, ""),
-            command_id=_opt(d, "command_id", str, w),
-            details=_opt(d, "details", dict, w, {}),
+            agent_id=req(d, "agent_id", str, w),
+            ok=req(d, "ok", bool, w),
+            at=req(d, "at", float, w),
+            code=opt(d, "code", str, w, "ok"),
+            message=opt(d, "message", str, w, ""),
+            command_id=opt(d, "command_id", str, w),
+            details=opt(d, "details", dict, w, {}),
         )
 
 
@@ -254,40 +270,47 @@ class InferRequest:
     """``{"id": "...", "inputs": [[f1, f2, ...], ...], "model": optional, "reply_to": optional}``.
 
     ``inputs`` may also be one flat row ``[f1, f2, ...]`` or an object
-    ``{"feature_name": value, ...}`` / a list of such objects.
+    ``{"feature_name": value, ...}`` / a list of such objects (checked by the runtime).
     """
 
+    TYPE: ClassVar[str] = "infer_request"
     id: str
     inputs: Any
     model: str | None = None
     reply_to: str | None = None
 
-    @classmethod
-    def decode(cls, data: bytes, limit: int = MAX_JSON_MESSAGE) -> InferRequest:
-        d = load_json(data, "inference request", limit)
-        schema = d.get("schema", SCHEMA)
-        if schema != SCHEMA:
-            raise UnsupportedSchemaError(f"inference request: schema {schema!r} is not supported")
-        w = "inference request"
-        rid = d.get("id", "")
-        if isinstance(rid, (int, float)) and not isinstance(rid, bool):
-            rid = str(rid)
-        if not isinstance(rid, str):
-            raise MessageFormatError(f"{w}: field 'id' must be a string")
-        if "inputs" not in d:
-            raise MessageFormatError(f"{w}: missing field 'inputs' (a list of feature rows)")
-        reply_to = _opt(d, "reply_to", str, w)
-        if reply_to is not None and (not reply_to or any(c in reply_to for c in "+#\0")):
-            raise MessageFormatError(f"{w}: reply_to must be a topic name without wildcards")
-        return cls(id=rid, inputs=d["inputs"], model=_opt(d, "model", str, w), reply_to=reply_to)
-
-    def encode(self) -> bytes:
-        out = {"schema": SCHEMA, "type": "infer_request", "id": self.id, "inputs": self.inputs}
+    def to_dict(self) -> dict:
+        out = {"schema": SCHEMA, "type": self.TYPE, "id": self.id, "inputs": copy.deepcopy(self.inputs)}
         if self.model is not None:
             out["model"] = self.model
         if self.reply_to is not None:
             out["reply_to"] = self.reply_to
-        return dumps(out)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "inference request") -> InferRequest:
+        """Lenient header: ``schema`` and ``type`` may be left out (a bare ``mosquitto_pub``)."""
+        schema = d.get("schema", SCHEMA)
+        if not is_version(schema, SCHEMA):
+            raise UnsupportedSchemaError(f"{where}: schema {schema!r} is not supported (speaks schema {SCHEMA})")
+        rid = d.get("id", "")
+        if isinstance(rid, (int, float)) and not isinstance(rid, bool):
+            rid = str(rid)
+        if not isinstance(rid, str):
+            raise MessageFormatError(f"{where}: field 'id' must be a string")
+        if "inputs" not in d:
+            raise MessageFormatError(f"{where}: missing field 'inputs' (a list of feature rows)")
+        reply_to = opt(d, "reply_to", str, where)
+        if reply_to is not None and (not reply_to or any(c in reply_to for c in "+#\0")):
+            raise MessageFormatError(f"{where}: reply_to must be a topic name without wildcards")
+        return cls(id=rid, inputs=d["inputs"], model=opt(d, "model", str, where), reply_to=reply_to)
+
+    @classmethod
+    def decode(cls, data: bytes, limit: int = MAX_JSON_MESSAGE) -> InferRequest:
+        return cls.from_dict(load_json(data, "inference request", limit))
+
+    def encode(self) -> bytes:
+        return dumps(self.to_dict())
 
 
 @dataclass
@@ -299,16 +322,23 @@ class InferResult(Message):
     outputs: dict  # output name -> nested list
     latency_ms: float
 
+    def to_dict(self) -> dict:
+        return {
+            **self._header(),
+            "id": self.id, "model": self.model, "version": self.version, "outputs": copy.deepcopy(self.outputs),
+            "latency_ms": self.latency_ms,
+        }
+
     @classmethod
     def from_dict(cls, d: dict) -> InferResult:
-        _check_envelope(d, cls.TYPE)
+        _check_header(d, cls.TYPE)
         w = cls.TYPE
         return cls(
-            id=_req(d, "id", str, w),
-            model=_req(d, "model", str, w),
-            version=_req(d, "version", str, w),
-            outputs=_req(d, "outputs", dict, w),
-            latency_ms=_req(d, "latency_ms", float, w),
+            id=req(d, "id", str, w),
+            model=req(d, "model", str, w),
+            version=req(d, "version", str, w),
+            outputs=req(d, "outputs", dict, w),
+            latency_ms=req(d, "latency_ms", float, w),
         )
 
 
@@ -319,11 +349,14 @@ class InferError(Message):
     code: str
     message: str
 
+    def to_dict(self) -> dict:
+        return {**self._header(), "id": self.id, "code": self.code, "message": self.message}
+
     @classmethod
     def from_dict(cls, d: dict) -> InferError:
-        _check_envelope(d, cls.TYPE)
+        _check_header(d, cls.TYPE)
         w = cls.TYPE
-        return cls(id=_req(d, "id", str, w), code=_req(d, "code", str, w), message=_req(d, "message", str, w))
+        return cls(id=req(d, "id", str, w), code=req(d, "code", str, w), message=req(d, "message", str, w))
 
 
 def decode_infer_reply(data: bytes) -> InferResult | InferError:
@@ -343,18 +376,25 @@ class FeatureDrift:
     mean: float
     drifted: bool
 
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name, "counts": list(self.counts), "psi": self.psi, "ks": self.ks, "mean": self.mean,
+            "drifted": self.drifted,
+        }
+
     @classmethod
     def from_dict(cls, d: dict, where: str) -> FeatureDrift:
-        counts = _req(d, "counts", list, where)
-        if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+        obj(d, where)
+        counts = list_of(d, "counts", int, where)
+        if any(c < 0 for c in counts):
             raise MessageFormatError(f"{where}: counts must be non-negative integers")
         return cls(
-            name=_req(d, "name", str, where),
+            name=req(d, "name", str, where),
             counts=counts,
-            psi=_req(d, "psi", float, where),
-            ks=_req(d, "ks", float, where),
-            mean=_req(d, "mean", float, where),
-            drifted=_req(d, "drifted", bool, where),
+            psi=req(d, "psi", float, where),
+            ks=req(d, "ks", float, where),
+            mean=req(d, "mean", float, where),
+            drifted=req(d, "drifted", bool, where),
         )
 
 
@@ -380,47 +420,53 @@ class DriftReport(Message):
         return [f.name for f in self.features if f.drifted]
 
     def to_dict(self) -> dict:
-        out = super().to_dict()
-        out["drifted_features"] = self.drifted_features
-        return out
+        """The fields, plus ``drifted_features`` (derived, for readers; ``from_dict`` recomputes it)."""
+        return {
+            **self._header(),
+            "agent_id": self.agent_id, "model": self.model, "version": self.version,
+            "bundle_sha256": self.bundle_sha256,
+            "window": self.window, "rows": self.rows, "started_at": self.started_at, "ended_at": self.ended_at,
+            "psi_threshold": self.psi_threshold, "ks_threshold": self.ks_threshold,
+            "features": [f.to_dict() for f in self.features],
+            "output_counts": list(self.output_counts), "output_js": self.output_js,
+            "drifted_features": self.drifted_features,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> DriftReport:
-        _check_envelope(d, cls.TYPE)
+        _check_header(d, cls.TYPE)
         w = cls.TYPE
-        feats = _req(d, "features", list, w)
         return cls(
-            agent_id=_req(d, "agent_id", str, w),
-            model=_req(d, "model", str, w),
-            version=_req(d, "version", str, w),
-            bundle_sha256=_req(d, "bundle_sha256", str, w),
-            window=_req(d, "window", int, w),
-            rows=_req(d, "rows", int, w),
-            started_at=_req(d, "started_at", float, w),
-            ended_at=_req(d, "ended_at", float, w),
-            psi_threshold=_req(d, "psi_threshold", float, w),
-            ks_threshold=_req(d, "ks_threshold", float, w),
-            features=[FeatureDrift.from_dict(f, f"{w}.features[{i}]") for i, f in enumerate(feats)],
-            output_counts=_opt(d, "output_counts", list, w, []),
-            output_js=_opt(d, "output_js", float, w),
+            agent_id=req(d, "agent_id", str, w),
+            model=req(d, "model", str, w),
+            version=req(d, "version", str, w),
+            bundle_sha256=req(d, "bundle_sha256", str, w),
+            window=req(d, "window", int, w),
+            rows=req(d, "rows", int, w),
+            started_at=req(d, "started_at", float, w),
+            ended_at=req(d, "ended_at", float, w),
+            psi_threshold=req(d, "psi_threshold", float, w),
+            ks_threshold=req(d, "ks_threshold", float, w),
+            features=[FeatureDrift.from_dict(f, where) for f, where in objects(d, "features", w)],
+            output_counts=list_of(d, "output_counts", int, w, []),
+            output_js=opt(d, "output_js", float, w),
         )
 
 
 # --- generic decode ------------------------------------------------------------
-_JSON_TYPES: dict[str, type] = {
+_JSON_TYPES: dict[str, type[Message]] = {
     c.TYPE: c for c in (AgentState, Command, Event, InferResult, InferError, DriftReport)
 }
 
 
-def decode(data: bytes | str, expected: type | None = None) -> Message:
+def decode(data: bytes | str, expected: type[Message] | None = None) -> Message:
     """Decode any JSON message by its ``type``; with ``expected``, insist on that class."""
     d = load_json(data)
     typ = d.get("type")
     cls = _JSON_TYPES.get(typ) if isinstance(typ, str) else None
-    if expected is not None:
-        if cls is not expected:
-            raise MessageFormatError(f"expected a {expected.TYPE!r} message, got type {typ!r}")
-    elif cls is None:
+    if expected is not None and cls is not expected:
+        raise MessageFormatError(f"expected a {expected.TYPE!r} message, got type {typ!r}")
+    if cls is None:
         raise MessageFormatError(f"unknown message type {typ!r}; known: {', '.join(sorted(_JSON_TYPES))}")
     return cls.from_dict(d)
 
@@ -435,11 +481,19 @@ MAX_CHUNK_SIZE = 1024 * 1024
 
 @dataclass(frozen=True)
 class Chunk:
+    """One piece of a bundle: binary header (magic, version, transfer id, index, CRC-32) + data."""
+
     transfer_id: str  # 32 hex digits
     index: int
     data: bytes
 
     def encode(self) -> bytes:
+        if not _is_transfer_id(self.transfer_id):
+            raise MessageFormatError(f"bundle chunk: transfer_id {self.transfer_id!r} must be 32 lowercase hex digits")
+        if not 0 <= self.index < 2**32:
+            raise MessageFormatError(f"bundle chunk: index {self.index} is outside 0..2**32-1")
+        if len(self.data) > MAX_CHUNK_SIZE:
+            raise PayloadTooLargeError(f"bundle chunk of {len(self.data)} bytes exceeds {MAX_CHUNK_SIZE}")
         return _CHUNK_HEADER.pack(
             CHUNK_MAGIC, CHUNK_VERSION, bytes.fromhex(self.transfer_id), self.index, zlib.crc32(self.data)
         ) + self.data
@@ -463,3 +517,11 @@ class Chunk:
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+__all__ = [
+    "SCHEMA", "MAX_JSON_MESSAGE", "load_json", "dumps", "Message", "ActiveModel", "AgentState",
+    "COMMAND_TYPES", "TransferSpec", "Command", "EVENT_KINDS", "Event", "InferRequest", "InferResult",
+    "InferError", "decode_infer_reply", "FeatureDrift", "DriftReport", "decode", "CHUNK_MAGIC",
+    "CHUNK_VERSION", "CHUNK_HEADER_SIZE", "MAX_CHUNK_SIZE", "Chunk", "new_id",
+]
