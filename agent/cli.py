@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -52,7 +53,7 @@ def setup_logging(level: str) -> None:
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
-    logging.getLogger("agent.mqtt_link.paho").setLevel(logging.WARNING)
+    logging.getLogger("edgeloop.agent.mqtt_link.paho").setLevel(logging.WARNING)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -62,9 +63,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level or cfg.log_level)
     agent = Agent(cfg)
 
-    def on_signal(signum, frame):
-        logging.getLogger(__name__).info("signal %d: stopping", signum)
-        agent.request_stop()
+    def on_signal(signum: int, frame: object) -> None:
+        # only flags here: the clean stop (offline state, HTTP, zeroconf) runs on the main thread
+        if agent.stop_requested:  # a second signal while a slow stop is under way
+            os.write(2, f"signal {signum} again: exiting without finishing the clean stop\n".encode())
+            os._exit(128 + signum)
+        agent.request_stop(f"{signal.Signals(signum).name} received")
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -109,7 +113,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(doc, indent=2))
     else:
         print(f"agent {cfg.agent_id}  (state in {cfg.state_dir})")
-        print(f"  active: {active.model + ' ' + active.version + ' [' + active.sha256[:12] + ']' if active else 'none'}")
+        shown = f"{active.model} {active.version} [{active.sha256[:12]}]" if active else "none"
+        print(f"  active: {shown}")
         for b in store.installed():
             print(f"  installed: {b.model} {b.version} [{b.sha256[:12]}]")
     return 0

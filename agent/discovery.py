@@ -13,6 +13,10 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from zeroconf import ServiceInfo, Zeroconf
 
 log = logging.getLogger(__name__)
 SERVICE_TYPE = "_edgeloop._tcp.local."
@@ -40,16 +44,16 @@ class AgentAnnouncer:
         self.broker = f"{cfg.mqtt_host}:{cfg.mqtt_port}"
         self.version = __version__
         self.interfaces = interfaces
-        self._zc = None
-        self._info = None
+        self._zc: Zeroconf | None = None
+        self._info: ServiceInfo | None = None
 
     def start(self) -> AgentAnnouncer:
         from zeroconf import InterfaceChoice, ServiceInfo, Zeroconf
 
         ifaces = self.interfaces or InterfaceChoice.All
-        self._zc = Zeroconf(interfaces=ifaces)
+        zc = self._zc = Zeroconf(interfaces=ifaces)
         addrs = [socket.inet_aton(a) for a in (self.interfaces or [_primary_ip()])]
-        self._info = ServiceInfo(
+        info = ServiceInfo(
             SERVICE_TYPE,
             f"{self.agent_id}.{SERVICE_TYPE}",
             addresses=addrs,
@@ -57,17 +61,26 @@ class AgentAnnouncer:
             properties=_txt(self.agent_id, self.broker, self.version),
             server=f"{self.agent_id}.local.",
         )
-        self._zc.register_service(self._info)
-        log.info("announced %s on zeroconf", self._info.name)
+        try:
+            zc.register_service(info)
+        except BaseException:
+            self.close()  # no half-started announcer keeps zeroconf threads alive
+            raise
+        self._info = info
+        log.info("announced %s on zeroconf", info.name)
         return self
 
     def close(self) -> None:
-        if self._zc is not None:
-            try:
-                self._zc.unregister_service(self._info)
-            finally:
-                self._zc.close()
-            self._zc = None
+        """Withdraw the announcement (goodbye packets) and close; safe to call twice."""
+        zc, info, self._zc, self._info = self._zc, self._info, None, None
+        if zc is None:
+            return
+        try:
+            if info is not None:
+                zc.unregister_service(info)
+        finally:
+            zc.close()
+        log.info("withdrew the zeroconf announcement of %s", self.agent_id)
 
 
 def _primary_ip() -> str:

@@ -183,7 +183,8 @@ def infer_response(out: InferOutcome, rid: str, runner: ModelRunner, wanted: lis
         have = {t["name"] for t in tensors}
         unknown = [w for w in wanted if w not in have]
         if unknown:
-            raise MessageFormatError(f"unknown output(s) {', '.join(unknown)}; this model has {', '.join(sorted(have))}")
+            raise MessageFormatError(f"unknown output(s) {', '.join(unknown)}; "
+                                     f"this model has {', '.join(sorted(have))}")
         tensors = [t for t in tensors if t["name"] in wanted]
     return {"model_name": out.model, "model_version": out.version, "id": rid, "outputs": tensors}
 
@@ -217,7 +218,7 @@ class _Server(ThreadingHTTPServer):
         self._open_lock = threading.Lock()
         super().__init__(addr, handler)
 
-    def process_request(self, request, client_address):  # type: ignore[override]
+    def process_request(self, request, client_address):
         """One thread per connection, but at most ``max_connections`` (a small device must not
         run out of threads): beyond that the client gets 503 with Retry-After at once."""
         with self._open_lock:
@@ -239,7 +240,7 @@ class _Server(ThreadingHTTPServer):
             return
         super().process_request(request, client_address)
 
-    def shutdown_request(self, request):  # type: ignore[override]
+    def shutdown_request(self, request):
         with self._open_lock:
             self._open.discard(request)
         super().shutdown_request(request)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -130,17 +131,41 @@ class MqttLink:
     def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> mqtt.MQTTMessageInfo:
         return self.client.publish(topic, payload, qos=qos, retain=retain)
 
-    def stop(self, final: Iterable[tuple[str, bytes, int, bool]] = ()) -> None:
-        """Publish ``final`` messages (e.g. retained offline status), then disconnect cleanly."""
-        infos = []
+    def stop(self, final: Iterable[tuple[str, bytes, int, bool]] = (), timeout: float = 2.0) -> bool:
+        """Publish ``final`` messages (e.g. retained offline status), then disconnect; True if they arrived.
+
+        When a final message is not acknowledged within ``timeout`` seconds, the
+        connection is dropped WITHOUT an MQTT DISCONNECT, so that the broker
+        publishes the Last Will instead of discarding it.
+        """
         self._stopping = True
-        if self.connected.is_set():
-            for topic, payload, qos, retain in final:
-                infos.append(self.client.publish(topic, payload, qos=qos, retain=retain))
-            for info in infos:
-                try:
-                    info.wait_for_publish(timeout=2)
-                except (RuntimeError, ValueError):
-                    pass
-        self.client.disconnect()
+        connected = self.connected.is_set()
+        delivered = False
+        if connected:
+            infos = [self.client.publish(topic, payload, qos=qos, retain=retain)
+                     for topic, payload, qos, retain in final]
+            delivered = _wait_published(infos, timeout)
+        # the network thread first: disconnecting under it makes paho log "Client is not connected"
         self.client.loop_stop()
+        if connected and not delivered:
+            log.warning("final messages not acknowledged by %s:%s within %.0f s; dropping the connection "
+                        "so that the broker publishes the Last Will", self.host, self.port, timeout)
+            sock = self.client.socket()
+            if sock is not None:
+                sock.close()
+            return False
+        self.client.disconnect()  # with no network thread, paho writes the DISCONNECT at once
+        return delivered
+
+
+def _wait_published(infos: list[mqtt.MQTTMessageInfo], timeout: float) -> bool:
+    """Whether every message was acknowledged by the broker within ``timeout`` seconds in all."""
+    deadline = time.monotonic() + timeout
+    for info in infos:
+        try:
+            info.wait_for_publish(timeout=max(0.0, deadline - time.monotonic()))
+        except (RuntimeError, ValueError):  # queue full / not connected: it will not arrive
+            return False
+        if not info.is_published():
+            return False
+    return True

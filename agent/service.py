@@ -23,14 +23,16 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeloop.agent import __version__
 from edgeloop.agent.config import AgentConfig
 from edgeloop.agent.drift import DriftMonitor
 from edgeloop.agent.errors import (
     BundleError,
+    BundleMismatchError,
     BundleTooLargeError,
+    DiskSpaceError,
     EdgeloopError,
     InferenceError,
     MessageFormatError,
@@ -57,6 +59,9 @@ from edgeloop.agent.wire.messages import (
     InferResult,
 )
 
+if TYPE_CHECKING:
+    from edgeloop.agent.discovery import AgentAnnouncer
+
 log = logging.getLogger(__name__)
 
 
@@ -79,12 +84,13 @@ class Agent:
         self.started_at = clock()
         self.session = 0
         self._control_q: queue.Queue = queue.Queue()
-        self._infer_q: queue.Queue = queue.Queue(maxsize=1000)
+        self._infer_q: queue.Queue = queue.Queue(maxsize=config.max_queued_requests)
         self._transfers: dict[str, Transfer] = {}
         self._pending_events: list[Event] = []
-        self._stop = threading.Event()
+        self._stop = threading.Event()  # set once stop() has begun
+        self._stop_reason: str | None = None  # set by request_stop(), e.g. from a signal handler
         self._threads: list[threading.Thread] = []
-        self._discovery = None
+        self._discovery: AgentAnnouncer | None = None
         self.link = MqttLink(
             client_id=f"edgeloop-agent-{self.id}",
             host=config.mqtt_host,
@@ -114,9 +120,9 @@ class Agent:
             ).start()
             log.info("HTTP (Open Inference Protocol v2) on %s", self.http.url)
         for name, target in (("control", self._control_loop), ("inference", self._infer_loop)):
-            t = threading.Thread(target=target, name=f"agent-{name}", daemon=True)
-            t.start()
-            self._threads.append(t)
+            thread = threading.Thread(target=target, name=f"agent-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
         self.link.start()
         if self.cfg.zeroconf:
             self._start_discovery()
@@ -125,37 +131,54 @@ class Agent:
         return self
 
     def stop(self) -> None:
+        """Stop cleanly (idempotent): retained offline ``state`` and ``status``, then HTTP, zeroconf, transfers."""
         if self._stop.is_set():
             return
         self._stop.set()
+        log.info("agent %s stopping", self.id)
         self._control_q.put(("stop", None))
         self._infer_q.put(None)
         for t in self._threads:
             t.join(timeout=5)
-        offline = self._state_message(topics.OFFLINE)
-        self.link.stop(final=[
-            (topics.agent_topic(self.id, topics.STATE), offline.encode(), 1, True),
-            (topics.agent_topic(self.id, topics.STATUS), topics.OFFLINE.encode(), 1, True),
-        ])
-        if self.http is not None:
-            self.http.stop()
-        if self._discovery is not None:
-            self._discovery.close()
-        for t in self._transfers.values():
-            t.close()
-        log.info("agent %s stopped", self.id)
+        delivered = False
+        try:
+            offline = self._state_message(topics.OFFLINE)
+            delivered = self.link.stop(final=[
+                (topics.agent_topic(self.id, topics.STATE), offline.encode(), 1, True),
+                (topics.agent_topic(self.id, topics.STATUS), topics.OFFLINE.encode(), 1, True),
+            ])
+        except Exception:  # the rest of the stop must still happen
+            log.exception("could not publish the offline state")
+        closers = [("HTTP server", self.http.stop if self.http is not None else None),
+                   ("zeroconf announcement", self._discovery.close if self._discovery is not None else None),
+                   *((f"transfer {tid[:8]}", t.close) for tid, t in self._transfers.items())]
+        for what, close in closers:
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    log.exception("could not close the %s", what)
+        log.info("agent %s stopped (%s)", self.id, "offline state published" if delivered else
+                 "offline state NOT published: broker unreachable or slow; its Last Will reports the agent offline")
 
-    def run_forever(self) -> None:
+    def run_forever(self, poll: float = 0.2) -> None:
+        """Start, serve until :meth:`request_stop`, then :meth:`stop` on this (the calling) thread."""
         self.start()
         try:
-            while not self._stop.wait(1.0):
-                pass
+            while self._stop_reason is None:
+                time.sleep(poll)
+            log.info("agent %s: %s", self.id, self._stop_reason)
         finally:
             self.stop()
 
-    def request_stop(self) -> None:
-        """Safe from a signal handler."""
-        self._stop.set()
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Ask :meth:`run_forever` to stop. Only sets a flag: safe from a signal handler."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_reason is not None
 
     # --- network thread: sort, never block --------------------------------------------
     def _on_message(self, topic: str, payload: bytes, msg: Any) -> None:
@@ -234,7 +257,8 @@ class Agent:
                     self._handle_chunk(payload)
             except Exception:  # keep the agent alive, say what happened
                 log.exception("control thread failed on %s", kind)
-                self._publish_event(self._event("error", False, "internal", f"internal error handling {kind}; see agent log"))
+                self._publish_event(self._event("error", False, "internal",
+                                                f"internal error handling {kind}; see agent log"))
             self._check_idle_transfers()
 
     def _on_connected(self) -> None:
@@ -276,10 +300,16 @@ class Agent:
                 f"bundle of {spec.size} bytes exceeds this agent's limit of {self.cfg.max_bundle_bytes} "
                 "(limits.max_bundle_bytes in its config)")
         free = shutil.disk_usage(self.cfg.state_dir).free
-        if free < 2 * spec.size + 16 * 1024 * 1024:
-            raise StoreError(f"only {free // 2**20} MiB free in {self.cfg.state_dir}; "
-                             f"a bundle of {spec.size // 2**20 + 1} MiB needs twice that plus 16 MiB")
+        need = 2 * spec.size + self.cfg.min_free_bytes
+        if free < need:
+            raise DiskSpaceError(
+                f"only {free / 2**20:.1f} MiB free in {self.cfg.state_dir}; a bundle of {spec.size / 2**20:.1f} MiB "
+                f"needs {need / 2**20:.1f} MiB (twice its size plus limits.min_free_bytes = "
+                f"{self.cfg.min_free_bytes / 2**20:.1f} MiB): free some space or lower limits.min_free_bytes")
         meta = {"model": cmd.args.get("model", ""), "version": cmd.args.get("version", "")}
+        stored = self.store.get(spec.bundle_sha256)
+        if stored is not None:
+            _check_deploy_names(meta, stored.model, stored.version)
         if self.store.has_bundle(spec.bundle_sha256):
             self._publish_event(self._event("command_result", True, "ok", "bundle already in store; activating",
                                             cmd.command_id, {"chunks": 0}))
@@ -333,11 +363,7 @@ class Agent:
             data = t.read_verified()
             vb = verify_bundle(data, self.trusted, self.cfg.max_bundle_bytes)
             m = vb.manifest
-            want = t.meta
-            if want.get("model") and (want["model"], want.get("version")) != (m.model_name, m.version):
-                raise BundleError(
-                    f"bundle holds {m.model_name} {m.version}, the deploy command named "
-                    f"{want['model']} {want.get('version')}")
+            _check_deploy_names(t.meta, m.model_name, m.version)
             loaded = self._load_verified(vb, sha)
             self.store.install(sha, data, m.model_name, m.version)
             self.serving.activate(loaded.runner, loaded.monitor)
@@ -446,6 +472,14 @@ class Agent:
                                              interfaces=self.cfg.zeroconf_interfaces or None).start()
         except Exception as exc:  # discovery is a convenience; never fatal
             log.warning("zeroconf announcement failed: %s", exc)
+
+
+def _check_deploy_names(want: dict, model: str, version: str) -> None:
+    """Refuse a bundle holding another model or version than the deploy command names."""
+    if want.get("model") and (want["model"], want.get("version")) != (model, version):
+        raise BundleMismatchError(
+            f"bundle holds {model} {version}, the deploy command named {want['model']} {want.get('version')}; "
+            "nothing was installed: deploy the bundle built for that model version")
 
 
 def _peek_field(payload: bytes, key: str) -> str:

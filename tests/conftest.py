@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -65,15 +70,16 @@ class AgentProcess:
                                      stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
         return self
 
-    def stop(self, kill: bool = False) -> int:
+    def stop(self, kill: bool = False, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        """Send ``sig`` (SIGKILL with ``kill``) and return the exit code; SIGKILL after ``timeout`` s.
+
+        A clean stop exits with 0; a process that had to be killed returns -9.
+        """
         if self.proc is None:
-            return 0
-        if kill:
-            self.proc.kill()
-        else:
-            self.proc.terminate()
+            raise RuntimeError(f"agent {self.config.stem} is not running")
+        self.proc.send_signal(signal.SIGKILL if kill else sig)
         try:
-            rc = self.proc.wait(timeout=10)
+            rc = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             rc = self.proc.wait()
@@ -96,7 +102,8 @@ def agent_process(tmp_path):
 
     yield start
     for p in started:
-        p.stop()
+        if p.proc is not None:
+            p.stop()
 
 
 def wait_until(pred, timeout: float = 10.0, interval: float = 0.05) -> bool:
@@ -106,6 +113,35 @@ def wait_until(pred, timeout: float = 10.0, interval: float = 0.05) -> bool:
             return True
         time.sleep(interval)
     return pred()
+
+
+@contextlib.contextmanager
+def watch_topic(broker, topic: str) -> Iterator[list[tuple[str, bytes]]]:
+    """A plain paho subscriber to ``topic`` (wildcards allowed); yields the (topic, payload) pairs it
+    receives, retained ones first, appended as they arrive."""
+    got: list[tuple[str, bytes]] = []
+    subscribed = threading.Event()
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    c.on_message = lambda client, userdata, msg: got.append((msg.topic, msg.payload))
+    c.on_subscribe = lambda *args: subscribed.set()
+    c.connect(broker.address.host, broker.address.port)
+    c.subscribe(topic, 1)
+    c.loop_start()
+    try:
+        if not subscribed.wait(10):
+            raise AssertionError(f"could not subscribe to {topic} on {broker.address.url}")
+        yield got
+    finally:
+        c.loop_stop()
+        c.disconnect()
+
+
+def retained(broker, topic: str, timeout: float = 5.0) -> bytes:
+    """The retained message on ``topic``: a fresh subscriber gets it at once."""
+    with watch_topic(broker, topic) as got:
+        if not wait_until(lambda: bool(got), timeout):
+            raise AssertionError(f"no retained message on {topic}")
+        return got[0][1]
 
 
 # --- a hub with two real trained versions and their signed bundles ---------------------------

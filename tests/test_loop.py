@@ -10,9 +10,11 @@ import sys
 
 import pytest
 
+from edgeloop.agent.wire import topics
+from edgeloop.agent.wire.messages import AgentState, decode
 from edgeloop.hub.demo import AGENT_IDS, DemoOptions, run_demo
 from edgeloop.hub.registry import Registry
-from tests.conftest import REPO
+from tests.conftest import REPO, retained
 
 
 def _check_state(home, result):
@@ -35,13 +37,29 @@ def _check_state(home, result):
         assert ("deploy", AGENT_IDS[0], "installed") in kinds and ("rollback", AGENT_IDS[0], "installed") in kinds
         agents = {a["agent_id"]: a for a in reg.list_agents()}
         assert agents[AGENT_IDS[0]]["active_bundle"] == steps["bundle"]["bundle_sha256"]
-        assert agents[AGENT_IDS[0]]["status"] == "offline"  # the demo stopped its agents cleanly
+        assert all(agents[aid]["status"] == "offline" for aid in AGENT_IDS)
         summary = {s["agent_id"]: s for s in reg.drift_summary()}
         assert "vibration_rms" in summary[AGENT_IDS[1]]["drifted_features"]
         actions = {a["action"] for a in reg.list_audit(limit=200)}
         assert {"deploy", "rollback", "security.check"} <= actions
     finally:
         reg.close()
+    _check_clean_stop(home)
+
+
+def _check_clean_stop(home):
+    """The demo stopped its agents with SIGTERM and each one finished its clean stop itself.
+
+    The log line comes only at the end of :meth:`Agent.stop`, and says "offline state published"
+    only once the broker acknowledged the agent's own retained offline ``state`` and ``status``
+    (an agent that died or was killed leaves no such line; the Last Will alone cannot write it).
+    """
+    for aid in AGENT_IDS:
+        log = (home / "agents" / f"{aid}.log").read_text(errors="replace")
+        assert "SIGTERM received" in log, log[-2000:]
+        assert f"agent {aid} stopped (offline state published)" in log, log[-2000:]
+        assert f"withdrew the zeroconf announcement of {aid}" in log
+        assert "Traceback" not in log, log[-2000:]
 
 
 @pytest.mark.broker
@@ -49,6 +67,18 @@ def test_demo_on_mosquitto(tmp_path, mosquitto):
     out = io.StringIO()
     result = run_demo(DemoOptions(home=tmp_path / "home", broker=mosquitto.address.url, epochs=10), out)
     _check_state(tmp_path / "home", result)
+    # what the broker keeps is the agents' own goodbye: the Last Will sets only the status topic,
+    # the state topic says "offline" only if the agent published it; started_at ties it to this run
+    reg = Registry(tmp_path / "home" / "registry.sqlite")
+    try:
+        agents = {a["agent_id"]: a for a in reg.list_agents()}
+    finally:
+        reg.close()
+    for aid in AGENT_IDS:
+        state = decode(retained(mosquitto, topics.agent_topic(aid, topics.STATE)), AgentState)
+        assert isinstance(state, AgentState)
+        assert state.status == "offline" and state.started_at == agents[aid]["started_at"]
+        assert retained(mosquitto, topics.agent_topic(aid, topics.STATUS)) == b"offline"
     text = out.getvalue()
     assert "refused [untrusted_key]" in text and "refused [replayed]" in text
     assert "Summary" in text and "edgeloop registry list" in text
@@ -58,14 +88,14 @@ def test_demo_on_embedded_broker_via_cli(tmp_path):
     """The README's main job, as a user runs it (CLI, embedded broker, --json for checking)."""
     home = tmp_path / "home"
     env = dict(os.environ)
-    proc = subprocess.run([sys.executable, "-m", "edgeloop.hub.cli", "demo", "--home", str(home), "--epochs", "10", "--json"],
-                          capture_output=True, text=True, timeout=240, env=env, cwd=REPO)
+    proc = subprocess.run([sys.executable, "-m", "edgeloop.hub.cli", "demo", "--home", str(home), "--epochs", "10",
+                           "--json"], capture_output=True, text=True, timeout=240, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     assert "embedded amqtt" in result["steps"][3]["broker"]
     _check_state(home, result)
     for cmd in (["registry", "list"], ["fleet"], ["drift"]):
-        shown = subprocess.run([sys.executable, "-m", "edgeloop.hub.cli", *cmd, "--home", str(home)], capture_output=True,
-                               text=True, timeout=60, env=env, cwd=REPO)
+        shown = subprocess.run([sys.executable, "-m", "edgeloop.hub.cli", *cmd, "--home", str(home)],
+                               capture_output=True, text=True, timeout=60, env=env, cwd=REPO)
         assert shown.returncode == 0, shown.stderr
         assert "sensor-mlp" in shown.stdout

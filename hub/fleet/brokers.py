@@ -20,10 +20,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from edgeloop.agent.errors import ConfigError
 from edgeloop.hub.errors import BrokerError
+
+if TYPE_CHECKING:
+    from amqtt.broker import Broker
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +79,7 @@ class EmbeddedBroker:
         self.address = BrokerAddress(host, port or free_port(host))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._broker = None
+        self._broker: Broker | None = None
         self._started = threading.Event()
         self._error: BaseException | None = None
 
@@ -92,8 +96,8 @@ class EmbeddedBroker:
             self._loop = loop
             asyncio.set_event_loop(loop)
             try:
-                self._broker = Broker(config, loop=loop)
-                loop.run_until_complete(self._broker.start())
+                broker = self._broker = Broker(config, loop=loop)
+                loop.run_until_complete(broker.start())
             except BaseException as exc:  # reported to the caller of start()
                 self._error = exc
                 self._started.set()

@@ -8,6 +8,7 @@ and the GUI all drive the fleet through this class.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import queue
@@ -17,6 +18,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from edgeloop.agent.errors import EdgeloopError, MessageFormatError
 from edgeloop.agent.mqtt_link import MqttLink, Will
@@ -33,6 +35,7 @@ from edgeloop.agent.wire.messages import (
     InferError,
     InferRequest,
     InferResult,
+    Message,
     TransferSpec,
     decode,
     decode_infer_reply,
@@ -47,6 +50,7 @@ DEFAULT_CHUNK_SIZE = 64 * 1024
 MAX_IN_FLIGHT = 16
 COMMAND_TTL = 300.0
 RECENT_RESULTS = 256
+M = TypeVar("M", bound=Message)
 
 
 @dataclass
@@ -104,6 +108,9 @@ class Fleet:
         self._q: queue.Queue = queue.Queue()
         self._states: dict[str, AgentState] = {}
         self._status: dict[str, str] = {}
+        # the session a status belongs to: that of the newest state known when it arrived,
+        # else of the first state after it (see _gone_by_status)
+        self._status_session: dict[str, int | None] = {}
         self._waiters: dict[str, _Waiter] = {}
         self._recent: OrderedDict[str, list[Event]] = OrderedDict()  # late waiters still see results
         self._replies: dict[str, tuple[threading.Event, list]] = {}
@@ -115,7 +122,7 @@ class Fleet:
             client_id=self.client_id, host=broker.host, port=broker.port, on_message=self._on_message,
             subscriptions=[(topics.all_agents(leaf), 1) for leaf in
                            (topics.STATUS, topics.STATE, topics.EVENTS, topics.DRIFT)] + [(self.reply_topic, 1)],
-            on_connect=lambda: self.link.publish(topics.HUB_STATUS, topics.ONLINE, qos=1, retain=True),
+            on_connect=self._announce,
             will=Will(topics.HUB_STATUS, topics.OFFLINE.encode(), 1, True),
         )
 
@@ -141,6 +148,9 @@ class Fleet:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+    def _announce(self) -> None:
+        self.link.publish(topics.HUB_STATUS, topics.ONLINE, qos=1, retain=True)
 
     # --- network thread: sort only ----------------------------------------------------
     def _on_message(self, topic: str, payload: bytes, msg) -> None:
@@ -186,29 +196,46 @@ class Fleet:
                 return  # retained message cleared
             with self._state_cond:
                 self._status[agent_id] = status
+                known = self._states.get(agent_id)
+                self._status_session[agent_id] = known.session if known is not None else None
                 self._state_cond.notify_all()
             self.registry.mark_agent(agent_id, status)
             self._notify("status", (agent_id, status))
         elif leaf == topics.STATE:
             if not payload:
                 return
-            st = decode(payload, AgentState)
+            st = _decode(payload, AgentState)
             if st.agent_id != agent_id:
                 raise MessageFormatError(f"state on {topic} names agent {st.agent_id}")
             with self._state_cond:
                 self._states[agent_id] = st
+                gone = self._gone_by_status(st)
                 self._state_cond.notify_all()
-            self.registry.upsert_agent_state(st)
+            # status wins: after kill -9 the retained state still says "online" while the
+            # Last Will set the status to "offline"; the registry records the agent offline
+            self.registry.upsert_agent_state(dataclasses.replace(st, status=topics.OFFLINE) if gone else st)
             self._notify("state", st)
         elif leaf == topics.EVENTS:
-            ev = decode(payload, Event)
-            self._handle_event(ev)
+            self._handle_event(_decode(payload, Event))
         elif leaf == topics.DRIFT:
-            rep = decode(payload, DriftReport)
+            rep = _decode(payload, DriftReport)
             self.registry.add_drift_report(rep)
             if rep.drifted_features:
                 log.info("agent %s reports drift on %s", agent_id, ", ".join(rep.drifted_features))
             self._notify("drift", rep)
+
+    def _gone_by_status(self, st: AgentState) -> bool:
+        """A state saying online while the status says offline for that same session (the Last Will).
+
+        A status seen before any state (retained messages of a hub that just connected)
+        belongs to the first state that follows. A state of a newer session is a new
+        birth: its "online" status follows at once. Call with the lock held.
+        """
+        aid = st.agent_id
+        if aid in self._status and self._status_session.get(aid) is None:
+            self._status_session[aid] = st.session
+        return (st.status == topics.ONLINE and self._status.get(aid) == topics.OFFLINE
+                and self._status_session.get(aid) == st.session)
 
     def _handle_event(self, ev: Event) -> None:
         # the registry first, so whoever wakes up reads a settled deployment; a registry
@@ -244,8 +271,15 @@ class Fleet:
             return dict(self._states)
 
     def status(self, agent_id: str) -> str | None:
+        """The agent's ``status`` topic as last seen (``online``/``offline``), None if never seen."""
         with self._lock:
             return self._status.get(agent_id)
+
+    def is_online(self, agent_id: str) -> bool:
+        """Both the status and the state say online (the status wins where they disagree)."""
+        with self._lock:
+            st = self._states.get(agent_id)
+            return self._status.get(agent_id) == topics.ONLINE and st is not None and st.status == topics.ONLINE
 
     def wait_for(self, pred: Callable[[], bool], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -258,8 +292,7 @@ class Fleet:
             return True
 
     def wait_online(self, agent_ids: list[str], timeout: float = 30.0) -> bool:
-        return self.wait_for(lambda: all(self._status.get(a) == topics.ONLINE and a in self._states
-                                         and self._states[a].status == topics.ONLINE for a in agent_ids), timeout)
+        return self.wait_for(lambda: all(self.is_online(a) for a in agent_ids), timeout)
 
     # --- commands ------------------------------------------------------------------------------
     def make_command(self, agent_id: str, command: str, args: dict, ttl: float = COMMAND_TTL) -> Command:
@@ -381,8 +414,10 @@ class Fleet:
     def _resend(self, ev: Event) -> None:
         tid = ev.details.get("transfer_id")
         missing = ev.details.get("missing") or []
+        if not isinstance(tid, str):
+            return
         with self._lock:
-            out = self._outgoing.get(tid) if isinstance(tid, str) else None
+            out = self._outgoing.get(tid)
         if out is None or out.agent_id != ev.agent_id:
             return
         idx = [i for i in missing if isinstance(i, int) and 0 <= i < out.spec.chunks]
@@ -407,3 +442,11 @@ class Fleet:
         finally:
             with self._lock:
                 self._replies.pop(rid, None)
+
+
+def _decode(payload: bytes, cls: type[M]) -> M:
+    """Decode a message that must be of type ``cls``."""
+    msg = decode(payload, cls)
+    if not isinstance(msg, cls):  # decode() checks the type field; this tells the type checker
+        raise MessageFormatError(f"expected a {cls.TYPE!r} message")
+    return msg
