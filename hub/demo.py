@@ -2,28 +2,35 @@
 
 data -> training -> ONNX + int8 -> signed bundle -> two agent processes over MQTT
 -> inference over MQTT and HTTP -> drift -> second version -> signed rollback
-(and a forged and a replayed one, refused) -> summary.
+(``Hub.rollback``), then a forged one and a replay of the rollback's bytes as an
+eavesdropper on the broker recorded them, both refused -> summary.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import queue
 import shutil
 import statistics
 import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from edgeloop.agent.config import AgentConfig
-from edgeloop.agent.wire.envelope import SigningKey
+from edgeloop.agent.mqtt_link import MqttLink
+from edgeloop.agent.wire import topics
+from edgeloop.agent.wire.commands import verify_command
+from edgeloop.agent.wire.envelope import SigningKey, TrustedKeys
 from edgeloop.agent.wire.messages import InferError
 from edgeloop.hub.datasets import generate_sensor_data, load_csv, sample_dataset_path, split_dataset
 from edgeloop.hub.errors import HubError
-from edgeloop.hub.fleet import BrokerAddress, EmbeddedBroker, MosquittoBroker
+from edgeloop.hub.fleet import BrokerAddress, EmbeddedBroker, Fleet, MosquittoBroker
 from edgeloop.hub.progress import TerminalProgress
 from edgeloop.hub.services import Hub
 from edgeloop.hub.training import TrainParams
@@ -51,6 +58,7 @@ class Step:
     name: str
     seconds: float = 0.0
     facts: dict = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter, repr=False)
 
 
 class Demo:
@@ -59,10 +67,17 @@ class Demo:
         self.out = out or (sys.stderr if opts.json else sys.stdout)
         self.steps: list[Step] = []
         self.procs: dict[str, subprocess.Popen] = {}
-        self.broker = None
-        self.fleet = None
-        self.hub: Hub | None = None
+        self.broker: EmbeddedBroker | MosquittoBroker | None = None
+        self.broker_url = ""
+        self._fleet: Fleet | None = None
+        self.hub = Hub(opts.home, actor="demo")
         self.total_steps = 8
+
+    @property
+    def fleet(self) -> Fleet:
+        if self._fleet is None:
+            raise DemoError("the fleet is not connected yet (the agents step connects it)")
+        return self._fleet
 
     # --- output ----------------------------------------------------------------
     def say(self, text: str = "") -> None:
@@ -72,17 +87,15 @@ class Demo:
         st = Step(name)
         self.steps.append(st)
         self.say(f"\n[{len(self.steps)}/{self.total_steps}] {title}")
-        st._t0 = time.perf_counter()  # type: ignore[attr-defined]
         return st
 
     def done(self, st: Step) -> None:
-        st.seconds = time.perf_counter() - st._t0  # type: ignore[attr-defined]
+        st.seconds = time.perf_counter() - st.started
         self.say(f"    done in {st.seconds:.1f} s")
 
     # --- the loop ---------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         t_all = time.perf_counter()
-        self.hub = Hub(self.opts.home, actor="demo")
         self.say(f"edgeloop demo -- hub home {self.hub.home.root}")
         try:
             ds, ds_rec, v1 = self._data_and_train()
@@ -94,6 +107,7 @@ class Demo:
             self._second_version_and_rollback(ds, ds_rec, b1)
         finally:
             self._shutdown()
+            self.hub.close()
         total = time.perf_counter() - t_all
         self._summary(total)
         return {"total_seconds": round(total, 2), "home": str(self.hub.home.root),
@@ -154,14 +168,15 @@ class Demo:
     def _agents(self) -> None:
         st = self.step("agents", "Start the broker and two agent processes")
         if self.opts.broker is None:
-            self.broker = EmbeddedBroker().start()
-            url, kind = self.broker.address.url, "embedded amqtt broker"
+            embedded = self.broker = EmbeddedBroker().start()
+            url, kind = embedded.address.url, "embedded amqtt broker"
         elif self.opts.broker == "mosquitto":
-            self.broker = MosquittoBroker().start()
-            url, kind = self.broker.address.url, "private mosquitto"
+            mosquitto = self.broker = MosquittoBroker().start()
+            url, kind = mosquitto.address.url, "private mosquitto"
         else:
             url, kind = BrokerAddress.parse(self.opts.broker).url, "external broker"
         self.say(f"    {kind} at {url}")
+        self.broker_url = url
         addr = BrokerAddress.parse(url)
         agents_dir = self.hub.home.agents_dir
         pub = self.hub.public_key_path
@@ -177,7 +192,7 @@ class Demo:
             self.procs[aid] = subprocess.Popen(cmd + ["agent", "run", "--config", str(cfg_path)],
                                                stdout=log, stderr=subprocess.STDOUT)
             self.say(f"    started `edgeloop agent run --config {cfg_path}` (pid {self.procs[aid].pid})")
-        self.fleet = self.hub.fleet(url).start()
+        self._fleet = self.hub.fleet(url).start()
         if not self.fleet.wait_online(list(AGENT_IDS), timeout=60):
             raise DemoError("agents did not come online within 60 s; see their logs in " + str(agents_dir))
         for aid, state in sorted(self.fleet.agents().items()):
@@ -219,8 +234,10 @@ class Demo:
         res = self.fleet.infer(aid, X[:5].tolist())
         if isinstance(res, InferError):
             raise DemoError(f"inference failed: {res.code}: {res.message}")
-        for row, lab, probs, true in zip(X[:5], res.outputs["label"], res.outputs["probabilities"], y[:5]):
-            self.say(f"    {[round(float(v), 1) for v in row]} -> {lab:<13} p={max(probs):.2f}  (true: {ds.labels[true]})")
+        for row, lab, probs, true in zip(X[:5], res.outputs["label"], res.outputs["probabilities"], y[:5],
+                                         strict=True):
+            self.say(f"    {[round(float(v), 1) for v in row]} -> {lab:<13} p={max(probs):.2f}  "
+                     f"(true: {ds.labels[true]})")
         mqtt_ms = []
         for i in range(LATENCY_REQUESTS):
             t = time.perf_counter()
@@ -254,7 +271,7 @@ class Demo:
         normal = generate_sensor_data(600, seed=101)
         drifted = generate_sensor_data(600, seed=202, shift=self.opts.drift_shift)
         self.say(f"    drifted stream: temperature and vibration shifted by {self.opts.drift_shift} std")
-        before = {a: len(self.hub.registry.list_drift_reports(a)) for a in AGENT_IDS}
+        before = {a: len(self.hub.drift_reports(a)) for a in AGENT_IDS}
         for aid, data in ((AGENT_IDS[0], normal), (AGENT_IDS[1], drifted)):
             for i in range(0, data.n_rows, 50):
                 r = self.fleet.infer(aid, data.X[i:i + 50].tolist())
@@ -263,11 +280,11 @@ class Demo:
         want = {a: before[a] + 3 for a in AGENT_IDS}  # 600 rows / 200-row windows
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and any(
-                len(self.hub.registry.list_drift_reports(a)) < want[a] for a in AGENT_IDS):
+                len(self.hub.drift_reports(a)) < want[a] for a in AGENT_IDS):
             time.sleep(0.1)
         flagged = {}
         for aid in AGENT_IDS:
-            reps = self.hub.registry.list_drift_reports(aid, limit=3)
+            reps = self.hub.drift_reports(aid, limit=3)
             if not reps:
                 raise DemoError(f"no drift report from {aid} arrived")
             last = reps[0]["report"]
@@ -299,17 +316,24 @@ class Demo:
             raise DemoError(f"deploy of {v2.id} failed: {res.message}")
         self.say(f"    {aid} now serves {v2.id} (test accuracy {v2.metrics.get('test_accuracy', 0):.3f})")
 
-        cmd = self.fleet.make_command(aid, "rollback", {"bundle_sha256": b1.sha256, "reason": "demo rollback"})
-        self.hub.registry.add_deployment(b1.sha256, aid, "rollback", cmd.command_id, cmd.counter, actor="demo")
-        sent = self.fleet.send(cmd)
-        out = self.fleet.outcome(cmd.command_id, ("rollback_result",), 30)
-        if not out.ok:
-            raise DemoError(f"rollback failed: {out.code}: {out.message}")
-        self.fleet.wait_for(lambda: (self.fleet.agents()[aid].active or None) is not None
-                            and self.fleet.agents()[aid].active.bundle_sha256 == b1.sha256, 10)
+        spy = Eavesdropper(self.broker_url, aid).start()
+        try:
+            (out,) = self.hub.rollback(self.fleet, [aid], b1.sha256, reason="demo rollback", timeout=30)
+            sent = spy.recorded(timeout=10) if out["ok"] else b""
+        finally:
+            spy.stop()
+        if not out["ok"]:
+            raise DemoError(f"rollback failed: {out['code']}: {out['message']}")
+        cmd = verify_command(sent, TrustedKeys.of([self.hub.key.public]), aid, time.time(), {}).command
+
+        def serving_b1() -> bool:
+            active = self.fleet.agents()[aid].active
+            return active is not None and active.bundle_sha256 == b1.sha256
+
+        self.fleet.wait_for(serving_b1, 10)
         active = self.fleet.agents()[aid].active
-        self.say(f"    signed rollback (counter {cmd.counter}): accepted, {aid} serves "
-                 f"{active.model} {active.version} again")
+        serving = f"{active.model} {active.version}" if active is not None else "?"
+        self.say(f"    signed rollback (counter {cmd.counter}): accepted, {aid} serves {serving} again")
 
         forged_key = SigningKey.generate()
         forged = self.fleet.make_command(aid, "rollback", {"bundle_sha256": b2.sha256, "reason": "attacker"})
@@ -320,7 +344,7 @@ class Demo:
         self.fleet.send(cmd, raw=sent)
         ro = self.fleet.outcome(cmd.command_id, ("rollback_result",), 15)
         self.say(f"    replayed rollback (same bytes again): {'ACCEPTED (bug!)' if ro.ok else 'refused'} [{ro.code}]")
-        self.hub.registry.audit("demo", "security.check", aid, forged=fo.code, replayed=ro.code)
+        self.hub.audit("security.check", aid, forged=fo.code, replayed=ro.code)
         if fo.ok or ro.ok or fo.code != "untrusted_key" or ro.code != "replayed":
             raise DemoError(f"forged/replayed commands were not refused as expected ({fo.code}, {ro.code})")
         st.facts.update(second_version=v2.id, rollback="accepted", forged=fo.code, replayed=ro.code)
@@ -328,17 +352,17 @@ class Demo:
 
     # --- teardown and summary ----------------------------------------------------------
     def _shutdown(self) -> None:
-        for aid, p in self.procs.items():
+        for p in self.procs.values():
             if p.poll() is None:
                 p.terminate()
-        for aid, p in self.procs.items():
+        for p in self.procs.values():
             try:
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 p.kill()
-        if self.fleet is not None:
+        if self._fleet is not None:
             time.sleep(0.3)  # let the agents' final offline messages reach the registry
-            self.fleet.stop()
+            self._fleet.stop()
         if self.broker is not None:
             self.broker.stop()
 
@@ -356,6 +380,57 @@ class Demo:
         self.say(f"  edgeloop fleet{home}             agents and what they serve")
         self.say(f"  edgeloop drift{home}             drift windows and flagged features")
         self.say(f"  edgeloop app{home}               the operator GUI")
+
+
+class Eavesdropper:
+    """What anyone with access to the broker can do: record the signed commands sent to an agent.
+
+    The demo replays what it recorded to show that the agent refuses a command's bytes
+    the second time (their counter was used).
+    """
+
+    def __init__(self, broker_url: str, agent_id: str) -> None:
+        addr = BrokerAddress.parse(broker_url)
+        self._probe = f"edgeloop-demo/eavesdropper/{uuid.uuid4().hex}"
+        self._cmd_topic = topics.agent_topic(agent_id, topics.CMD)
+        self._probe_seen = queue.Queue[bytes]()
+        self._commands = queue.Queue[bytes]()
+        # subscribed in this order on connect; the broker handles one client's packets in order,
+        # so once the probe comes back the command topic is subscribed as well
+        self.link = MqttLink(f"edgeloop-demo-eavesdropper-{os.getpid()}", addr.host, addr.port,
+                             on_message=self._on_message,
+                             subscriptions=[(self._cmd_topic, 1), (self._probe, 1)])
+
+    def _on_message(self, topic: str, payload: bytes, msg) -> None:
+        # only these two topics: the embedded amqtt broker also hands a new subscriber
+        # retained messages of topics it did not subscribe to
+        if topic == self._probe:
+            self._probe_seen.put(bytes(payload))
+        elif topic == self._cmd_topic and not msg.retain:
+            self._commands.put(bytes(payload))
+
+    def start(self, timeout: float = 10.0) -> Eavesdropper:
+        self.link.start()
+        if not self.link.wait_connected(timeout):
+            self.stop()
+            raise DemoError(f"the eavesdropper could not connect to the broker within {timeout:.0f} s")
+        self.link.publish(self._probe, b"probe", qos=1)
+        try:
+            self._probe_seen.get(timeout=timeout)
+        except queue.Empty:
+            self.stop()
+            raise DemoError(f"the eavesdropper's subscription was not confirmed within {timeout:.0f} s") from None
+        return self
+
+    def recorded(self, timeout: float) -> bytes:
+        """The next command sent to the agent, as the exact bytes on the wire."""
+        try:
+            return self._commands.get(timeout=timeout)
+        except queue.Empty:
+            raise DemoError(f"the eavesdropper recorded no command within {timeout:.0f} s") from None
+
+    def stop(self) -> None:
+        self.link.stop()
 
 
 def run_demo(opts: DemoOptions, out: TextIO | None = None) -> dict[str, Any]:

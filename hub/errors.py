@@ -1,4 +1,4 @@
-"""Hub errors: all derive from :class:`agent.errors.EdgeloopError`."""
+"""Hub errors: all derive from :class:`edgeloop.agent.errors.EdgeloopError`."""
 
 from edgeloop.agent.errors import EdgeloopError
 

@@ -3,8 +3,8 @@
 Layout (all under one root so that a demo, a test or a second workstation can
 use its own by pointing ``EDGELOOP_HOME`` somewhere else)::
 
-    <root>/registry.sqlite   the SQLite registry (hub.registry)
-    <root>/keys/             the hub's Ed25519 signing key (0700; hub.keys)
+    <root>/registry.sqlite   the SQLite registry (edgeloop.hub.registry)
+    <root>/keys/             the hub's Ed25519 signing key (0700; edgeloop.hub.keys)
     <root>/bundles/          signed bundles, named by sha256
     <root>/models/           exported ONNX models
     <root>/datasets/         imported datasets, named by sha256

@@ -19,6 +19,7 @@ import stat
 from pathlib import Path
 
 from edgeloop.agent.errors import KeyFileError
+from edgeloop.agent.fsutil import fsync_dir
 from edgeloop.agent.wire.envelope import SigningKey
 from edgeloop.hub.home import Home
 
@@ -124,6 +125,7 @@ def _create_private_key(path: Path) -> None:
             pass
     finally:
         tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
 
 
 def _write_exclusive(path: Path, data: bytes, mode: int) -> None:
@@ -159,3 +161,4 @@ def _write_public_if_stale(path: Path, pem: bytes) -> None:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise KeyFileError(f"cannot write public key file {path}: {exc.strerror or exc}") from exc
+    fsync_dir(path.parent)  # the rename survives a power cut

@@ -76,7 +76,7 @@ class CancelToken:
         return self._event.is_set()
 
     def raise_if_cancelled(self, what: str = "The operation") -> None:
-        """Raise :class:`hub.errors.CancelledError` if :meth:`cancel` was called."""
+        """Raise :class:`edgeloop.hub.errors.CancelledError` if :meth:`cancel` was called."""
         if self._event.is_set():
             raise CancelledError(f"{what} was cancelled on request; nothing was kept. Start it again when ready.")
 

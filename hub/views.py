@@ -1,8 +1,9 @@
 """What the CLI and the GUI both show, formatted once: plain records in, rows of text out.
 
 Each ``*_table`` returns a :class:`Table` (column names and one list of cells per row);
-the CLI prints it aligned, the GUI puts it in a table model. Keeping the formatting here
-means the terminal and the window never disagree about what a column says.
+the CLI prints it aligned, the GUI puts it in a table model. ``gate_text`` and
+``drift_lines`` give the one-line gate verdict and the drift summary as text. Keeping the
+formatting here means the terminal and the window never disagree about what a column says.
 """
 
 from __future__ import annotations
@@ -91,3 +92,66 @@ def version_table(versions: Iterable[Mapping[str, Any]], bundles: Sequence[Mappi
                      ",".join(v.get("aliases") or []) or "-", v.get("parent_version") or "-",
                      newest.get(str(v["id"]), "-")[:12], when(v.get("created_at"))])
     return Table(list(VERSION_COLUMNS), rows, keys)
+
+
+DATASET_COLUMNS = ["dataset", "name", "rows", "features", "labels", "runs", "added"]
+
+
+def dataset_table(datasets: Iterable[Mapping[str, Any]], runs: Sequence[Mapping[str, Any]] = ()) -> Table:
+    """One row per dataset record; ``runs`` (run records) fills the runs column."""
+    counts: dict[str, int] = {}
+    for r in runs:
+        counts[str(r["dataset_id"])] = counts.get(str(r["dataset_id"]), 0) + 1
+    rows, keys = [], []
+    for d in datasets:
+        keys.append(str(d["id"]))
+        rows.append([str(d["id"]), str(d.get("name", "")), str(d["rows"]), str(len(d.get("features") or [])),
+                     ",".join(map(str, d.get("labels") or [])) or "-", str(counts.get(str(d["id"]), 0)),
+                     when(d.get("created_at"))])
+    return Table(list(DATASET_COLUMNS), rows, keys)
+
+
+AUDIT_COLUMNS = ["at", "actor", "action", "target", "detail"]
+
+
+def audit_table(entries: Iterable[Mapping[str, Any]]) -> Table:
+    """One row per audit entry (newest first, as :meth:`Hub.list_audit` returns them)."""
+    rows, keys = [], []
+    for e in entries:
+        keys.append(str(e.get("id", "")))
+        rows.append([time.strftime("%m-%d %H:%M:%S", time.localtime(e["at"])), str(e["actor"]), str(e["action"]),
+                     str(e["target"]), audit_note(e)])
+    return Table(list(AUDIT_COLUMNS), rows, keys)
+
+
+def audit_note(entry: Mapping[str, Any]) -> str:
+    """The detail worth a column: an override's reason, an alias move."""
+    d = entry.get("detail") or {}
+    if entry["action"] == "gate.override":
+        return f"{d.get('purpose', '')}: {d.get('reason', '')}"
+    if str(entry["action"]).startswith("alias."):
+        move = f"{d.get('previous') or '-'} -> {d.get('version') or '-'}"
+        return move + (f" ({d['reason']})" if d.get("reason") else "")
+    return ""
+
+
+def gate_text(check: Mapping[str, Any]) -> str:
+    """A gate check in one line: ``passed (test_accuracy 0.93 >= 0.9 ok)`` or ``FAILED (...)``."""
+    parts = [f"{c['metric']} {num(c['value'])} {'>=' if c['bound'] == 'min' else '<='} {num(c['threshold'])}"
+             f" {'ok' if c['passed'] else 'FAIL'}" for c in check["checks"]]
+    return ("passed" if check["passed"] else "FAILED") + " (" + "; ".join(parts) + ")"
+
+
+def drift_lines(summary: Iterable[Mapping[str, Any]], now: float | None = None) -> list[str]:
+    """Per (agent, model, version) drift summary entry: a headline and one line per flagged feature."""
+    lines = []
+    for s in summary:
+        flagged = s.get("drifted_features") or {}
+        lines.append(f"{s['agent_id']}  {s['model']}:{s['version']}  {s['windows']} windows, {s['rows']} rows, "
+                     f"{'DRIFTING' if s.get('drifting_now') else 'stable'} (last window "
+                     f"{ago(s.get('last_received_at'), now)})")
+        for name, n in flagged.items():
+            lines.append(f"    {name:<16} flagged in {n} window(s), max PSI {s['max_psi'].get(name, 0):.2f}")
+        if not flagged:
+            lines.append("    no feature flagged")
+    return lines

@@ -1,0 +1,119 @@
+"""Getting versions onto devices: signed bundles, deploying them to agents behind the
+evaluation gate, and signed rollbacks to a bundle the agents already hold."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgeloop.hub.errors import NotFoundError
+from edgeloop.hub.services.agents import HubAgents
+
+if TYPE_CHECKING:
+    from edgeloop.hub.fleet import Fleet
+    from edgeloop.hub.pipeline import BundleBuild
+
+
+class HubDelivery(HubAgents):
+    # --- bundles ------------------------------------------------------------------------------
+    def list_bundles(self, version_ref: str | None = None) -> list[dict]:
+        """Signed bundles, newest first (optionally one version's)."""
+        return self.registry.list_bundles(version_ref)
+
+    def build_bundle(self, version_ref: str) -> BundleBuild:
+        """Pack a version's shipped model with its manifest and sign it with the hub key."""
+        from edgeloop.hub.pipeline import build_bundle
+
+        return build_bundle(self.registry, self.home.models_dir, self.home.bundles_dir, version_ref, self.key,
+                            actor=self.actor)
+
+    def bundle_bytes(self, ref: str) -> tuple[dict, bytes]:
+        rec = self.registry.get_bundle(ref)
+        return rec, Path(rec["path"]).read_bytes()
+
+    def resolve_bundle(self, ref: str) -> tuple[dict, bytes]:
+        """The bundle a ref names: a bundle sha256 (prefix), or a version ref -- its newest
+        bundle, packed and signed now if it has none yet."""
+        return self.bundle_bytes(self._bundle_record(ref)["sha256"])
+
+    def _bundle_record(self, ref: str) -> dict:
+        try:
+            return self.registry.get_bundle(ref)
+        except NotFoundError:
+            pass
+        v = self.registry.get_version(ref)
+        bundles = self.registry.list_bundles(v["id"])
+        if not bundles:
+            return self.registry.get_bundle(self.build_bundle(v["id"]).sha256)
+        return bundles[0]
+
+    def version_of(self, ref: str) -> dict:
+        """The version a ref names: a bundle sha256 (prefix) gives its bundle's version."""
+        try:
+            return self.registry.get_version(self.registry.get_bundle(ref)["version_id"])
+        except NotFoundError:
+            return self.registry.get_version(ref)
+
+    # --- deploy and rollback -----------------------------------------------------------------
+    def deploy(self, fleet: Fleet | str, agent_ids: Sequence[str], ref: str, *,
+               override_reason: str | None = None, timeout: float = 120.0) -> list[dict]:
+        """Gate-check ``ref`` (:meth:`check_deployable`), then push its signed bundle to each agent.
+
+        ``ref`` is a version ref or a bundle sha256 (prefix); a version without a
+        bundle gets one packed and signed now. ``fleet`` is a started :meth:`fleet`
+        or a broker URL (connected only after the gate check passed). Returns one
+        result per agent: ``{"agent", "ok", "code", "message", "seconds", "version",
+        "bundle_sha256", "gate"}``. Raises :class:`GateError` before anything is sent
+        when the version fails its gate and no ``override_reason`` is given. Each
+        deployment is recorded (and audited) by the fleet as it is sent.
+        """
+        version = self.version_of(ref)
+        gate = self.check_deployable(version["id"], override_reason)
+        rec, data = self.resolve_bundle(ref)
+        gate_note = {"passed": gate["passed"], "overridden": gate["overridden"]}
+
+        def one(started: Fleet, aid: str) -> dict:
+            out = started.deploy(aid, data, model=version["model_name"], version=version["version"],
+                                 timeout=timeout)
+            return {**_result(aid, out, version["id"], rec["sha256"]), "gate": gate_note}
+
+        return self._on_fleet(fleet, agent_ids, one)
+
+    def rollback(self, fleet: Fleet | str, agent_ids: Sequence[str], ref: str, *, reason: str = "",
+                 timeout: float = 60.0) -> list[dict]:
+        """Send each agent a signed rollback to the bundle ``ref`` names, and wait for its answer.
+
+        ``ref`` is a bundle sha256 (prefix) or a version ref (its newest bundle; see
+        :meth:`resolve_bundle`); the agents must still hold that bundle. ``fleet`` is a
+        started :meth:`fleet` or a broker URL. There is no gate check: a rollback
+        returns to a bundle that was deployed before. Returns one result per agent:
+        ``{"agent", "ok", "code", "message", "seconds", "version", "bundle_sha256"}``.
+        Each command is recorded (and audited) by the fleet as it is sent; the request
+        with its ``reason`` and the answers is audited as ``rollback.request``.
+        """
+        rec = self._bundle_record(ref)
+        version_id = rec["version_id"]
+
+        def one(started: Fleet, aid: str) -> dict:
+            out = started.rollback(aid, rec["sha256"], reason=reason, timeout=timeout)
+            return _result(aid, out, version_id, rec["sha256"])
+
+        results = self._on_fleet(fleet, agent_ids, one)
+        self.registry.audit(self.actor, "rollback.request", version_id, bundle_sha256=rec["sha256"],
+                            reason=reason, results={r["agent"]: r["code"] for r in results})
+        return results
+
+    def _on_fleet(self, fleet: Fleet | str, agent_ids: Sequence[str],
+                  one: Callable[[Fleet, str], dict]) -> list[dict]:
+        """``one(fleet, agent_id)`` for each agent, on ``fleet`` or on a fleet connected to that URL."""
+        if isinstance(fleet, str):
+            with self.fleet(fleet) as started:
+                return [one(started, aid) for aid in agent_ids]
+        return [one(fleet, aid) for aid in agent_ids]
+
+
+def _result(agent_id: str, out: Any, version_id: str, bundle_sha256: str) -> dict:
+    """A fleet command's outcome as a plain record."""
+    return {"agent": agent_id, "ok": out.ok, "code": out.code, "message": out.message,
+            "seconds": round(out.seconds, 3), "version": version_id, "bundle_sha256": bundle_sha256}
