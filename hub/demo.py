@@ -67,6 +67,7 @@ class Demo:
         self.out = out or (sys.stderr if opts.json else sys.stdout)
         self.steps: list[Step] = []
         self.procs: dict[str, subprocess.Popen] = {}
+        self.exit_codes: dict[str, int] = {}
         self.broker: EmbeddedBroker | MosquittoBroker | None = None
         self.broker_url = ""
         self._fleet: Fleet | None = None
@@ -111,7 +112,8 @@ class Demo:
         total = time.perf_counter() - t_all
         self._summary(total)
         return {"total_seconds": round(total, 2), "home": str(self.hub.home.root),
-                "steps": [{"name": s.name, "seconds": round(s.seconds, 2), **s.facts} for s in self.steps]}
+                "steps": [{"name": s.name, "seconds": round(s.seconds, 2), **s.facts} for s in self.steps],
+                "agent_exit_codes": dict(self.exit_codes)}
 
     def _data_and_train(self):
         st = self.step("data", "Load and validate the sample dataset")
@@ -352,17 +354,27 @@ class Demo:
 
     # --- teardown and summary ----------------------------------------------------------
     def _shutdown(self) -> None:
+        """Stop the agents with SIGTERM (each publishes its own offline state), wait for the
+        hub to have seen every goodbye, then stop the fleet client and the broker."""
         for p in self.procs.values():
             if p.poll() is None:
                 p.terminate()
-        for p in self.procs.values():
+        for aid, p in self.procs.items():
             try:
-                p.wait(timeout=10)
+                self.exit_codes[aid] = p.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 p.kill()
+                self.exit_codes[aid] = p.wait()
         if self._fleet is not None:
-            time.sleep(0.3)  # let the agents' final offline messages reach the registry
-            self._fleet.stop()
+            fleet = self._fleet
+
+            def all_offline() -> bool:
+                states = fleet.agents()
+                return all(aid in states and states[aid].status == "offline" and fleet.status(aid) == "offline"
+                           for aid in self.procs)
+
+            fleet.wait_for(all_offline, 5.0)
+            fleet.stop()
         if self.broker is not None:
             self.broker.stop()
 

@@ -44,16 +44,17 @@ def _check_state(home, result):
         assert {"deploy", "rollback", "security.check"} <= actions
     finally:
         reg.close()
-    _check_clean_stop(home)
+    _check_clean_stop(home, result)
 
 
-def _check_clean_stop(home):
+def _check_clean_stop(home, result):
     """The demo stopped its agents with SIGTERM and each one finished its clean stop itself.
 
     The log line comes only at the end of :meth:`Agent.stop`, and says "offline state published"
     only once the broker acknowledged the agent's own retained offline ``state`` and ``status``
     (an agent that died or was killed leaves no such line; the Last Will alone cannot write it).
     """
+    assert result["agent_exit_codes"] == {aid: 0 for aid in AGENT_IDS}
     for aid in AGENT_IDS:
         log = (home / "agents" / f"{aid}.log").read_text(errors="replace")
         assert "SIGTERM received" in log, log[-2000:]

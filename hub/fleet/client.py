@@ -339,7 +339,7 @@ class Fleet:
         sha = sha256_hex(bundle)
         spec = TransferSpec(new_id(), sha, len(bundle), chunk_size, math.ceil(len(bundle) / chunk_size))
         cmd = self.make_command(agent_id, "deploy", {
-            "transfer": spec.__dict__, "bundle_sha256": sha, "model": model, "version": version})
+            "transfer": spec.to_dict(), "bundle_sha256": sha, "model": model, "version": version})
         self.registry.add_deployment(bundle_sha256=sha, agent_id=agent_id, kind="deploy",
                                      command_id=cmd.command_id, counter=cmd.counter, actor=self.actor)
         with self._lock:
