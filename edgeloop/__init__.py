@@ -6,7 +6,7 @@ and the agent's names without the hub's dependencies::
 
     from edgeloop import Hub                 # the workstation: data, training, registry, fleet
     from edgeloop import Agent, AgentConfig  # the device side
-    from edgeloop import wire                # message, manifest and command codecs
+    from edgeloop import wire                # topics, message, manifest and command codecs
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ from edgeloop._version import __version__
 # public name -> (module, attribute or None for the module itself)
 _API: dict[str, tuple[str, str | None]] = {
     "Hub": ("edgeloop.hub.services", "Hub"),
+    "TrainParams": ("edgeloop.hub.training", "TrainParams"),
+    "CancelToken": ("edgeloop.hub.progress", "CancelToken"),
+    "ProgressEvent": ("edgeloop.hub.progress", "ProgressEvent"),
     "EdgeloopError": ("edgeloop.agent.errors", "EdgeloopError"),
     "Agent": ("edgeloop.agent.service", "Agent"),
     "AgentConfig": ("edgeloop.agent.config", "AgentConfig"),
@@ -32,7 +35,10 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from edgeloop.agent.config import AgentConfig as AgentConfig
     from edgeloop.agent.errors import EdgeloopError as EdgeloopError
     from edgeloop.agent.service import Agent as Agent
+    from edgeloop.hub.progress import CancelToken as CancelToken
+    from edgeloop.hub.progress import ProgressEvent as ProgressEvent
     from edgeloop.hub.services import Hub as Hub
+    from edgeloop.hub.training import TrainParams as TrainParams
 
 
 def __getattr__(name: str) -> Any:

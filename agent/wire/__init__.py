@@ -19,3 +19,7 @@ one ``encode``/``decode`` codec), and malformed input raises
 
 The hub imports these modules; nothing of the format is spelled twice.
 """
+
+from edgeloop.agent.wire import bundle, commands, envelope, manifest, messages, tensors, topics
+
+__all__ = ["bundle", "commands", "envelope", "manifest", "messages", "tensors", "topics"]
