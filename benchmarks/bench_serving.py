@@ -27,17 +27,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import paho.mqtt.client as mqtt  # noqa: E402
+import paho.mqtt.client as mqtt
 
-from edgeloop.agent.config import AgentConfig  # noqa: E402
-from edgeloop.agent.runtime import ModelRunner, session_options  # noqa: E402
-from edgeloop.agent.serving import Serving  # noqa: E402
-from edgeloop.agent.wire.bundle import verify_bundle  # noqa: E402
-from edgeloop.agent.wire.envelope import TrustedKeys  # noqa: E402
-from edgeloop.hub.datasets import load_csv, sample_dataset_path  # noqa: E402
-from edgeloop.hub.fleet import EmbeddedBroker, MosquittoBroker  # noqa: E402
-from edgeloop.hub.services import Hub  # noqa: E402
-from edgeloop.hub.training import TrainParams  # noqa: E402
+from edgeloop.agent.config import AgentConfig
+from edgeloop.agent.runtime import ModelRunner, session_options
+from edgeloop.agent.serving import Serving
+from edgeloop.agent.wire.bundle import verify_bundle
+from edgeloop.agent.wire.envelope import TrustedKeys
+from edgeloop.hub.datasets import load_csv, sample_dataset_path
+from edgeloop.hub.fleet import EmbeddedBroker, MosquittoBroker
+from edgeloop.hub.services import Hub
+from edgeloop.hub.training import TrainParams
 
 
 def stats(ms: list[float]) -> tuple[float, float]:
@@ -142,7 +142,7 @@ def main() -> None:
         cfg_path = tmp / f"{cfg.agent_id}.toml"
         cfg_path.write_text(cfg.to_toml())
         log = open(tmp / f"{cfg.agent_id}.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(cfg_path),
+        proc = subprocess.Popen([sys.executable, "-m", "edgeloop.agent.cli", "run", "--config", str(cfg_path),
                                  "--log-level", "WARNING"], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         try:
             with hub.fleet(broker.address.url) as fleet:

@@ -26,7 +26,7 @@ def test_every_name_in_the_api_table_is_exported():
 
 def test_the_hub_and_wire_examples_run_as_written(tmp_path):
     ns: dict = {"home": tmp_path / "home"}
-    exec(compile(_block("hub.import_dataset"), "docs/api.md (hub)", "exec"), ns)  # noqa: S102 - our own doc
+    exec(compile(_block("hub.import_dataset"), "docs/api.md (hub)", "exec"), ns)
     build, bundle = ns["build"], ns["bundle"]
     assert build.id == "press:1" and 0.0 <= build.metrics["test_accuracy"] <= 1.0
     assert bundle.path.exists()
@@ -40,7 +40,7 @@ def test_the_hub_and_wire_examples_run_as_written(tmp_path):
                        host="h", http_url="http://127.0.0.1:1/", started_at=1.0,
                        active=ActiveModel(model="press", version="1", bundle_sha256=bundle.sha256))
     wire_ns = {"payload_bytes": state.encode(), "bundle_bytes": bundle.path.read_bytes(), "hub_public_pem": pem}
-    exec(compile(_block("wire.bundle.verify_bundle"), "docs/api.md (wire)", "exec"), wire_ns)  # noqa: S102
+    exec(compile(_block("wire.bundle.verify_bundle"), "docs/api.md (wire)", "exec"), wire_ns)
     assert wire_ns["topic"] == "edgeloop/v1/agents/edge-1/state"
     assert wire_ns["state"] == state
     assert wire_ns["verified"].manifest.model_name == "press"
