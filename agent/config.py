@@ -20,6 +20,8 @@ Example (``edgeloop agent init`` and the demo write one like it)::
     max_bundle_bytes = 268435456
     max_request_bytes = 1048576
     max_rows = 4096
+    max_queued_requests = 1000  # MQTT inference requests waiting; beyond this they get "overloaded"
+    min_free_bytes = 16777216   # kept free in state_dir: a deploy needs twice the bundle plus this
 
     [transfer]
     idle_seconds = 5.0   # ask for missing chunks after this long without one
@@ -58,6 +60,8 @@ class AgentConfig:
     max_bundle_bytes: int = 256 * 1024 * 1024
     max_request_bytes: int = 1024 * 1024
     max_rows: int = 4096
+    max_queued_requests: int = 1000
+    min_free_bytes: int = 16 * 1024 * 1024
     transfer_idle_seconds: float = 5.0
     zeroconf: bool = False
     zeroconf_interfaces: list[str] = field(default_factory=list)  # empty: all interfaces
@@ -128,6 +132,8 @@ class AgentConfig:
             max_bundle_bytes=get("limits", "max_bundle_bytes", int, 256 * 1024 * 1024),
             max_request_bytes=get("limits", "max_request_bytes", int, 1024 * 1024),
             max_rows=get("limits", "max_rows", int, 4096),
+            max_queued_requests=get("limits", "max_queued_requests", int, 1000),
+            min_free_bytes=get("limits", "min_free_bytes", int, 16 * 1024 * 1024),
             transfer_idle_seconds=get("transfer", "idle_seconds", float, 5.0),
             zeroconf=get("discovery", "zeroconf", bool, False),
             zeroconf_interfaces=[str(x) for x in get("discovery", "interfaces", list, [])],
@@ -136,6 +142,10 @@ class AgentConfig:
         )
         if not 0 < cfg.mqtt_port < 65536 or not 0 <= cfg.http_port < 65536:
             raise ConfigError("ports must be within 1..65535 (http may be 0 for a free port)")
+        if cfg.max_queued_requests < 1:
+            raise ConfigError(f"limits.max_queued_requests must be at least 1, got {cfg.max_queued_requests}")
+        if cfg.min_free_bytes < 0:
+            raise ConfigError(f"limits.min_free_bytes must be 0 or more, got {cfg.min_free_bytes}")
         return cfg
 
     def to_toml(self) -> str:
@@ -167,6 +177,8 @@ class AgentConfig:
             f"max_bundle_bytes = {self.max_bundle_bytes}",
             f"max_request_bytes = {self.max_request_bytes}",
             f"max_rows = {self.max_rows}",
+            f"max_queued_requests = {self.max_queued_requests}",
+            f"min_free_bytes = {self.min_free_bytes}",
             "",
             "[transfer]",
             f"idle_seconds = {self.transfer_idle_seconds}",

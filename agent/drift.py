@@ -1,11 +1,11 @@
 """Input and output drift over fixed bins, with numpy only (it runs on the device).
 
-The hub builds a :class:`~agent.manifest.DriftReference` from the training data
+The hub builds a :class:`~edgeloop.agent.wire.manifest.DriftReference` from the training data
 (:func:`build_reference`): per feature, interior bin ``edges`` from quantiles and
 the reference ``counts`` over the bins ``(-inf, e0], (e0, e1], ..., (e_last, +inf)``.
 On the device, :class:`DriftMonitor` counts served rows over the same bins in
 tumbling windows and, for each completed window, emits a
-:class:`~agent.messages.DriftReport` carrying the raw window counts (histograms
+:class:`~edgeloop.agent.wire.messages.DriftReport` carrying the raw window counts (histograms
 over fixed edges merge by addition, so the hub can aggregate across devices and
 time and recompute any statistic) plus PSI, binned KS and a drift flag.
 
@@ -85,7 +85,8 @@ def _same_bins(a: np.ndarray, b: np.ndarray) -> None:
         raise ValueError(f"reference has {a.size} bins but the window has {b.size}")
 
 
-def psi(ref_counts: Sequence[float], cur_counts: Sequence[float], eps: float = PSI_EPS) -> float:
+def psi(ref_counts: np.ndarray | Sequence[float], cur_counts: np.ndarray | Sequence[float],
+        eps: float = PSI_EPS) -> float:
     """Population stability index ``sum((q'-p') * ln(q'/p'))`` over bin proportions.
 
     ``p' = max(p, eps)`` and ``q' = max(q, eps)`` keep empty bins finite (ε = 1e-4,
@@ -99,7 +100,7 @@ def psi(ref_counts: Sequence[float], cur_counts: Sequence[float], eps: float = P
     return float(max(0.0, np.sum((q - p) * np.log(q / p))))
 
 
-def ks_binned(ref_counts: Sequence[float], cur_counts: Sequence[float]) -> float:
+def ks_binned(ref_counts: np.ndarray | Sequence[float], cur_counts: np.ndarray | Sequence[float]) -> float:
     """Kolmogorov-Smirnov distance ``max |CDF_ref - CDF_cur|`` evaluated at the bin edges.
 
     On shared edges this equals ``ks_2samp`` of the bin indices, a lower bound of
@@ -111,7 +112,7 @@ def ks_binned(ref_counts: Sequence[float], cur_counts: Sequence[float]) -> float
     return float(min(1.0, np.max(np.abs(np.cumsum(p) - np.cumsum(q)))))
 
 
-def js_distance(p: Sequence[float], q: Sequence[float]) -> float:
+def js_distance(p: np.ndarray | Sequence[float], q: np.ndarray | Sequence[float]) -> float:
     """Jensen-Shannon distance with base-2 logs (0 = same, 1 = disjoint).
 
     ``p`` and ``q`` are counts or shares over the same classes; both are
@@ -366,7 +367,7 @@ class DriftMonitor:
         self._number += 1
         ref = self.reference
         features = []
-        for j, (fref, b) in enumerate(zip(ref.features, self._bins)):
+        for j, (fref, b) in enumerate(zip(ref.features, self._bins, strict=True)):
             counts = w.counts[j]
             p = psi(b.ref_counts, counts)
             k = ks_binned(b.ref_counts, counts)

@@ -85,6 +85,12 @@ class SmokeTestError(BundleError):
     code = "smoke_test_failed"
 
 
+class BundleMismatchError(BundleError):
+    """The bundle holds another model or version than the deploy command names."""
+
+    code = "bundle_mismatch"
+
+
 # --- commands --------------------------------------------------------------
 class CommandError(EdgeloopError):
     code = "bad_command"
@@ -109,6 +115,12 @@ class UnknownCommandError(CommandError):
 # --- store / transfer ------------------------------------------------------
 class StoreError(EdgeloopError):
     code = "store"
+
+
+class DiskSpaceError(StoreError):
+    """Too little free space in the agent's state folder for a bundle (and the reserve)."""
+
+    code = "insufficient_space"
 
 
 class TransferError(EdgeloopError):

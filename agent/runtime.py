@@ -97,7 +97,7 @@ def _rows_from(inputs: Any, manifest: Manifest) -> list[Sequence[Any]]:
             f"inputs are empty; send at least one row of {len(names)} features ({_names_hint(names)})")
     first = inputs[0]
     if isinstance(first, Mapping):
-        rows = []
+        rows: list[Sequence[Any]] = []
         for i, r in enumerate(inputs):
             if not isinstance(r, Mapping):
                 raise InputShapeError(f"row {i} is a {type(r).__name__} but row 0 is an object; do not mix row forms")
@@ -161,13 +161,13 @@ def coerce_inputs(inputs: Any, manifest: Manifest, max_rows: int = DEFAULT_MAX_R
     not the text).
     """
     names = list(manifest.feature_names)
+    rows_list: list[Sequence[Any]] | None = None
     if isinstance(inputs, np.ndarray):
         arr = _coerce_array(inputs, manifest)
-        rows_list = None
+        n = int(arr.shape[0])
     else:
         rows_list = _rows_from(inputs, manifest)
-        arr = None
-    n = arr.shape[0] if arr is not None else len(rows_list)
+        n = len(rows_list)
     if n > max_rows:
         raise InputShapeError(f"{n} rows in one request; the limit is {max_rows}: split the batch")
     if rows_list is not None:
@@ -232,7 +232,7 @@ class ModelRunner:
     def load(cls, manifest: Manifest, model_bytes: bytes, *, threads: int = 1, bundle_sha256: str = "") -> ModelRunner:
         """Create the session from bytes, check it against the manifest, and warm it up.
 
-        Raises a :class:`~agent.errors.BundleError` subclass when the bytes are not
+        Raises a :class:`~edgeloop.agent.errors.BundleError` subclass when the bytes are not
         a loadable model or the model does not match its manifest.
         """
         if threads < 1:
@@ -281,7 +281,7 @@ class ModelRunner:
         except Exception as exc:
             raise InferenceError(f"onnxruntime failed on a batch of {x.shape[0]} rows: {_first_line(exc)}",
                                  code="runtime_error") from exc
-        return dict(zip(names, values))
+        return dict(zip(names, values, strict=True))
 
     def postprocess(self, outputs: Mapping[str, np.ndarray]) -> dict[str, list]:
         """Raw outputs -> JSON-ready lists.
@@ -387,11 +387,13 @@ def _check_contract(manifest: Manifest, session: ort.InferenceSession) -> _Contr
     if sin.type != "tensor(float)":
         raise ModelContractError(f"{model} input {sin.name!r} is {sin.type}, the contract is FP32 tensor(float){fix}")
     if len(sin.shape) != 2:
-        raise ModelContractError(f"{model} input {sin.name!r} has rank {len(sin.shape)} {sin.shape}; needs [-1, {f}]{fix}")
+        raise ModelContractError(
+            f"{model} input {sin.name!r} has rank {len(sin.shape)} {sin.shape}; needs [-1, {f}]{fix}")
     n_in = _static_dim(sin.shape[1])
     if n_in is not None and n_in != f:
         raise ModelContractError(
-            f"{model} takes {n_in} features but the manifest lists {f} ({_names_hint(list(manifest.feature_names))}){fix}")
+            f"{model} takes {n_in} features but the manifest lists {f} "
+            f"({_names_hint(list(manifest.feature_names))}){fix}")
     batch = _static_dim(sin.shape[0])
     if batch is not None:
         raise ModelContractError(

@@ -1,7 +1,7 @@
 """The served model, shared by the MQTT and HTTP front ends.
 
-:class:`Serving` holds the active :class:`~agent.runtime.ModelRunner` and its
-:class:`~agent.drift.DriftMonitor` as one immutable pair, swapped by a single
+:class:`Serving` holds the active :class:`~edgeloop.agent.runtime.ModelRunner` and its
+:class:`~edgeloop.agent.drift.DriftMonitor` as one immutable pair, swapped by a single
 attribute assignment under a lock; a request reads the pair once, so it is
 answered entirely by the old model or entirely by the new one, never a mix,
 and in-flight requests finish on the model they started with.

@@ -4,9 +4,9 @@ Layout under ``state_dir``::
 
     state.json              active bundle, history, accepted command counters, session
     bundles/<sha256>.elb    verified bundles exactly as received (re-verified on every load)
-    incoming/<id>.part      bundle transfers in progress (see agent.transfer)
+    incoming/<id>.part      bundle transfers in progress (see edgeloop.agent.transfer)
 
-Every write goes through :mod:`agent.fsutil` (write beside, fsync, atomic rename,
+Every write goes through :mod:`edgeloop.agent.fsutil` (write beside, fsync, atomic rename,
 fsync the folder). A bundle file is complete on disk before ``state.json`` names
 it, so the active pointer changes last: a power cut at any point leaves either
 the old model or the new one active, never a half-written one.
@@ -196,6 +196,11 @@ class AgentStore:
     def installed(self) -> list[InstalledBundle]:
         with self._lock:
             return sorted(self.state.installed.values(), key=lambda b: b.installed_at)
+
+    def get(self, sha256: str) -> InstalledBundle | None:
+        """The installed bundle with this sha256, if any."""
+        with self._lock:
+            return self.state.installed.get(sha256)
 
     def find(self, model: str, version: str) -> InstalledBundle | None:
         with self._lock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import threading
@@ -291,3 +292,42 @@ def test_monitor_refuses_bad_rows_and_bad_references(reference):
                                 output_labels=["x", "y"], output_shares=[1.0])
     with pytest.raises(BundleFormatError, match="output shares"):
         monitor(bad_shares)
+
+
+def test_parameters_outside_their_domain_are_refused():
+    with pytest.raises(ValueError, match="n_bins must be at least 1, got 0"):
+        quantile_edges([1.0, 2.0], 0)
+    for prob in (0.0, 1.0):
+        with pytest.raises(ValueError, match=r"prob must be in \(0, 1\)"):
+            chi2_quantile(prob, 3)
+    with pytest.raises(ValueError, match="df must be at least 1, got 0"):
+        chi2_quantile(0.99, 0)
+    with pytest.raises(DriftReferenceError, match="need 0 < min_rows <= window, got min_rows=60, window=50"):
+        build_reference(np.zeros((10, 1)), ["a"], window=50, min_rows=60)
+
+
+def test_monitor_takes_one_flat_row_and_counts_windows(reference):
+    mon = DriftMonitor(dataclasses.replace(reference, window=2, min_rows=1), agent_id="pi-1", model="iris",
+                       version="3", bundle_sha256="ab" * 32)
+    assert mon.observe(np.array([10.0, 1.0, 0.0, 2.0])) == [] and mon.pending_rows == 1  # one 1-D row
+    (report,) = mon.observe(np.array([10.0, 1.0, 0.0, 2.0]))
+    assert report.window == 1 and report.rows == 2 and mon.windows_emitted == 1 and mon.pending_rows == 0
+
+
+def test_monitor_refuses_predictions_that_are_not_class_indices():
+    ref = build_reference(np.random.default_rng(3).normal(size=(100, 2)), ["a", "b"], labels=["x", "y"],
+                          predicted=np.repeat([0, 1], 50), window=10, min_rows=5)
+    mon = monitor(ref)
+    with pytest.raises(InputValueError, match="integer class indices"):
+        mon.observe(np.zeros((2, 2)), np.array([0.5, 1.0]))
+    with pytest.raises(InputValueError, match="must not be negative"):
+        mon.observe(np.zeros((2, 2)), np.array([0, -1]))
+    assert mon.pending_rows == 0  # refused rows are not counted
+
+
+def test_references_with_inconsistent_bins_or_shares_are_refused():
+    with pytest.raises(BundleFormatError, match="has 3 counts for 1 edges .*rebuild the bundle"):
+        monitor(DriftReference(features=[FeatureReference("a", [0.0], [1, 1, 1], 0.0, 1.0)]))
+    with pytest.raises(BundleFormatError, match="non-negative with a positive sum"):
+        monitor(DriftReference(features=[FeatureReference("a", [0.0], [1, 1], 0.0, 1.0)],
+                               output_labels=["x", "y"], output_shares=[0.0, 0.0]))

@@ -15,15 +15,19 @@ from edgeloop.agent.drift import DriftMonitor, build_reference
 from edgeloop.agent.http_api import HttpApi
 from edgeloop.agent.runtime import ModelRunner
 from edgeloop.agent.serving import Serving
+from edgeloop.agent.wire.manifest import TensorSpec
 from tests.onnx_models import (
     FEATURES,
     LABELS,
     classifier_onnx,
+    classifier_smoke,
     expected_prediction,
     expected_probabilities,
     manifest_for,
+    nan_regression_onnx,
     regression_onnx,
 )
+from tests.onnx_variants import FLAKY_TABLE, flaky_classifier_onnx, logits_classifier_onnx
 
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
 
@@ -149,7 +153,7 @@ def test_infer_v2_nested_data_and_convenience_forms_agree(client):
     flat = client.infer(v2_body(ROWS))[1]["outputs"]
     nested = client.infer({"inputs": [{"name": "features", "shape": [2, 4], "datatype": "FP32", "data": ROWS}]})
     rows = client.infer({"inputs": ROWS})
-    dicts = client.infer({"inputs": [dict(zip(FEATURES, r)) for r in ROWS]})
+    dicts = client.infer({"inputs": [dict(zip(FEATURES, r, strict=True)) for r in ROWS]})
     for status, doc, _ in (nested, rows, dicts):
         assert status == 200, doc
         assert doc["outputs"] == flat
@@ -163,6 +167,26 @@ def test_infer_selected_outputs_and_versioned_route(client):
     assert status == 200 and [o["name"] for o in doc["outputs"]] == ["label"]
     body["outputs"] = [{"name": "logits"}]
     assert_error(*client.infer(body)[:2], 400, "bad_message")
+
+
+def test_numeric_ids_one_flat_row_and_extra_outputs(clf):
+    mb = logits_classifier_onnx()
+    outputs = [TensorSpec("probabilities", "FP32", [-1, 3]), TensorSpec("logits", "FP32", [-1, 3])]
+    s = Serving()
+    s.activate(ModelRunner.load(manifest_for(mb, outputs=outputs), mb))
+    with HttpApi(s) as api:
+        c = Client(api)
+        body = {"id": 42, "inputs": [{"name": "features", "datatype": "FP32", "data": ROWS[0]}]}  # no shape
+        status, doc, _ = c.infer(body)
+        assert status == 200, doc
+        assert doc["id"] == "42"
+        outs = {o["name"]: o for o in doc["outputs"]}
+        assert list(outs) == ["probabilities", "class_index", "label", "logits"]
+        assert outs["logits"]["shape"] == [1, 3] and outs["logits"]["datatype"] == "FP32"
+        assert len(outs["logits"]["data"]) == 3 and outs["probabilities"]["shape"] == [1, 3]
+        body["outputs"] = [{"name": "logits"}]
+        assert [o["name"] for o in c.infer(body)[1]["outputs"]] == ["logits"]
+        c.conn.close()
 
 
 def test_regression_over_http(reg):
@@ -207,6 +231,14 @@ def test_http_inference_feeds_drift_reports(clf):
     ({"rows": ROWS}, "bad_message", "missing field 'inputs'"),
     ([ROWS], "bad_message", "must be a JSON object"),
     ({"id": {"x": 1}, "inputs": ROWS}, "bad_message", "'id' must be a string"),
+    ({"inputs": [v2_body(ROWS)["inputs"][0]] * 2}, "bad_shape", "takes one input tensor 'features', got 2"),
+    (v2_body(ROWS) | {"outputs": ["label"]}, "bad_message", "'outputs' must be a list of objects with a 'name'"),
+    (v2_body(ROWS, data="1,2,3,4"), "bad_shape", "input 'data' must be a list of numbers"),
+    (v2_body(ROWS, shape=[2, -4]), "bad_shape", "list of non-negative integers, got [2, -4]"),
+    (v2_body(ROWS, shape=[2, True]), "bad_shape", "list of non-negative integers"),
+    (v2_body(ROWS, shape=[3, 4], data=ROWS), "bad_shape", "says 3 rows but data holds 2"),
+    (v2_body(ROWS[:1], shape=[5]), "bad_shape", "input shape [5] does not match 4 data values"),
+    (v2_body(ROWS, shape=[4, 2]), "bad_shape", "expected 4 features named sepal_length"),
 ])
 def test_bad_inference_bodies_are_400(client, body, code, fragment):
     status, doc, _ = client.infer(body)
@@ -325,3 +357,58 @@ def test_connection_cap_answers_503_and_recovers(serving):
         ok.request("GET", "/v2/health/live")
         assert ok.getresponse().status == 200
         ok.close()
+
+
+# --- 500: the model or the server fails, the client gets JSON, the server goes on ----------------------
+def test_a_model_failing_at_run_time_is_500_and_the_server_keeps_serving():
+    mb = flaky_classifier_onnx()
+    runner = ModelRunner.load(manifest_for(mb, smoke=classifier_smoke()), mb)
+    runner.smoke_test()  # it passes its smoke test: only some inputs break it
+    serving = Serving()
+    serving.activate(runner)
+    poison = [float(FLAKY_TABLE + 5), 1.0, 1.0, 1.0]
+    with HttpApi(serving) as a:
+        c = Client(a)
+        status, doc, _ = c.infer(v2_body([ROWS[0], poison]))
+        assert_error(status, doc, 500, "runtime_error")
+        assert "onnxruntime failed on a batch of 2 rows" in doc["error"] and "Gather" in doc["error"]
+        for _ in range(2):  # the same server, the next requests
+            status, doc, _ = c.infer(v2_body(ROWS))
+            assert status == 200
+            probs = next(o for o in doc["outputs"] if o["name"] == "probabilities")
+            np.testing.assert_allclose(probs["data"], expected_probabilities(np.asarray(ROWS)).ravel(), atol=1e-5)
+        c.conn.close()
+
+
+def test_non_finite_model_output_is_500_bad_output():
+    mb = nan_regression_onnx()
+    serving = Serving()
+    serving.activate(ModelRunner.load(manifest_for(mb, task="regression", model="broken"), mb))
+    with HttpApi(serving) as a:
+        c = Client(a)
+        status, doc, _ = c.infer(v2_body(ROWS), model="broken")
+        assert_error(status, doc, 500, "bad_output")
+        assert "non-finite values in output 'prediction'" in doc["error"]
+        assert c.request("GET", "/v2/health/ready")[:2] == (200, {"ready": True})
+        c.conn.close()
+
+
+class _BuggyServing(Serving):
+    """A serving layer with a bug: a non-edgeloop exception escapes from infer()."""
+
+    def infer(self, inputs, model=None, *, max_rows=None):
+        raise KeyError("secret internal detail")
+
+
+def test_an_unexpected_exception_is_500_internal_without_details(clf, caplog):
+    serving = _BuggyServing()
+    serving.activate(clf)
+    with HttpApi(serving) as a:
+        c = Client(a)
+        with caplog.at_level("ERROR", logger="edgeloop.agent.http_api"):
+            status, doc, _ = c.infer(v2_body(ROWS))
+        assert_error(status, doc, 500, "internal")
+        assert "secret" not in doc["error"] and "see the agent log" in doc["error"]
+        assert any("HTTP POST /v2/models/iris/infer failed" in r.getMessage() and r.exc_info for r in caplog.records)
+        assert c.request("GET", "/v2/health/live")[:2] == (200, {"live": True})
+        c.conn.close()

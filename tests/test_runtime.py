@@ -33,6 +33,7 @@ from tests.onnx_models import (
     nan_regression_onnx,
     regression_onnx,
 )
+from tests.onnx_variants import contract_breaking_onnx, logits_classifier_onnx
 
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
 
@@ -177,7 +178,7 @@ def test_regression_smoke_test_compares_flat_expected_values():
 # --- coerce_inputs -------------------------------------------------------------------------------
 def test_coerce_accepts_every_documented_form(manifest):
     want = np.asarray(ROWS[:2], dtype=np.float32)
-    as_dicts = [dict(zip(FEATURES, r)) for r in ROWS[:2]]
+    as_dicts = [dict(zip(FEATURES, r, strict=True)) for r in ROWS[:2]]
     for given in (ROWS[:2], [tuple(r) for r in ROWS[:2]], as_dicts, np.asarray(ROWS[:2])):
         x = coerce_inputs(given, manifest)
         assert x.dtype == np.float32 and x.flags.c_contiguous
@@ -232,8 +233,8 @@ def test_bad_array_values_are_refused(manifest):
     ([[1, 2, 3, 4], 5], "ragged inputs: row 1 is a int"),
     ([1, [2], 3, 4], "ragged inputs"),
     ([{"sepal_length": 1}], "missing sepal_width"),
-    ([dict(zip(FEATURES, [1, 2, 3, 4])) | {"colour": 1}], "unknown colour"),
-    ([dict(zip(FEATURES, [1, 2, 3, 4])), [1, 2, 3, 4]], "do not mix"),
+    ([dict(zip(FEATURES, [1, 2, 3, 4], strict=True)) | {"colour": 1}], "unknown colour"),
+    ([dict(zip(FEATURES, [1, 2, 3, 4], strict=True)), [1, 2, 3, 4]], "do not mix"),
 ])
 def test_bad_shapes_are_refused(manifest, given, match):
     with pytest.raises(InputShapeError, match=match):
@@ -310,7 +311,7 @@ def test_serving_feeds_drift_and_survives_a_failing_callback(clf, caplog):
     s = Serving(on_drift_report=callback)
     mon = DriftMonitor(ref, agent_id="pi", model="iris", version="1", bundle_sha256="ab" * 32)
     s.activate(clf, mon)
-    with caplog.at_level(logging.ERROR, logger="agent.serving"):
+    with caplog.at_level(logging.ERROR, logger="edgeloop.agent.serving"):
         out = s.infer(rng.normal(5.0, 1.0, size=(250, 4)).tolist())
     assert out.rows == 250  # the failing callback did not break inference
     assert [r.window for r in reports] == [1, 2]
@@ -346,3 +347,113 @@ def test_swap_under_load_answers_every_request_with_one_model(clf, reg):
     assert errors == []
     assert answers and {a for a in answers} <= {("iris", ("probabilities", "class_index", "label")),
                                                 ("price", ("prediction",))}
+
+
+# --- more of the contract, the runner's edges ----------------------------------------------------------
+@pytest.mark.parametrize("defect,match", [
+    ("double_input", r"input 'features' is tensor\(double\), the contract is FP32"),
+    ("two_inputs", r"has 2 inputs \(features, mask\); the contract is one input"),
+    ("rank3_input", r"input 'features' has rank 3 .*needs \[-1, 4\]"),
+    ("int_output", r"output 'probabilities' is tensor\(int64\), the contract is FP32"),
+])
+def test_models_breaking_the_onnx_contract_are_refused(defect, match):
+    mb = contract_breaking_onnx(defect)
+    with pytest.raises(ModelContractError, match=match):
+        ModelRunner.load(manifest_for(mb), mb)
+
+
+def test_manifests_without_an_input_or_without_labels_are_refused():
+    mb = classifier_onnx()
+    m = manifest_for(mb)
+    m.inputs = []
+    with pytest.raises(ModelContractError, match="declares no input tensor"):
+        ModelRunner.load(m, mb)
+    m = manifest_for(mb)
+    m.labels = []
+    with pytest.raises(ModelContractError, match="classifier iris 1 .* has no labels"):
+        ModelRunner.load(m, mb)
+    with pytest.raises(ValueError, match="threads must be at least 1, got 0"):
+        ModelRunner.load(manifest_for(mb), mb, threads=0)
+
+
+def test_extra_outputs_listed_by_the_manifest_are_passed_through():
+    mb = logits_classifier_onnx()
+    outputs = [TensorSpec("probabilities", "FP32", [-1, 3]), TensorSpec("logits", "FP32", [-1, 3])]
+    r = ModelRunner.load(manifest_for(mb, outputs=outputs), mb)
+    out = r.infer(ROWS[:2])
+    assert list(out) == ["logits", "probabilities", "class_index", "label"]
+    logits = np.asarray(out["logits"])
+    np.testing.assert_allclose(np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True),
+                               expected_probabilities(np.asarray(ROWS[:2])), atol=1e-5)
+    assert out["class_index"] == logits.argmax(axis=1).tolist()
+
+
+def test_runner_identity_and_predict_refuses_wrong_widths(clf, reg):
+    assert (clf.task, clf.input_name, clf.is_classifier) == ("classification", "features", True)
+    assert (reg.task, reg.is_classifier) == ("regression", False)
+    assert reg.class_indices(reg.predict(np.zeros((2, 4), np.float32))) is None
+    with pytest.raises(InputShapeError, match="expected 4 features .* got 3"):
+        clf.predict(np.zeros((2, 3), np.float32))
+
+
+def test_coerce_numpy_arrays_of_one_row_no_rows_or_too_many_dimensions(manifest):
+    one = coerce_inputs(np.asarray(ROWS[0]), manifest)  # a 1-D array is one row
+    assert one.shape == (1, 4) and one.dtype == np.float32
+    np.testing.assert_array_equal(one, np.asarray([ROWS[0]], dtype=np.float32))
+    with pytest.raises(InputShapeError, match=r"must be 2-D \(rows, 4\), got shape \(1, 2, 4\)"):
+        coerce_inputs(np.zeros((1, 2, 4)), manifest)
+    with pytest.raises(InputShapeError, match="inputs are empty"):
+        coerce_inputs(np.zeros((0, 4)), manifest)
+
+
+def test_smoke_tests_that_cannot_run_or_compare_are_smoke_test_errors():
+    mb = classifier_onnx()
+    probs = expected_probabilities(np.asarray(ROWS[:2])).tolist()
+    cases = [
+        (SmokeTest([[1.0, 2.0]], {"probabilities": probs}), "could not run: row 0: expected 4 features"),
+        (SmokeTest(ROWS[:2], {"probabilities": [["high", "low", "low"]] * 2}), "are not numbers"),
+        (SmokeTest(ROWS[:2], {"probabilities": probs[0]}), r"has shape \[2, 3\], expected \[3\]"),
+    ]
+    for smoke, match in cases:
+        r = ModelRunner.load(manifest_for(mb, smoke=smoke), mb)
+        with pytest.raises(SmokeTestError, match=match):
+            r.smoke_test()
+    flat = [v for row in probs for v in row]  # same values, another shape: compared as the output's shape
+    ModelRunner.load(manifest_for(mb, smoke=SmokeTest(ROWS[:2], {"probabilities": flat})), mb).smoke_test()
+
+
+# --- Serving edges ----------------------------------------------------------------------------------------
+def test_serving_reports_readiness_of_a_model_by_name(clf):
+    s = Serving()
+    assert s.model_ready("iris") is False and s.monitor is None
+    s.activate(clf)
+    assert s.model_ready("iris") is True
+    with pytest.raises(ModelNotFoundError, match="this agent serves 'iris'"):
+        s.model_ready("wine")
+    s.deactivate()
+    with pytest.raises(ModelNotFoundError, match="no model is active"):
+        s.metadata("iris")
+
+
+def test_a_failing_drift_monitor_never_fails_a_request(clf, caplog):
+    # a monitor built for three features watching a four-feature model: every observe() raises
+    ref = build_reference(np.random.default_rng(1).normal(size=(500, 3)), ["a", "b", "c"], window=50, min_rows=10)
+    mon = DriftMonitor(ref, agent_id="pi", model="iris", version="1", bundle_sha256="ab" * 32)
+    s = Serving()
+    s.activate(clf, mon)
+    assert s.monitor is mon
+    with caplog.at_level(logging.ERROR, logger="edgeloop.agent.serving"):
+        out = s.infer(ROWS)
+    assert out.rows == 3 and out.outputs["label"] == clf.infer(ROWS)["label"]
+    assert "drift monitor failed; the request was answered anyway" in caplog.text
+    assert mon.pending_rows == 0
+
+
+def test_drift_windows_close_without_a_callback(clf):
+    rng = np.random.default_rng(2)
+    ref = build_reference(rng.normal(5.0, 1.0, size=(500, 4)), list(FEATURES), window=20, min_rows=5)
+    mon = DriftMonitor(ref, agent_id="pi", model="iris", version="1", bundle_sha256="ab" * 32)
+    s = Serving()  # nobody listens: reports are dropped quietly
+    s.activate(clf, mon)
+    assert s.infer(rng.normal(5.0, 1.0, size=(45, 4)).tolist()).rows == 45
+    assert mon.pending_rows == 5  # two windows of 20 closed

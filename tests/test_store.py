@@ -3,10 +3,12 @@
 import hashlib
 import json
 import os
+import stat
 
 import pytest
 
 from edgeloop.agent.errors import HashMismatchError, StoreError, TransferError
+from edgeloop.agent.fsutil import atomic_write_bytes, atomic_write_json, fsync_dir
 from edgeloop.agent.store import AgentStore
 from edgeloop.agent.transfer import Transfer
 from edgeloop.agent.wire.messages import Chunk, TransferSpec
@@ -156,3 +158,70 @@ def test_unreadable_transfer_record_dropped(tmp_path):
     (tmp_path / "x.json").write_text(json.dumps({"spec": {"size": 1}}))
     assert Transfer.load_pending(tmp_path) == []
     assert not (tmp_path / "x.json").exists()
+
+
+# --- store edges -----------------------------------------------------------------------------------
+def test_state_of_another_schema_is_refused_with_what_to_do(tmp_path):
+    AgentStore(tmp_path).install(SHA_A, b"a", "demo", "1")
+    doc = json.loads((tmp_path / "state.json").read_text())
+    doc["schema"] = 99
+    (tmp_path / "state.json").write_text(json.dumps(doc))
+    with pytest.raises(StoreError, match="schema 99 is not 1; upgrade the agent"):
+        AgentStore(tmp_path)
+
+
+def test_lookups_deactivate_and_a_missing_bundle_file(tmp_path):
+    s = AgentStore(tmp_path)
+    s.install(SHA_A, b"a", "demo", "1")
+    s.install(SHA_B, b"b", "demo", "2")
+    assert s.find("demo", "1").sha256 == SHA_A and s.find("demo", "3") is None
+    assert s.get(SHA_B).version == "2" and s.get(SHA_C) is None
+    assert s.has_bundle(SHA_A) and not s.has_bundle(SHA_C)
+    with pytest.raises(StoreError, match=f"bundle {SHA_C[:12]} is not in this agent's store"):
+        s.read_bundle(SHA_C)
+    s.deactivate()
+    assert s.active() is None
+    reopened = AgentStore(tmp_path)
+    assert reopened.active() is None and {b.sha256 for b in reopened.installed()} == {SHA_A, SHA_B}
+    os.unlink(s.bundle_path(SHA_A))  # removed behind the store's back
+    assert not s.has_bundle(SHA_A)
+
+
+def test_pruned_bundle_already_gone_from_disk_is_no_error(tmp_path):
+    s = AgentStore(tmp_path)
+    shas = [f"{i:064x}" for i in range(1, 12)]
+    s.install(shas[0], b"first", "demo", "0")
+    os.unlink(s.bundle_path(shas[0]))  # its file vanished; pruning it later must not fail
+    for i, sha in enumerate(shas[1:], 1):
+        s.install(sha, b"x", "demo", str(i))
+    assert shas[0] not in {b.sha256 for b in s.installed()} and s.active().sha256 == shas[-1]
+
+
+# --- fsutil -----------------------------------------------------------------------------------------
+def test_atomic_write_replaces_whole_files_with_the_given_mode(tmp_path):
+    path = tmp_path / "secret.bin"
+    atomic_write_bytes(path, b"old")
+    atomic_write_bytes(path, b"new", mode=0o600)
+    assert path.read_bytes() == b"new"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    atomic_write_json(tmp_path / "doc.json", {"b": 1, "a": [1.5]})
+    assert (tmp_path / "doc.json").read_text() == '{\n "a": [\n  1.5\n ],\n "b": 1\n}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["doc.json", "secret.bin"]  # no temporary left
+
+
+def test_a_failed_atomic_write_leaves_the_target_and_no_temporary(tmp_path):
+    target = tmp_path / "occupied"
+    target.mkdir()
+    (target / "inside").write_text("keep")  # a non-empty folder cannot be replaced by a file
+    with pytest.raises(OSError):
+        atomic_write_bytes(target, b"data")
+    assert (target / "inside").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["occupied"]
+    with pytest.raises(FileNotFoundError):
+        atomic_write_bytes(tmp_path / "no-such-folder" / "f", b"data")
+
+
+def test_fsync_dir_of_a_missing_folder_is_a_no_op(tmp_path):
+    fsync_dir(tmp_path / "gone")  # nothing to sync, nothing raised
+    fsync_dir(tmp_path)
+    assert list(tmp_path.iterdir()) == []
