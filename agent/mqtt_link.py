@@ -9,12 +9,14 @@ the owner's callback which must only enqueue (never block the network thread).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import paho.mqtt.client as mqtt
 
@@ -146,7 +148,7 @@ class MqttLink:
                      for topic, payload, qos, retain in final]
             delivered = _wait_published(infos, timeout)
         # the network thread first: disconnecting under it makes paho log "Client is not connected"
-        self.client.loop_stop()
+        self._stop_network_thread()
         if connected and not delivered:
             log.warning("final messages not acknowledged by %s:%s within %.0f s; dropping the connection "
                         "so that the broker publishes the Last Will", self.host, self.port, timeout)
@@ -156,6 +158,22 @@ class MqttLink:
             return False
         self.client.disconnect()  # with no network thread, paho writes the DISCONNECT at once
         return delivered
+
+
+    def _stop_network_thread(self) -> None:
+        """``loop_stop()``, without waiting out the 1 s select() paho's thread sleeps in.
+
+        paho 2.x wakes that select() through its socket pair whenever it has something to
+        send; we do the same after setting the flag ``loop_stop`` sets, so stopping takes
+        milliseconds instead of up to a second (every agent stop, every hub command).
+        """
+        client: Any = self.client
+        client._thread_terminate = True  # what loop_stop() sets first (paho-mqtt 2.x)
+        wake = getattr(client, "_sockpairW", None)
+        if wake is not None:
+            with contextlib.suppress(OSError):
+                wake.send(b"\0")
+        self.client.loop_stop()
 
 
 def _wait_published(infos: list[mqtt.MQTTMessageInfo], timeout: float) -> bool:
