@@ -104,8 +104,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     doc = {
         "agent_id": cfg.agent_id,
         "state_dir": str(cfg.state_dir),
-        "active": active.__dict__ if active else None,
-        "installed": [b.__dict__ for b in store.installed()],
+        "active": active.to_dict() if active else None,
+        "installed": [b.to_dict() for b in store.installed()],
         "counters": store.counters(),
         "session": store.state.session,
     }

@@ -19,7 +19,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeloop.agent.errors import StoreError
@@ -37,6 +37,15 @@ class InstalledBundle:
     version: str
     installed_at: float
 
+    def to_dict(self) -> dict:
+        return {"sha256": self.sha256, "model": self.model, "version": self.version,
+                "installed_at": self.installed_at}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> InstalledBundle:
+        return cls(sha256=str(d["sha256"]), model=str(d["model"]), version=str(d["version"]),
+                   installed_at=float(d["installed_at"]))
+
 
 @dataclass
 class StoreState:
@@ -48,8 +57,9 @@ class StoreState:
     schema: int = STATE_SCHEMA
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        return d
+        return {"active": self.active, "history": list(self.history),
+                "installed": {sha: b.to_dict() for sha, b in self.installed.items()},
+                "counters": dict(self.counters), "session": self.session, "schema": self.schema}
 
     @classmethod
     def from_dict(cls, d: dict) -> StoreState:
@@ -58,7 +68,7 @@ class StoreState:
         return cls(
             active=d.get("active"),
             history=list(d.get("history", [])),
-            installed={k: InstalledBundle(**v) for k, v in d.get("installed", {}).items()},
+            installed={k: InstalledBundle.from_dict(v) for k, v in d.get("installed", {}).items()},
             counters={str(k): int(v) for k, v in d.get("counters", {}).items()},
             session=int(d.get("session", 0)),
         )

@@ -78,7 +78,7 @@ class Transfer:
         if self._fd is not None:
             os.fsync(self._fd)  # data first, then the claim that it is there
         atomic_write_json(self.info_path, {
-            "spec": self.spec.__dict__, "command_id": self.command_id, "meta": self.meta,
+            "spec": self.spec.to_dict(), "command_id": self.command_id, "meta": self.meta,
             "received": "".join("1" if b else "0" for b in self.received),
         })
         self._unsaved = 0

@@ -19,7 +19,7 @@ import stat
 from pathlib import Path
 
 from edgeloop.agent.errors import KeyFileError
-from edgeloop.agent.fsutil import fsync_dir
+from edgeloop.agent.fsutil import atomic_writer, fsync_dir
 from edgeloop.agent.wire.envelope import SigningKey
 from edgeloop.hub.home import Home
 
@@ -108,7 +108,9 @@ def _ensure_keys_dir(keys_dir: Path) -> None:
 def _create_private_key(path: Path) -> None:
     """Generate a key into a 0600 temp file, then link it into place atomically.
 
-    If another process created the key meanwhile, its key wins and ours is dropped.
+    If another process created the key meanwhile, its key wins and ours is dropped. (This
+    is create-if-absent, which :func:`edgeloop.agent.fsutil.atomic_writer` -- a replace --
+    cannot express: two first uses racing must agree on one key, not overwrite each other.)
     """
     key = SigningKey.generate()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
@@ -153,12 +155,9 @@ def _write_public_if_stale(path: Path, pem: bytes) -> None:
             return
     except OSError:
         pass
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    _write_exclusive(tmp, pem, 0o644)
     try:
-        os.chmod(tmp, 0o644)  # the umask may have removed read bits
-        os.replace(tmp, path)
+        with atomic_writer(path, 0o644) as fh:
+            os.fchmod(fh.fileno(), 0o644)  # the umask may have removed read bits
+            fh.write(pem)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise KeyFileError(f"cannot write public key file {path}: {exc.strerror or exc}") from exc
-    fsync_dir(path.parent)  # the rename survives a power cut

@@ -10,11 +10,13 @@ the long layout (``window_id, t, ch0, …``). Cells are parsed into a
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from edgeloop.agent.fsutil import atomic_writer
 from edgeloop.hub.datasets.dataset import MIN_ROWS, Dataset
 from edgeloop.hub.datasets.problems import MAX_PROBLEMS, ROW_CONVENTION, Problem, file_error
 from edgeloop.hub.datasets.schema import (
@@ -218,13 +220,14 @@ def write_csv(dataset: Dataset, path: str | Path) -> Path:
         label_text = _format_column(dataset.y)
     else:
         label_text = [dataset.labels[i] for i in dataset.y]
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8", newline="") as fh:
+    with atomic_writer(path) as raw:
+        fh = io.TextIOWrapper(raw, encoding="utf-8", newline="")
         w = csv.writer(fh, lineterminator="\n")
         w.writerow([*dataset.feature_names, dataset.label_column])
         for i in range(dataset.n_rows):
             w.writerow([c[i] for c in cols] + [label_text[i]])
-    tmp.replace(path)
+        fh.flush()
+        fh.detach()  # the writer closes the file after fsync
     return path
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeloop.agent.fsutil import atomic_writer
 from edgeloop.hub.datasets.dataset import MIN_ROWS, Dataset
 from edgeloop.hub.datasets.problems import ARRAY_ROW_CONVENTION, MAX_PROBLEMS, Problem, file_error, validation_error
 from edgeloop.hub.datasets.schema import TASKS, Schema, infer_task_from_array, is_missing
@@ -44,10 +45,8 @@ def write_npz(dataset: Dataset, path: str | Path) -> Path:
         arrays["labels"] = np.array(dataset.labels, dtype=str)
     if dataset.window_shape is not None:
         arrays["window_shape"] = np.array(dataset.window_shape, dtype=np.int64)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as fh:
+    with atomic_writer(path) as fh:
         np.savez(fh, **arrays)
-    tmp.replace(path)
     return path
 
 
