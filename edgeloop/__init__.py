@@ -12,9 +12,17 @@ and the agent's names without the hub's dependencies::
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeloop._version import __version__
+
+# A source checkout keeps agent/, hub/ and app/ beside this folder; pyproject.toml maps them into
+# the package when installing. When this folder itself is imported from a checkout -- Python run
+# from the repository root finds it before the installed package -- look for them there too.
+_checkout = Path(__file__).resolve().parent.parent
+if (_checkout / "pyproject.toml").is_file() and (_checkout / "agent" / "__init__.py").is_file():
+    __path__.append(str(_checkout))
 
 # public name -> (module, attribute or None for the module itself)
 _API: dict[str, tuple[str, str | None]] = {
