@@ -118,3 +118,13 @@ def test_no_top_level_agent_hub_or_app_module_is_importable():
         proc = subprocess.run([sys.executable, "-c", f"import {name}"], capture_output=True, text=True, cwd="/",
                               timeout=60)
         assert proc.returncode != 0 and "No module named" in proc.stderr, (name, proc.stderr)
+
+
+def test_a_checkout_imports_without_an_install():
+    """Python run from the repository root finds edgeloop/ first: its parts resolve to agent/, hub/, app/."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import edgeloop.agent.wire.topics as t; "
+            "print(t.__file__); print(t.agent_topic('edge-1', t.STATE))")
+    proc = subprocess.run([sys.executable, "-S", "-c", code, str(REPO)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    path, topic = proc.stdout.split()
+    assert Path(path) == REPO / "agent" / "wire" / "topics.py" and topic == "edgeloop/v1/agents/edge-1/state"
