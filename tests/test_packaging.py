@@ -122,9 +122,14 @@ def test_no_top_level_agent_hub_or_app_module_is_importable():
 
 def test_a_checkout_imports_without_an_install():
     """Python run from the repository root finds edgeloop/ first: its parts resolve to agent/, hub/, app/."""
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import edgeloop.agent.wire.topics as t; "
+    code = ("import sys\n"
+            "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]  # no install\n"
+            "sys.path_hooks[:] = [h for h in sys.path_hooks if 'editable' not in repr(h).lower()]\n"
+            "sys.path_importer_cache.clear(); sys.path.insert(0, sys.argv[1])\n"
+            "import edgeloop.agent.wire.topics as t\n"
             "print(t.__file__); print(t.agent_topic('edge-1', t.STATE))")
-    proc = subprocess.run([sys.executable, "-S", "-c", code, str(REPO)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", code, str(REPO)], capture_output=True, text=True, timeout=60,
+                          cwd="/")
     assert proc.returncode == 0, proc.stderr
     path, topic = proc.stdout.split()
     assert Path(path) == REPO / "agent" / "wire" / "topics.py" and topic == "edgeloop/v1/agents/edge-1/state"
