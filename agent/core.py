@@ -1,0 +1,135 @@
+"""What every part of the agent process stands on: config, store, serving, the MQTT link,
+loading verified bundles, and publishing state, events and drift reports.
+
+:class:`~edgeloop.agent.service.Agent` is composed of this core, the control thread
+(:mod:`edgeloop.agent.control`) and the MQTT inference thread (:mod:`edgeloop.agent.inference`).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from edgeloop.agent import __version__
+from edgeloop.agent.config import AgentConfig
+from edgeloop.agent.drift import DriftMonitor
+from edgeloop.agent.errors import BundleError, EdgeloopError
+from edgeloop.agent.http_api import HttpApi
+from edgeloop.agent.mqtt_link import MqttLink, Will
+from edgeloop.agent.runtime import ModelRunner
+from edgeloop.agent.serving import Serving
+from edgeloop.agent.store import AgentStore
+from edgeloop.agent.transfer import Transfer
+from edgeloop.agent.wire import topics
+from edgeloop.agent.wire.bundle import VerifiedBundle, verify_bundle
+from edgeloop.agent.wire.messages import ActiveModel, AgentState, DriftReport, Event
+
+if TYPE_CHECKING:
+    from edgeloop.agent.discovery import AgentAnnouncer
+
+log = logging.getLogger("edgeloop.agent.service")
+
+
+@dataclass
+class Loaded:
+    """A verified bundle loaded in onnxruntime, smoke-tested, with its drift monitor."""
+
+    bundle: VerifiedBundle
+    runner: ModelRunner
+    monitor: DriftMonitor | None
+
+
+class AgentCore:
+    def __init__(self, config: AgentConfig, *, clock=time.time) -> None:
+        self.cfg = config
+        self.id = config.agent_id
+        self.clock = clock
+        self.trusted = config.load_trusted_keys()
+        self.store = AgentStore(config.state_dir)
+        self.serving = Serving(on_drift_report=self._publish_drift)
+        self.http: HttpApi | None = None
+        self.started_at = clock()
+        self.session = 0
+        self._control_q: queue.Queue = queue.Queue()
+        self._infer_q: queue.Queue = queue.Queue(maxsize=config.max_queued_requests)
+        self._transfers: dict[str, Transfer] = {}
+        self._pending_events: list[Event] = []
+        self._stop = threading.Event()  # set once stop() has begun
+        self._stop_reason: str | None = None  # set by request_stop(), e.g. from a signal handler
+        self._threads: list[threading.Thread] = []
+        self._discovery: AgentAnnouncer | None = None
+        self.link = MqttLink(
+            client_id=f"edgeloop-agent-{self.id}",
+            host=config.mqtt_host,
+            port=config.mqtt_port,
+            username=config.mqtt_username,
+            password=config.mqtt_password,
+            keepalive=config.keepalive,
+            on_message=self._on_message,
+            on_connect=lambda: self._control_q.put(("connected", None)),
+            subscriptions=[
+                (topics.agent_topic(self.id, topics.CMD), 1),
+                (topics.agent_topic(self.id, topics.BUNDLE), 1),
+                (topics.agent_topic(self.id, topics.INFER), 1),
+            ],
+            will=Will(topics.agent_topic(self.id, topics.STATUS), topics.OFFLINE.encode(), 1, True),
+        )
+
+    def _on_message(self, topic: str, payload: bytes, msg: Any) -> None:  # pragma: no cover - see Agent
+        raise NotImplementedError
+
+    # --- loading verified bundles ----------------------------------------------------------
+    def _load_installed(self, sha256: str) -> Loaded:
+        """Re-verify a stored bundle (disk may have been tampered with) and load it."""
+        data = self.store.read_bundle(sha256)
+        vb = verify_bundle(data, self.trusted, self.cfg.max_bundle_bytes)
+        return self._load_verified(vb, sha256)
+
+    def _load_verified(self, vb: VerifiedBundle, sha256: str) -> Loaded:
+        try:
+            runner = ModelRunner.load(vb.manifest, vb.model_bytes, bundle_sha256=sha256)
+        except EdgeloopError:
+            raise
+        except Exception as exc:  # onnxruntime refused the model
+            raise BundleError(f"model {vb.manifest.entrypoint} failed to load in onnxruntime: {exc}") from exc
+        runner.smoke_test()
+        monitor = None
+        if vb.manifest.drift is not None:
+            monitor = DriftMonitor(
+                vb.manifest.drift, agent_id=self.id, model=vb.manifest.model_name,
+                version=vb.manifest.version, bundle_sha256=sha256,
+            )
+        return Loaded(vb, runner, monitor)
+
+    # --- publishing ----------------------------------------------------------------------
+    def _event(self, kind: str, ok: bool, code: str, message: str, command_id: str | None = None,
+               details: dict | None = None) -> Event:
+        return Event(event=kind, agent_id=self.id, ok=ok, at=self.clock(), code=code, message=message,
+                     command_id=command_id, details=details or {})
+
+    def _publish_event(self, ev: Event) -> None:
+        self.link.publish(topics.agent_topic(self.id, topics.EVENTS), ev.encode(), qos=1)
+
+    def _publish_drift(self, report: DriftReport) -> None:
+        if report.drifted_features:
+            log.warning("drift on %s (window %d): %s", report.model, report.window, ", ".join(report.drifted_features))
+        self.link.publish(topics.agent_topic(self.id, topics.DRIFT), report.encode(), qos=1)
+
+    def _state_message(self, status: str) -> AgentState:
+        active = self.store.active()
+        return AgentState(
+            agent_id=self.id, status=status, session=self.session, agent_version=__version__,
+            started_at=self.started_at, host=socket.gethostname(),
+            http_url=self.http.url if self.http is not None else None,
+            active=ActiveModel(active.model, active.version, active.sha256) if active else None,
+            installed=[ActiveModel(b.model, b.version, b.sha256) for b in self.store.installed()],
+        )
+
+    def _publish_state(self) -> None:
+        self.link.publish(topics.agent_topic(self.id, topics.STATE),
+                          self._state_message(topics.ONLINE).encode(), qos=1, retain=True)
