@@ -9,6 +9,7 @@ Example (``edgeloop agent init`` and the demo write one like it)::
     [mqtt]
     host = "127.0.0.1"
     port = 1883
+    topic_root = "edgeloop/v1"   # per fleet; the hub of this fleet uses the same root
 
     [http]
     enabled = true
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeloop.agent.errors import ConfigError, KeyFileError
+from edgeloop.agent.wire import topics
 from edgeloop.agent.wire.envelope import TrustedKeys
 from edgeloop.agent.wire.topics import check_agent_id
 
@@ -53,6 +55,7 @@ class AgentConfig:
     mqtt_username: str | None = None
     mqtt_password: str | None = None
     keepalive: int = 30
+    topic_root: str = topics.ROOT  # per fleet: agents and their hub must share it
     http_enabled: bool = True
     http_host: str = "127.0.0.1"
     http_port: int = 0
@@ -125,6 +128,7 @@ class AgentConfig:
             mqtt_username=get("mqtt", "username", str, None),
             mqtt_password=get("mqtt", "password", str, None),
             keepalive=get("mqtt", "keepalive", int, 30),
+            topic_root=topics.check_root(get("mqtt", "topic_root", str, topics.ROOT)),
             http_enabled=get("http", "enabled", bool, True),
             http_host=get("http", "host", str, "127.0.0.1"),
             http_port=get("http", "port", int, 0),
@@ -160,6 +164,7 @@ class AgentConfig:
             f"host = {q(self.mqtt_host)}",
             f"port = {self.mqtt_port}",
             f"keepalive = {self.keepalive}",
+            f"topic_root = {q(self.topic_root)}",
         ]
         if self.mqtt_username:
             lines.append(f"username = {q(self.mqtt_username)}")

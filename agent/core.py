@@ -128,6 +128,7 @@ class AgentCore:
             http_url=self.http.url if self.http is not None else None,
             active=ActiveModel(active.model, active.version, active.sha256) if active else None,
             installed=[ActiveModel(b.model, b.version, b.sha256) for b in self.store.installed()],
+            trusted_keys=self.trusted.keyids(),
         )
 
     def _publish_state(self) -> None:

@@ -130,6 +130,12 @@ class MqttLink:
         if self.connected.is_set():
             self.client.subscribe(topic, qos)
 
+    def remove_subscription(self, topic: str) -> None:
+        """Stop receiving ``topic`` (and forget it, so a reconnect does not subscribe again)."""
+        self._subs = [(t, q) for t, q in self._subs if t != topic]
+        if self.connected.is_set():
+            self.client.unsubscribe(topic)
+
     def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> mqtt.MQTTMessageInfo:
         return self.client.publish(topic, payload, qos=qos, retain=retain)
 

@@ -156,6 +156,10 @@ class TrustedKeys:
     def __len__(self) -> int:
         return len(self.keys)
 
+    def keyids(self) -> list[str]:
+        """The ids of the trusted keys, sorted (an agent's state lists them so hubs find their agents)."""
+        return sorted(self.keys)
+
 
 # --- envelope --------------------------------------------------------------
 @dataclass(frozen=True)

@@ -99,6 +99,8 @@ class AgentState(Message):
     http_url: str | None = None
     active: ActiveModel | None = None
     installed: list[ActiveModel] = field(default_factory=list)
+    # ids of the hub keys this agent trusts: a hub lists an agent as its own when its key is here
+    trusted_keys: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
@@ -106,7 +108,7 @@ class AgentState(Message):
             "agent_id": self.agent_id, "status": self.status, "session": self.session,
             "agent_version": self.agent_version, "started_at": self.started_at, "host": self.host,
             "http_url": self.http_url, "active": self.active.to_dict() if self.active is not None else None,
-            "installed": [m.to_dict() for m in self.installed],
+            "installed": [m.to_dict() for m in self.installed], "trusted_keys": list(self.trusted_keys),
         }
 
     @classmethod
@@ -124,6 +126,7 @@ class AgentState(Message):
             http_url=opt(d, "http_url", str, w),
             active=ActiveModel.from_dict(active, f"{w}.active") if active is not None else None,
             installed=[ActiveModel.from_dict(x, where) for x, where in objects(d, "installed", w, [])],
+            trusted_keys=list_of(d, "trusted_keys", str, w, []),
         )
 
 
@@ -138,13 +141,19 @@ class TransferSpec:
     size: int
     chunk_size: int
     chunks: int
+    # where the chunks come: a transfer topic shared by every agent of a fan-out deploy;
+    # None = the agent's own bundle topic
+    topic: str | None = None
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "transfer_id": self.transfer_id,
             "bundle_sha256": self.bundle_sha256,
             "size": self.size, "chunk_size": self.chunk_size, "chunks": self.chunks,
         }
+        if self.topic is not None:
+            d["topic"] = self.topic
+        return d
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "transfer") -> TransferSpec:
@@ -155,7 +164,10 @@ class TransferSpec:
             size=req(d, "size", int, where),
             chunk_size=req(d, "chunk_size", int, where),
             chunks=req(d, "chunks", int, where),
+            topic=opt(d, "topic", str, where),
         )
+        if spec.topic is not None and (not spec.topic or any(c in spec.topic for c in "+#\0")):
+            raise MessageFormatError(f"{where}: topic must be a plain topic name, got {spec.topic!r}")
         if not _is_transfer_id(spec.transfer_id):
             raise MessageFormatError(f"{where}: transfer_id must be 32 lowercase hex digits")
         if spec.size <= 0 or spec.chunk_size <= 0:
