@@ -11,10 +11,12 @@ import logging
 import os
 import signal
 import sys
+import tomllib
 from pathlib import Path
 
 from edgeloop.agent.config import AgentConfig
-from edgeloop.agent.errors import EdgeloopError
+from edgeloop.agent.connection import parse_url, password_in_url_warning, tls_from_options
+from edgeloop.agent.errors import ConfigError, EdgeloopError
 
 
 def add_agent_commands(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +32,22 @@ def add_agent_commands(sub: argparse._SubParsersAction) -> None:
                        description="Write a TOML config for a new agent. Copy the hub's public key "
                                    "(edgeloop keys show --public) to the device and name it with --trusted-key.")
     p.add_argument("--id", required=True, help="agent id (letters, digits, _ - .)")
-    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://host:port (default %(default)s)")
+    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", metavar="URL",
+                   help="mqtt://[user@]host[:port] or mqtts://[user@]host[:port] (TLS, port 8883) "
+                        "(default %(default)s)")
+    p.add_argument("--username", default=None, help="user name to log in to the broker with")
+    p.add_argument("--password-file", type=Path, default=None,
+                   help="file whose first line is the broker password (the config names the file; "
+                        "without one the agent reads $EDGELOOP_MQTT_PASSWORD)")
+    p.add_argument("--ca-file", type=Path, default=None,
+                   help="CA certificate (PEM) the broker's certificate is checked against (turns on TLS; "
+                        "default with mqtts://: the system's CAs)")
+    p.add_argument("--cert-file", type=Path, default=None, help="client certificate (PEM), with --key-file")
+    p.add_argument("--key-file", type=Path, default=None, help="the client certificate's key (PEM, unencrypted)")
+    p.add_argument("--no-check-hostname", action="store_true",
+                   help="accept a broker certificate that names another host (tests only)")
+    p.add_argument("--protocol", choices=("auto", "5", "3.1.1"), default="auto",
+                   help="MQTT version: auto tries 5 and falls back to 3.1.1 (default %(default)s)")
     p.add_argument("--trusted-key", action="append", required=True, type=Path,
                    help="hub public key PEM this agent trusts (repeat for several)")
     p.add_argument("--state-dir", required=True, type=Path, help="where bundles and state are kept")
@@ -53,7 +70,7 @@ def setup_logging(level: str) -> None:
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
-    logging.getLogger("edgeloop.agent.mqtt_link.paho").setLevel(logging.WARNING)
+    # paho's own lines are DEBUG (edgeloop.agent.mqtt_link.paho): shown only when asked for
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -77,20 +94,31 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from urllib.parse import urlparse
-
+    from edgeloop.agent.fsutil import atomic_write_bytes
     from edgeloop.agent.wire.topics import check_agent_id
 
     check_agent_id(args.id)
-    u = urlparse(args.broker if "://" in args.broker else f"mqtt://{args.broker}")
+    scheme, url_user, url_password, host, port = parse_url(args.broker)
+    if url_password is not None:
+        print(password_in_url_warning("--broker"), file=sys.stderr)
+    if url_password is not None and args.password_file is not None:
+        raise ConfigError("give the password either in --broker or with --password-file, not both")
+    tls = tls_from_options(scheme, ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file,
+                           no_check_hostname=args.no_check_hostname)
+    if args.password_file is not None and not args.password_file.is_file():
+        raise ConfigError(f"--password-file: {args.password_file} does not exist or is not a file")
     cfg = AgentConfig(
         agent_id=args.id, state_dir=args.state_dir.resolve(), trusted_keys=[k.resolve() for k in args.trusted_key],
-        mqtt_host=u.hostname or "127.0.0.1", mqtt_port=u.port or 1883,
-        http_host=args.http_host, http_port=args.http_port, zeroconf=args.zeroconf,
+        mqtt_host=host, mqtt_port=port, mqtt_username=args.username or url_user, mqtt_password=url_password,
+        mqtt_password_file=args.password_file.resolve() if args.password_file else None, mqtt_tls=tls,
+        mqtt_protocol=args.protocol, http_host=args.http_host, http_port=args.http_port, zeroconf=args.zeroconf,
     )
     cfg.load_trusted_keys()  # fail now, not on the device at 3 a.m.
+    text = cfg.to_toml()
+    AgentConfig.from_dict(tomllib.loads(text), base=args.out.parent)  # what the agent will read back
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(cfg.to_toml())
+    # owner-only: it may name a password (file), a client key
+    atomic_write_bytes(args.out, text.encode(), mode=0o600)
     print(f"wrote {args.out}; start the agent with: edgeloop agent run --config {args.out}")
     return 0
 

@@ -1,4 +1,4 @@
-"""Agent configuration: a small TOML file (read with the standard library).
+"""Agent configuration: a small TOML file (read with the standard library, written with tomli-w).
 
 Example (``edgeloop agent init`` and the demo write one like it)::
 
@@ -7,15 +7,25 @@ Example (``edgeloop agent init`` and the demo write one like it)::
     trusted_keys = ["/etc/edgeloop/hub_ed25519.pub.pem"]
 
     [mqtt]
-    host = "127.0.0.1"
-    port = 1883
+    host = "127.0.0.1"   # or: url = "mqtts://edge-1@broker.lan" (mqtt:// 1883, mqtts:// 8883)
+    port = 1883          # 8883 when [mqtt.tls] is given
+    username = "edge-1"  # optional
+    password_file = "/etc/edgeloop/mqtt-password"  # first line; or password = "..."; or $EDGELOOP_MQTT_PASSWORD
+    protocol = "auto"    # auto (MQTT 5, falling back to 3.1.1), "5" or "3.1.1"
+    keepalive = 30
     topic_root = "edgeloop/v1"   # per fleet; the hub of this fleet uses the same root
+
+    [mqtt.tls]           # TLS to the broker (also turned on by an mqtts:// url)
+    ca_file = "/etc/edgeloop/broker-ca.pem"   # omitted: the system's trusted CAs
+    cert_file = "/etc/edgeloop/edge-1.pem"    # client certificate, where the broker asks for one
+    key_file = "/etc/edgeloop/edge-1.key"     # its key (PEM, unencrypted)
+    check_hostname = true                     # the broker's certificate must name the host
 
     [http]
     enabled = true
     host = "127.0.0.1"
     port = 8080        # 0 picks a free port
-    max_connections = 64  # beyond this, clients get 503 (one thread per connection)
+    max_connections = 64  # open connections at once; beyond this, clients get 503 + Retry-After
 
     [limits]
     max_bundle_bytes = 268435456
@@ -27,6 +37,10 @@ Example (``edgeloop agent init`` and the demo write one like it)::
     [transfer]
     idle_seconds = 5.0   # ask for missing chunks after this long without one
 
+    [outbox]               # drift reports and events kept on disk while the broker is unreachable
+    max_messages = 1000    # per kind; the oldest are dropped (and counted) beyond it
+    max_bytes = 16777216   # per kind
+
     [discovery]
     zeroconf = false     # announce _edgeloop._tcp on the local network
     interfaces = []      # addresses to announce on; empty = all
@@ -35,10 +49,12 @@ Example (``edgeloop agent init`` and the demo write one like it)::
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeloop.agent.connection import CONFIG_KEYS, BrokerSettings, TlsSettings, parse_url, resolve_password
 from edgeloop.agent.errors import ConfigError, KeyFileError
 from edgeloop.agent.wire import topics
 from edgeloop.agent.wire.envelope import TrustedKeys
@@ -53,7 +69,10 @@ class AgentConfig:
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 1883
     mqtt_username: str | None = None
-    mqtt_password: str | None = None
+    mqtt_password: str | None = None  # prefer mqtt_password_file (or $EDGELOOP_MQTT_PASSWORD)
+    mqtt_password_file: Path | None = None
+    mqtt_tls: TlsSettings | None = None
+    mqtt_protocol: str = "auto"
     keepalive: int = 30
     topic_root: str = topics.ROOT  # per fleet: agents and their hub must share it
     http_enabled: bool = True
@@ -66,6 +85,8 @@ class AgentConfig:
     max_queued_requests: int = 1000
     min_free_bytes: int = 16 * 1024 * 1024
     transfer_idle_seconds: float = 5.0
+    outbox_max_messages: int = 1000  # per kind (drift reports, events) kept while the broker is away
+    outbox_max_bytes: int = 16 * 1024 * 1024  # per kind
     zeroconf: bool = False
     zeroconf_interfaces: list[str] = field(default_factory=list)  # empty: all interfaces
     log_level: str = "INFO"
@@ -83,6 +104,13 @@ class AgentConfig:
             raise ConfigError("no trusted keys configured: the agent would refuse every bundle; "
                               "add the hub's public key to trusted_keys")
         return keys
+
+    def broker_settings(self) -> BrokerSettings:
+        """How this agent connects (the password read now: from its file, the config or the environment)."""
+        password = resolve_password(password=self.mqtt_password, password_file=self.mqtt_password_file)
+        return BrokerSettings(self.mqtt_host, self.mqtt_port, tls=self.mqtt_tls, username=self.mqtt_username,
+                              password=password, protocol=self.mqtt_protocol, keepalive=self.keepalive,
+                              client_id=f"edgeloop-agent-{self.agent_id}")
 
     # --- file I/O --------------------------------------------------------------
     @classmethod
@@ -123,10 +151,7 @@ class AgentConfig:
             agent_id=agent_id,
             state_dir=resolve(state_dir),
             trusted_keys=[resolve(k) for k in keys],
-            mqtt_host=get("mqtt", "host", str, "127.0.0.1"),
-            mqtt_port=get("mqtt", "port", int, 1883),
-            mqtt_username=get("mqtt", "username", str, None),
-            mqtt_password=get("mqtt", "password", str, None),
+            **_mqtt_table(doc.get("mqtt", {}), get, resolve),
             keepalive=get("mqtt", "keepalive", int, 30),
             topic_root=topics.check_root(get("mqtt", "topic_root", str, topics.ROOT)),
             http_enabled=get("http", "enabled", bool, True),
@@ -139,58 +164,103 @@ class AgentConfig:
             max_queued_requests=get("limits", "max_queued_requests", int, 1000),
             min_free_bytes=get("limits", "min_free_bytes", int, 16 * 1024 * 1024),
             transfer_idle_seconds=get("transfer", "idle_seconds", float, 5.0),
+            outbox_max_messages=get("outbox", "max_messages", int, 1000),
+            outbox_max_bytes=get("outbox", "max_bytes", int, 16 * 1024 * 1024),
             zeroconf=get("discovery", "zeroconf", bool, False),
             zeroconf_interfaces=[str(x) for x in get("discovery", "interfaces", list, [])],
             log_level=get(None, "log_level", str, "INFO"),
             source=source,
         )
+        if cfg.mqtt_protocol not in ("auto", "5", "3.1.1"):
+            raise ConfigError(f'config mqtt.protocol must be "auto", "5" or "3.1.1", got {cfg.mqtt_protocol!r}')
+        if cfg.keepalive < 5:
+            raise ConfigError(f"config mqtt.keepalive must be at least 5 seconds, got {cfg.keepalive}")
         if not 0 < cfg.mqtt_port < 65536 or not 0 <= cfg.http_port < 65536:
             raise ConfigError("ports must be within 1..65535 (http may be 0 for a free port)")
         if cfg.max_queued_requests < 1:
             raise ConfigError(f"limits.max_queued_requests must be at least 1, got {cfg.max_queued_requests}")
         if cfg.min_free_bytes < 0:
             raise ConfigError(f"limits.min_free_bytes must be 0 or more, got {cfg.min_free_bytes}")
+        for key, value in (("max_messages", cfg.outbox_max_messages), ("max_bytes", cfg.outbox_max_bytes)):
+            if value < 1:
+                raise ConfigError(f"outbox.{key} must be at least 1, got {value}")
         return cfg
 
     def to_toml(self) -> str:
-        q = lambda s: '"' + str(s).replace("\\", "\\\\").replace('"', '\\"') + '"'
-        lines = [
-            f"agent_id = {q(self.agent_id)}",
-            f"state_dir = {q(self.state_dir)}",
-            "trusted_keys = [" + ", ".join(q(k) for k in self.trusted_keys) + "]",
-            f"log_level = {q(self.log_level)}",
-            "",
-            "[mqtt]",
-            f"host = {q(self.mqtt_host)}",
-            f"port = {self.mqtt_port}",
-            f"keepalive = {self.keepalive}",
-            f"topic_root = {q(self.topic_root)}",
-        ]
+        """The config as TOML (written with tomli-w; :meth:`load` reads it back equal)."""
+        import tomli_w
+
+        mqtt: dict[str, Any] = {"host": self.mqtt_host, "port": self.mqtt_port, "protocol": self.mqtt_protocol,
+                                "keepalive": self.keepalive, "topic_root": self.topic_root}
         if self.mqtt_username:
-            lines.append(f"username = {q(self.mqtt_username)}")
+            mqtt["username"] = self.mqtt_username
+        if self.mqtt_password_file is not None:
+            mqtt["password_file"] = str(self.mqtt_password_file)
         if self.mqtt_password:
-            lines.append(f"password = {q(self.mqtt_password)}")
-        lines += [
-            "",
-            "[http]",
-            f"enabled = {str(self.http_enabled).lower()}",
-            f"host = {q(self.http_host)}",
-            f"port = {self.http_port}",
-            f"max_connections = {self.http_max_connections}",
-            "",
-            "[limits]",
-            f"max_bundle_bytes = {self.max_bundle_bytes}",
-            f"max_request_bytes = {self.max_request_bytes}",
-            f"max_rows = {self.max_rows}",
-            f"max_queued_requests = {self.max_queued_requests}",
-            f"min_free_bytes = {self.min_free_bytes}",
-            "",
-            "[transfer]",
-            f"idle_seconds = {self.transfer_idle_seconds}",
-            "",
-            "[discovery]",
-            f"zeroconf = {str(self.zeroconf).lower()}",
-            "interfaces = [" + ", ".join(q(i) for i in self.zeroconf_interfaces) + "]",
-            "",
-        ]
-        return "\n".join(lines)
+            mqtt["password"] = self.mqtt_password
+        if self.mqtt_tls is not None:
+            tls = {name: str(getattr(self.mqtt_tls, name)) for name in TlsSettings.FILES
+                   if getattr(self.mqtt_tls, name) is not None}
+            mqtt["tls"] = {**tls, "check_hostname": self.mqtt_tls.check_hostname}
+        doc = {
+            "agent_id": self.agent_id,
+            "state_dir": str(self.state_dir),
+            "trusted_keys": [str(k) for k in self.trusted_keys],
+            "log_level": self.log_level,
+            "mqtt": mqtt,
+            "http": {"enabled": self.http_enabled, "host": self.http_host, "port": self.http_port,
+                     "max_connections": self.http_max_connections},
+            "limits": {"max_bundle_bytes": self.max_bundle_bytes, "max_request_bytes": self.max_request_bytes,
+                       "max_rows": self.max_rows, "max_queued_requests": self.max_queued_requests,
+                       "min_free_bytes": self.min_free_bytes},
+            "transfer": {"idle_seconds": self.transfer_idle_seconds},
+            "outbox": {"max_messages": self.outbox_max_messages, "max_bytes": self.outbox_max_bytes},
+            "discovery": {"zeroconf": self.zeroconf, "interfaces": list(self.zeroconf_interfaces)},
+        }
+        return tomli_w.dumps(doc)
+
+
+def _mqtt_table(table: Any, get: Callable[..., Any], resolve: Callable[[str], Path]) -> dict[str, Any]:
+    """The ``[mqtt]`` connection settings as AgentConfig fields (files checked, paths made absolute)."""
+    if not isinstance(table, dict):
+        raise ConfigError("[mqtt] must be a table")
+    url = get("mqtt", "url", str, None)
+    tls_doc = table.get("tls")
+    if tls_doc is not None and not isinstance(tls_doc, dict):
+        raise ConfigError("[mqtt.tls] must be a table (ca_file, cert_file, key_file, check_hostname)")
+    tls: TlsSettings | None = None
+    username = get("mqtt", "username", str, None)
+    password = get("mqtt", "password", str, None)
+    if url is not None:
+        if "host" in table or "port" in table:
+            raise ConfigError("config [mqtt] gives both url and host/port: keep one")
+        scheme, url_user, url_password, host, port = parse_url(url)
+        tls = TlsSettings() if scheme in ("mqtts", "ssl") else None
+        username = username or url_user
+        password = password if password is not None else url_password
+    if tls_doc is not None:
+        unknown = set(tls_doc) - {*TlsSettings.FILES, "check_hostname"}
+        if unknown:
+            raise ConfigError(f"config [mqtt.tls] has unknown keys: {', '.join(sorted(unknown))} "
+                              "(known: ca_file, cert_file, key_file, check_hostname)")
+        files = {}
+        for name in TlsSettings.FILES:
+            val = tls_doc.get(name)
+            if val is not None and not isinstance(val, str):
+                raise ConfigError(f"config mqtt.tls.{name} must be str, got {val!r}")
+            files[name] = resolve(val) if val else None
+        check = tls_doc.get("check_hostname", True)
+        if not isinstance(check, bool):
+            raise ConfigError(f"config mqtt.tls.check_hostname must be true or false, got {check!r}")
+        tls = TlsSettings(**files, check_hostname=check).check(CONFIG_KEYS)
+    if url is None:
+        host = get("mqtt", "host", str, "127.0.0.1")
+        port = get("mqtt", "port", int, 8883 if tls is not None else 1883)
+    password_file = get("mqtt", "password_file", str, None)
+    if password_file is not None and password is not None:
+        raise ConfigError("config [mqtt] gives both password and password_file: keep password_file")
+    pw_path = resolve(password_file) if password_file is not None else None
+    if pw_path is not None and not pw_path.is_file():
+        raise ConfigError(f"mqtt.password_file: {pw_path} does not exist or is not a file")
+    return {"mqtt_host": host, "mqtt_port": port, "mqtt_username": username, "mqtt_password": password,
+            "mqtt_password_file": pw_path, "mqtt_tls": tls, "mqtt_protocol": get("mqtt", "protocol", str, "auto")}

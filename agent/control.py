@@ -4,6 +4,12 @@ It alone writes the store and the transfers; it restores the active model at sta
 verifies every command (signature, target, expiry, counter) before acting, installs a
 bundle only after it verified, loaded and passed its smoke test, and reports every
 outcome as an event. Until a new model is active the previous one keeps serving.
+
+Chunks come on the agent's own ``bundle`` topic, or -- when the deploy command's transfer
+names one -- on a transfer topic shared by every agent of a fan-out deploy, which the
+agent follows from accepting the command until the transfer finishes, fails or is
+abandoned (its command expired, or a newer deploy of the same bundle replaced it).
+Missing chunks are asked for (``transfer_missing``) and come again on the own topic.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import logging
 import queue
 import shutil
 import time
+from typing import Any
 
 from edgeloop.agent.core import AgentCore
 from edgeloop.agent.errors import (
@@ -23,6 +30,7 @@ from edgeloop.agent.errors import (
     EdgeloopError,
     MessageFormatError,
     StoreError,
+    TransferError,
 )
 from edgeloop.agent.transfer import Transfer
 from edgeloop.agent.wire import topics
@@ -31,6 +39,8 @@ from edgeloop.agent.wire.commands import verify_command
 from edgeloop.agent.wire.messages import Chunk, Command
 
 log = logging.getLogger("edgeloop.agent.service")
+
+SHARED_CHUNK = "shared-chunk"  # control queue kind: a chunk from a shared transfer topic
 
 
 class AgentControl(AgentCore):
@@ -73,6 +83,8 @@ class AgentControl(AgentCore):
                     self._handle_command(payload)
                 elif kind == topics.BUNDLE:
                     self._handle_chunk(payload)
+                elif kind == SHARED_CHUNK:
+                    self._handle_chunk(payload, shared=True)
             except Exception:  # keep the agent alive, say what happened
                 log.exception("control thread failed on %s", kind)
                 self._publish_event(self._event("error", False, "internal",
@@ -82,12 +94,15 @@ class AgentControl(AgentCore):
     def _on_connected(self) -> None:
         self.session = self.store.next_session()
         self._publish_state()  # the birth certificate first, so "online" never points at a stale state
-        self.link.publish(topics.agent_topic(self.id, topics.STATUS), topics.ONLINE, qos=1, retain=True)
+        self.link.publish(topics.agent_topic(self.id, topics.STATUS, self.root), topics.ONLINE, qos=1, retain=True)
         for ev in self._pending_events:
             self._publish_event(ev)
         self._pending_events.clear()
-        for t in self._transfers.values():  # resume interrupted transfers
-            if not t.complete:
+        for t in list(self._transfers.values()):  # resume interrupted transfers
+            if t.complete:
+                self._finish_transfer(t)
+            else:
+                self._follow(t)
                 self._publish_missing(t)
 
     def _handle_command(self, payload: bytes) -> None:
@@ -117,12 +132,16 @@ class AgentControl(AgentCore):
             raise BundleTooLargeError(
                 f"bundle of {spec.size} bytes exceeds this agent's limit of {self.cfg.max_bundle_bytes} "
                 "(limits.max_bundle_bytes in its config)")
+        want_topic = f"{self.root}/transfers/{spec.transfer_id}"
+        if spec.topic is not None and spec.topic != want_topic:
+            raise TransferError(f"deploy names transfer topic {spec.topic!r}, not {want_topic!r}: refused "
+                                "(do the hub and this agent use the same topic root?)")
         free = shutil.disk_usage(self.cfg.state_dir).free
-        need = 2 * spec.size + self.cfg.min_free_bytes
+        need = spec.size + self.cfg.min_free_bytes
         if free < need:
             raise DiskSpaceError(
                 f"only {free / 2**20:.1f} MiB free in {self.cfg.state_dir}; a bundle of {spec.size / 2**20:.1f} MiB "
-                f"needs {need / 2**20:.1f} MiB (twice its size plus limits.min_free_bytes = "
+                f"needs {need / 2**20:.1f} MiB (its size plus limits.min_free_bytes = "
                 f"{self.cfg.min_free_bytes / 2**20:.1f} MiB): free some space or lower limits.min_free_bytes")
         meta = {"model": cmd.args.get("model", ""), "version": cmd.args.get("version", "")}
         stored = self.store.get(spec.bundle_sha256)
@@ -130,11 +149,16 @@ class AgentControl(AgentCore):
             _check_deploy_names(meta, stored.model, stored.version)
         if self.store.has_bundle(spec.bundle_sha256):
             self._publish_event(self._event("command_result", True, "ok", "bundle already in store; activating",
-                                            cmd.command_id, {"chunks": 0}))
+                                            cmd.command_id, {"chunks": 0, "in_store": True}))
             self._activate_stored(spec.bundle_sha256, cmd.command_id, "install_result")
             return
-        t = self._transfers.get(spec.transfer_id) or Transfer.open(self.store.incoming_dir, spec, cmd.command_id, meta)
-        self._transfers[spec.transfer_id] = t
+        t = self._transfers.get(spec.transfer_id)
+        if t is None:
+            for old in [o for o in self._transfers.values() if o.spec.bundle_sha256 == spec.bundle_sha256]:
+                self._abandon(old, f"deploy command {cmd.command_id} sends the same bundle again")
+            t = Transfer.open(self.store.incoming_dir, spec, cmd.command_id, meta, cmd.expires_at)
+            self._transfers[spec.transfer_id] = t
+        self._follow(t)  # before answering: the broker has the subscription when the hub reads the answer
         self._publish_event(self._event(
             "command_result", True, "ok", f"deploy accepted; waiting for {spec.chunks} chunks",
             cmd.command_id, {"transfer_id": spec.transfer_id, "chunks": spec.chunks,
@@ -142,7 +166,7 @@ class AgentControl(AgentCore):
         if t.complete:
             self._finish_transfer(t)
 
-    def _handle_chunk(self, payload: bytes) -> None:
+    def _handle_chunk(self, payload: bytes, shared: bool = False) -> None:
         try:
             chunk = Chunk.decode(payload)
         except EdgeloopError as exc:
@@ -159,10 +183,18 @@ class AgentControl(AgentCore):
             return
         if t.complete:
             self._finish_transfer(t)
+        elif shared and chunk.index == t.spec.chunks - 1 and not t.asked:
+            t.asked = True  # the shared stream ended with gaps (joined late, chunks dropped): ask now
+            self._publish_missing(t)
 
     def _check_idle_transfers(self) -> None:
         now = time.monotonic()
         for t in list(self._transfers.values()):
+            if t.expires_at is not None and self.clock() > t.expires_at:
+                self._abandon(t, f"its deploy command expired with {t.count_received} of {t.spec.chunks} "
+                                 "chunks received")
+                continue
+            t.save_if_idle(now)
             if not t.complete and now - t.last_activity > self.cfg.transfer_idle_seconds:
                 self._publish_missing(t)
                 t.last_activity = now
@@ -174,25 +206,67 @@ class AgentControl(AgentCore):
             "transfer_missing", True, "ok", f"{len(missing)} chunks missing", t.command_id,
             {"transfer_id": t.spec.transfer_id, "missing": missing}))
 
+    # --- shared transfer topics ---------------------------------------------------------------
+    def _follow(self, t: Transfer) -> None:
+        """Subscribe to the transfer's shared topic (if it has one); its chunks go to the control queue."""
+        topic = t.spec.topic
+        if topic is None or t.following:
+            return
+        # a handler for this topic alone, on paho's network thread: it only enqueues
+        self.link.client.message_callback_add(topic, self._on_shared_chunk)
+        self.link.add_subscription(topic, 1)
+        t.following = True
+        log.info("following transfer topic %s", topic)
+
+    def _unfollow(self, t: Transfer) -> None:
+        topic = t.spec.topic
+        if topic is None or not t.following:
+            return
+        t.following = False
+        if not any(o.following and o.spec.topic == topic for o in self._transfers.values()):
+            self.link.remove_subscription(topic)
+            self.link.client.message_callback_remove(topic)
+            log.info("left transfer topic %s", topic)
+
+    def _on_shared_chunk(self, client: Any, userdata: Any, msg: Any) -> None:
+        self._control_q.put((SHARED_CHUNK, msg.payload))
+
+    def _drop_transfer(self, t: Transfer) -> None:
+        """Forget a transfer: its files, its entry, its shared topic."""
+        t.discard()
+        self._transfers.pop(t.spec.transfer_id, None)
+        self._unfollow(t)
+
+    def _abandon(self, t: Transfer, why: str) -> None:
+        sha = t.spec.bundle_sha256
+        log.warning("transfer %s of bundle %s abandoned: %s", t.spec.transfer_id[:8], sha[:12], why)
+        self._drop_transfer(t)
+        self._publish_event(self._event(
+            "install_result", False, TransferError.code,
+            f"transfer of bundle {sha[:12]} abandoned: {why}; nothing was installed (deploy again)",
+            t.command_id, {"bundle_sha256": sha}))
+
+    # --- install --------------------------------------------------------------------------------
     def _finish_transfer(self, t: Transfer) -> None:
+        """Hash checked as the chunks came, one fsync, verify, load, smoke-test, rename into the store."""
         sha = t.spec.bundle_sha256
         started = time.perf_counter()
         try:
-            data = t.read_verified()
-            vb = verify_bundle(data, self.trusted, self.cfg.max_bundle_bytes)
+            path = t.finish()
+            vb = verify_bundle(path.read_bytes(), self.trusted, self.cfg.max_bundle_bytes)
             m = vb.manifest
             _check_deploy_names(t.meta, m.model_name, m.version)
             loaded = self._load_verified(vb, sha)
-            self.store.install(sha, data, m.model_name, m.version)
+            self.store.install_file(sha, path, m.model_name, m.version)
             self.serving.activate(loaded.runner, loaded.monitor)
-        except EdgeloopError as exc:
+        except (EdgeloopError, OSError) as exc:  # OSError: the store's disk (full, read-only, ...)
+            code = exc.code if isinstance(exc, EdgeloopError) else StoreError.code
             log.error("install of bundle %s refused: %s (previous model keeps serving)", sha[:12], exc)
-            self._publish_event(self._event("install_result", False, exc.code, str(exc), t.command_id,
+            self._publish_event(self._event("install_result", False, code, str(exc), t.command_id,
                                             {"bundle_sha256": sha}))
             return
         finally:
-            t.discard()
-            self._transfers.pop(t.spec.transfer_id, None)
+            self._drop_transfer(t)
         log.info("installed and activated %s %s (bundle %s)", m.model_name, m.version, sha[:12])
         self._publish_event(self._event(
             "install_result", True, "ok", f"{m.model_name} {m.version} installed and serving", t.command_id,

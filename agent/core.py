@@ -21,18 +21,25 @@ from edgeloop.agent.drift import DriftMonitor
 from edgeloop.agent.errors import BundleError, EdgeloopError
 from edgeloop.agent.http_api import HttpApi
 from edgeloop.agent.mqtt_link import MqttLink, Will
+from edgeloop.agent.outbox import DRIFT, EVENTS, Outbox
 from edgeloop.agent.runtime import ModelRunner
 from edgeloop.agent.serving import Serving
 from edgeloop.agent.store import AgentStore
 from edgeloop.agent.transfer import Transfer
 from edgeloop.agent.wire import topics
 from edgeloop.agent.wire.bundle import VerifiedBundle, verify_bundle
-from edgeloop.agent.wire.messages import ActiveModel, AgentState, DriftReport, Event
+from edgeloop.agent.wire.messages import ActiveModel, AgentState, DriftReport, Event, decode
 
 if TYPE_CHECKING:
+    import paho.mqtt.client as mqtt
+
     from edgeloop.agent.discovery import AgentAnnouncer
 
 log = logging.getLogger("edgeloop.agent.service")
+
+# progress of a transfer, and requests for missing chunks: not kept while the broker is unreachable
+# (the agent asks for the missing chunks again on every connect)
+VOLATILE_EVENTS = ("transfer_progress", "transfer_missing")
 
 
 @dataclass
@@ -48,6 +55,7 @@ class AgentCore:
     def __init__(self, config: AgentConfig, *, clock=time.time) -> None:
         self.cfg = config
         self.id = config.agent_id
+        self.root = config.topic_root  # every topic this agent subscribes or publishes is under it
         self.clock = clock
         self.trusted = config.load_trusted_keys()
         self.store = AgentStore(config.state_dir)
@@ -65,20 +73,28 @@ class AgentCore:
         self._discovery: AgentAnnouncer | None = None
         self.link = MqttLink(
             client_id=f"edgeloop-agent-{self.id}",
-            host=config.mqtt_host,
-            port=config.mqtt_port,
-            username=config.mqtt_username,
-            password=config.mqtt_password,
-            keepalive=config.keepalive,
+            broker=config.broker_settings(),
             on_message=self._on_message,
             on_connect=lambda: self._control_q.put(("connected", None)),
             subscriptions=[
-                (topics.agent_topic(self.id, topics.CMD), 1),
-                (topics.agent_topic(self.id, topics.BUNDLE), 1),
-                (topics.agent_topic(self.id, topics.INFER), 1),
+                (self._topic(topics.CMD), 1),
+                (self._topic(topics.BUNDLE), 1),
+                (self._topic(topics.INFER), 1),
             ],
-            will=Will(topics.agent_topic(self.id, topics.STATUS), topics.OFFLINE.encode(), 1, True),
+            will=Will(self._topic(topics.STATUS), topics.OFFLINE.encode(), 1, True),
         )
+
+        # drift reports and events: kept on disk while the broker is unreachable (see edgeloop.agent.outbox)
+        self.outbox = Outbox(
+            config.state_dir / "outbox", publish=self._publish_report, connected=self.link.connected.is_set,
+            validators={EVENTS: lambda b: decode(b, Event), DRIFT: lambda b: decode(b, DriftReport)},
+            dropped_report=self._dropped_report,
+            max_messages=config.outbox_max_messages, max_bytes=config.outbox_max_bytes,
+        )
+
+    def _topic(self, leaf: str) -> str:
+        """This agent's topic ``leaf`` under its fleet's topic root."""
+        return topics.agent_topic(self.id, leaf, self.root)
 
     def _on_message(self, topic: str, payload: bytes, msg: Any) -> None:  # pragma: no cover - see Agent
         raise NotImplementedError
@@ -113,12 +129,31 @@ class AgentCore:
                      command_id=command_id, details=details or {})
 
     def _publish_event(self, ev: Event) -> None:
-        self.link.publish(topics.agent_topic(self.id, topics.EVENTS), ev.encode(), qos=1)
+        """Publish ``ev`` now, or keep it in the outbox until the broker is back (progress is not kept)."""
+        if ev.event not in VOLATILE_EVENTS:
+            self.outbox.submit(EVENTS, ev.encode())
+        elif self.link.connected.is_set():
+            self.link.publish(self._topic(topics.EVENTS), ev.encode(), qos=1)
+        else:
+            log.debug("broker unreachable: %s event not kept (asked again on reconnect)", ev.event)
 
     def _publish_drift(self, report: DriftReport) -> None:
+        """Called on the serving thread that closed the window: never waits for the disk or the broker."""
         if report.drifted_features:
             log.warning("drift on %s (window %d): %s", report.model, report.window, ", ".join(report.drifted_features))
-        self.link.publish(topics.agent_topic(self.id, topics.DRIFT), report.encode(), qos=1)
+        self.outbox.submit(DRIFT, report.encode())
+
+    def _publish_report(self, kind: str, payload: bytes) -> mqtt.MQTTMessageInfo:
+        """The outbox's way out: one event or drift report at QoS 1."""
+        return self.link.publish(self._topic(topics.EVENTS if kind == EVENTS else topics.DRIFT), payload, qos=1)
+
+    def _dropped_report(self, counts: dict[str, int]) -> bytes:
+        what = " and ".join(f"{n} {'drift reports' if kind == DRIFT else kind}" for kind, n in counts.items())
+        return self._event(
+            "error", False, "reports_dropped",
+            f"{what} were dropped while the broker was unreachable (the outbox was full or could not be written); "
+            "raise [outbox] max_messages / max_bytes in the agent config or free disk space",
+            details={"dropped": dict(counts)}).encode()
 
     def _state_message(self, status: str) -> AgentState:
         active = self.store.active()
@@ -132,5 +167,4 @@ class AgentCore:
         )
 
     def _publish_state(self) -> None:
-        self.link.publish(topics.agent_topic(self.id, topics.STATE),
-                          self._state_message(topics.ONLINE).encode(), qos=1, retain=True)
+        self.link.publish(self._topic(topics.STATE), self._state_message(topics.ONLINE).encode(), qos=1, retain=True)

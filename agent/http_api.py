@@ -1,4 +1,4 @@
-"""Open Inference Protocol (KServe v2) REST endpoints over the standard library's HTTP server.
+"""Open Inference Protocol (KServe v2) REST endpoints, served by :mod:`edgeloop.agent.http_server`.
 
 Routes (``{v}`` segments are optional: ``/v2/models/{name}/versions/{v}/...``)::
 
@@ -19,17 +19,16 @@ serving after any bad request. Requests are logged at DEBUG only.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import os
 import socket
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 from edgeloop.agent import __version__
 from edgeloop.agent.errors import (
@@ -41,18 +40,19 @@ from edgeloop.agent.errors import (
     ModelNotReadyError,
     PayloadTooLargeError,
 )
+from edgeloop.agent.http_server import JsonHttpServer, error_body
 from edgeloop.agent.runtime import CLASSIFICATION_OUTPUT, REGRESSION_OUTPUT, ModelRunner
 from edgeloop.agent.serving import InferOutcome, Serving
 from edgeloop.agent.wire.manifest import Manifest
-from edgeloop.agent.wire.messages import load_json, new_id
+from edgeloop.agent.wire.messages import load_json
 
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "edgeloop-agent"
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
-DISCARD_LIMIT = 32 * 1024 * 1024  # refused bodies up to this size are read and dropped before answering 413
 NUMERIC_DATATYPES = ("FP32", "FP64", "FP16", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64")
 _TENSOR_KEYS = frozenset({"name", "shape", "datatype", "data", "parameters"})
+_ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False, check_circular=False).encode  # trees we built
 
 
 class HttpError(EdgeloopError):
@@ -89,6 +89,15 @@ class InferCall:
     outputs: list[str] | None
 
 
+_ID_PREFIX = os.urandom(6).hex()
+_ID_NUMBERS = itertools.count(1)
+
+
+def _request_id() -> str:
+    """An id for a request that came without one: a random prefix per process and a counter (no system call)."""
+    return f"{_ID_PREFIX}-{next(_ID_NUMBERS)}"
+
+
 def _is_tensor(obj: Any) -> bool:
     return isinstance(obj, dict) and "data" in obj and bool(obj.keys() & {"name", "shape", "datatype"}) \
         and obj.keys() <= _TENSOR_KEYS
@@ -111,8 +120,8 @@ def parse_infer_body(body: dict, manifest: Manifest, max_rows: int) -> InferCall
         if len(inputs) != 1:
             raise InputShapeError(
                 f"this model takes one input tensor {manifest.inputs[0].name!r}, got {len(inputs)}")
-        return InferCall(rid or new_id(), _tensor_rows(inputs[0], manifest, max_rows), wanted)
-    return InferCall(rid or new_id(), inputs, wanted)
+        return InferCall(rid or _request_id(), _tensor_rows(inputs[0], manifest, max_rows), wanted)
+    return InferCall(rid or _request_id(), inputs, wanted)
 
 
 def _requested_outputs(spec: Any) -> list[str] | None:
@@ -205,59 +214,7 @@ def _flatten(value: Any) -> tuple[list[int], list]:
     return shape, flat
 
 
-# --- the server ----------------------------------------------------------------------------------
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
-
-    def __init__(self, addr: tuple, handler: type, family: int, max_connections: int = 64) -> None:
-        self.address_family = family
-        self.max_connections = max_connections
-        self._open: set[socket.socket] = set()
-        self._open_lock = threading.Lock()
-        super().__init__(addr, handler)
-
-    def process_request(self, request, client_address):
-        """One thread per connection, but at most ``max_connections`` (a small device must not
-        run out of threads): beyond that the client gets 503 with Retry-After at once."""
-        with self._open_lock:
-            full = len(self._open) >= self.max_connections
-            if not full:
-                self._open.add(request)
-        if full:
-            body = json.dumps({"error": f"overloaded: more than {self.max_connections} open connections; "
-                                        "retry shortly"}).encode()
-            try:
-                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                                b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
-                                % (len(body), body))
-            except OSError:
-                pass
-            log.warning("HTTP connection from %s refused: %d connections open", client_address[0],
-                        self.max_connections)
-            self.shutdown_request(request)
-            return
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request):
-        with self._open_lock:
-            self._open.discard(request)
-        super().shutdown_request(request)
-
-    def close_open_connections(self) -> None:
-        with self._open_lock:
-            conns = list(self._open)
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def handle_error(self, request, client_address) -> None:  # never print tracebacks to stderr
-        log.debug("HTTP connection from %s ended with an error", client_address, exc_info=True)
-
-
+# --- the API ---------------------------------------------------------------------------------------
 class HttpApi:
     """KServe v2 REST front end of a :class:`Serving`. ``start()`` serves on a daemon thread."""
 
@@ -271,18 +228,17 @@ class HttpApi:
         self.max_rows = max_rows if max_rows is not None else serving.max_rows
         self.request_timeout = request_timeout
         self._requested_port = port
-        self._server: _Server | None = None
+        self._server: JsonHttpServer | None = None
         self._thread: threading.Thread | None = None
 
     # --- lifecycle --------------------------------------------------------------------------------
     def start(self) -> HttpApi:
         if self._server is not None:
             return self
-        handler = type("EdgeloopV2Handler", (_Handler,), {"api": self, "timeout": self.request_timeout})
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        self._server = _Server((self.host, self._requested_port), handler, family, self.max_connections)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="agent-http", daemon=True)
+        self._server = JsonHttpServer((self.host, self._requested_port), self.respond, max_body=self.max_body,
+                                      timeout_s=self.request_timeout, max_connections=self.max_connections,
+                                      server_header=f"{SERVER_NAME}/{__version__}")
+        self._thread = threading.Thread(target=self._server.serve_forever, name="agent-http", daemon=True)
         self._thread.start()
         log.debug("HTTP API listening on %s", self.url)
         return self
@@ -291,9 +247,7 @@ class HttpApi:
         server, self._server = self._server, None
         if server is None:
             return
-        server.shutdown()
-        server.close_open_connections()
-        server.server_close()
+        server.stop()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
@@ -319,10 +273,37 @@ class HttpApi:
             host = f"[{host}]"
         return f"http://{host}:{self.port}"
 
+    # --- requests ---------------------------------------------------------------------------------------
+    def respond(self, method: str, path: str, body: bytes) -> tuple[int, bytes, dict[str, str]]:
+        """Answer one request: (status, JSON body, extra headers). Every failure becomes a JSON error."""
+        headers: dict[str, str] = {}
+        try:
+            allowed, handler = self.route(method, path)
+            if method == allowed or (method == "HEAD" and allowed == "GET"):
+                status, payload = handler(body)
+            else:
+                raise HttpError(405, "method_not_allowed", f"{method} is not allowed on {path}; use {allowed}",
+                                {"Allow": allowed})
+        except EdgeloopError as exc:
+            status = status_for(exc)
+            payload = {"error": f"{exc.code}: {exc}"}
+            headers = exc.headers if isinstance(exc, HttpError) else {}
+        except Exception:  # a bug: log it here, tell the client nothing more
+            log.exception("HTTP %s %s failed", method, path)
+            return 500, error_body("internal", "internal error; see the agent log"), headers
+        try:
+            return status, _ENCODE(payload).encode("utf-8"), headers
+        except ValueError:
+            log.error("response to %s %s is not JSON-safe (non-finite number)", method, path)
+            return 500, error_body("internal", "the model produced a value JSON cannot carry"), {}
+
     # --- routes (return status and JSON body) ----------------------------------------------------------
     def route(self, method: str, path: str) -> tuple[str, Callable[[bytes], tuple[int, dict]]]:
         """(allowed method, handler) for ``path``; raises :class:`HttpError` 404 when no route matches."""
-        parts = [unquote(p) for p in path.strip("/").split("/")] if path.strip("/") else []
+        stripped = path.strip("/")
+        parts = stripped.split("/") if stripped else []
+        if "%" in stripped:
+            parts = [unquote(p) for p in parts]
         if parts == ["v2"]:
             return "GET", lambda body: (200, {"name": SERVER_NAME, "version": __version__, "extensions": []})
         if parts == ["v2", "health", "live"]:
@@ -375,143 +356,6 @@ class HttpApi:
         call = parse_infer_body(doc, runner.manifest, self.max_rows)
         out = self.serving.infer(call.inputs, name, max_rows=self.max_rows)
         return infer_response(out, call.id, runner, call.outputs)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """Reads the body, routes, answers JSON; every failure becomes a JSON error."""
-
-    protocol_version = "HTTP/1.1"
-    server_version = f"{SERVER_NAME}/{__version__}"
-    sys_version = ""
-    api: HttpApi  # set on the per-server subclass
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_HEAD(self) -> None:
-        self._dispatch("HEAD")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_PUT(self) -> None:
-        self._dispatch("PUT")
-
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
-
-    def do_PATCH(self) -> None:
-        self._dispatch("PATCH")
-
-    def do_OPTIONS(self) -> None:
-        self._dispatch("OPTIONS")
-
-    def _dispatch(self, method: str) -> None:
-        started = time.perf_counter()
-        path = urlsplit(self.path).path
-        headers: dict[str, str] = {}
-        try:
-            body = self._read_body()
-            if body is None:  # client went away mid-body
-                self.close_connection = True
-                return
-            allowed, handler = self.api.route(method, path)
-            if method == "HEAD" and allowed == "GET":
-                status, payload = handler(b"")
-            elif method != allowed:
-                raise HttpError(405, "method_not_allowed", f"{method} is not allowed on {path}; use {allowed}",
-                                {"Allow": allowed})
-            else:
-                status, payload = handler(body)
-        except EdgeloopError as exc:
-            status = status_for(exc)
-            payload = {"error": f"{exc.code}: {exc}"}
-            headers = getattr(exc, "headers", {})
-        except Exception:  # a bug: log it here, tell the client nothing more
-            log.exception("HTTP %s %s failed", method, path)
-            status, payload = 500, {"error": "internal: internal error; see the agent log"}
-        self._send(status, payload, headers, head_only=(method == "HEAD"))
-        log.debug("HTTP %s %s -> %d (%.2f ms)", method, path, status, (time.perf_counter() - started) * 1000)
-
-    def _read_body(self) -> bytes | None:
-        """The request body; raises HttpError/PayloadTooLargeError (and closes) when it cannot be read safely."""
-        if self.headers.get("Transfer-Encoding"):
-            self.close_connection = True
-            raise HttpError(411, "length_required", "chunked bodies are not supported; send a Content-Length")
-        raw = self.headers.get("Content-Length")
-        if raw is None:
-            return b""
-        try:
-            length = int(raw)
-            if length < 0:
-                raise ValueError
-        except ValueError:
-            self.close_connection = True
-            raise MessageFormatError(f"Content-Length {raw!r} is not a byte count") from None
-        if length > self.api.max_body:
-            self._discard(length)
-            raise PayloadTooLargeError(
-                f"request body is {length} bytes; the limit is {self.api.max_body}: send fewer rows per request")
-        try:
-            body = self.rfile.read(length) if length else b""
-        except OSError:
-            return None
-        return body if len(body) == length else None
-
-    def _discard(self, length: int) -> None:
-        """Read and drop a refused body (up to a cap) so the client can read the 413.
-
-        Clients send the whole body before reading the answer; closing on them
-        mid-upload shows up as a broken pipe instead of the error. Bodies beyond
-        the cap are cut off. The connection is closed afterwards either way.
-        """
-        self.close_connection = True
-        left = min(length, max(8 * self.api.max_body, DISCARD_LIMIT))
-        try:
-            while left > 0:
-                chunk = self.rfile.read(min(left, 65536))
-                if not chunk:
-                    break
-                left -= len(chunk)
-        except OSError:
-            pass
-
-    def _send(self, status: int, payload: dict, headers: dict[str, str], head_only: bool = False) -> None:
-        try:
-            data = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8")
-        except ValueError:
-            log.error("response to %s is not JSON-safe (non-finite number)", self.path)
-            status, data = 500, b'{"error":"internal: the model produced a value JSON cannot carry"}'
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for k, v in headers.items():
-                self.send_header(k, v)
-            if self.close_connection:
-                self.send_header("Connection", "close")
-            self.end_headers()
-            if not head_only:
-                self.wfile.write(data)
-        except OSError:
-            self.close_connection = True
-
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """Protocol-level errors from http.server (bad request line, ...) as JSON, then close."""
-        self.close_connection = True
-        try:
-            phrase = HTTPStatus(code).phrase
-        except ValueError:
-            phrase = "error"
-        text = message or phrase
-        self._send(code, {"error": f"{phrase.lower().replace(' ', '_')}: {text}"}, {},
-                   head_only=(getattr(self, "command", None) == "HEAD" or code < 200 or code in (204, 304)))
-
-    def log_request(self, code: Any = "-", size: Any = "-") -> None:
-        pass  # _dispatch logs one DEBUG line per request
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("HTTP %s: %s", self.address_string(), format % args)
 
 
 __all__ = ["HttpApi", "HttpError", "InferCall", "parse_infer_body", "infer_response", "status_for",

@@ -1,7 +1,33 @@
-"""The agent's MQTT inference thread: requests from the ``infer`` topic, answers to the
-requester's ``reply_to`` topic (or ``infer/result``), errors with a code and a message.
+"""The agent's MQTT inference thread: requests from its ``infer`` topic, each answered with an
+``infer_result`` or an ``infer_error`` (a code and a message).
 
-HTTP requests do not pass here: the HTTP server's threads call the same
+Where the answer goes, the first that applies:
+
+1. MQTT 5: the request's **Response Topic** property;
+2. the payload's ``reply_to`` field (MQTT 3.1.1 -- the embedded amqtt broker --, ``mosquitto_pub``);
+3. ``<root>/agents/<id>/infer/result``.
+
+The answer's ``id`` is the request's payload ``id``. On an MQTT 5 connection the answer also
+carries the request's **Correlation Data** (when it had one) and the user property
+``schema`` = the wire schema version, whatever its destination.
+
+**QoS**: the answer goes out at the QoS the request was delivered with (the agent subscribes
+at QoS 1, so 0 or 1). A QoS 0 requester gets a QoS 0 answer: no PUBACK exchange on either leg,
+the fastest round trip through a broker that leaves Nagle on.
+
+**Message Expiry** (MQTT 5): a request whose Message Expiry Interval -- what the broker left
+of it when it delivered the request -- ran out while the request waited in the agent's queue
+is dropped without an answer: its requester has given up on it, as the broker would have
+dropped it. The agent logs the first such drop at WARNING (the rest at DEBUG) and counts them
+in :attr:`AgentInference.expired_requests`.
+
+Threads: the paho network thread calls :meth:`AgentInference._accept_infer`, which queues the
+request for the inference thread (or answers ``overloaded`` when the queue is full) -- except a
+small request (``INLINE_MAX_BYTES``) to a model whose last answer took under ``INLINE_MAX_MS``,
+when nothing is queued or being answered: that one is answered on the network thread at once,
+saving the wake-up of the inference thread (measured through Mosquitto: agent/echo p50 ratios of
+1.3-1.5x instead of 1.5-1.7x) while holding the network thread no longer than a packet's worth of
+work. HTTP requests do not pass here: the HTTP server's threads call the same
 :class:`~edgeloop.agent.serving.Serving`.
 """
 
@@ -9,51 +35,155 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
 
 from edgeloop.agent.core import AgentCore
 from edgeloop.agent.errors import EdgeloopError, InferenceError
+from edgeloop.agent.mqtt_link import MessageProps
+from edgeloop.agent.runtime import ModelRunner
 from edgeloop.agent.wire import topics
-from edgeloop.agent.wire.messages import InferError, InferRequest, InferResult
+from edgeloop.agent.wire.messages import SCHEMA, InferError, InferRequest, InferResult
 
 log = logging.getLogger("edgeloop.agent.service")
 
+INLINE_MAX_MS = 0.5  # a request to a model that answered the last one faster may be answered on the network thread
+INLINE_MAX_BYTES = 4096  # ... if it is this small (a few dozen rows)
+SCHEMA_PROPERTY = ("schema", str(SCHEMA))  # the user property every MQTT 5 answer carries
+_NO_PROPS = MessageProps()
+
+
+@dataclass(frozen=True)
+class InferJob:
+    """One request as the network thread received it."""
+
+    payload: bytes
+    qos: int  # as delivered: the answer's QoS
+    props: MessageProps  # MQTT 5 properties (all empty on 3.1.1)
+    received: float  # time.monotonic() on arrival
+
+    def expired(self, now: float) -> bool:
+        """Whether its Message Expiry Interval ran out while it waited."""
+        expiry = self.props.message_expiry
+        return expiry is not None and now - self.received > expiry
+
+
+def valid_topic(topic: str) -> bool:
+    """A topic an answer can be published to: non-empty, no wildcards, no NUL."""
+    return topic != "" and not any(c in topic for c in "+#\0")
+
 
 class AgentInference(AgentCore):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.expired_requests = 0  # requests dropped because their Message Expiry ran out in the queue
+        self._serving_lock = threading.Lock()  # held while a request is being answered, on either thread
+        self._quick: ModelRunner | None = None  # the served model, while its last answer was quick
+
+    # --- network thread: answer a quick one at once, else queue; never wait ------------
+    def _accept_infer(self, payload: bytes, msg: Any) -> None:
+        """Answer or queue a request (``msg``: the paho message it came in); ``overloaded`` when full."""
+        job = InferJob(payload, min(int(getattr(msg, "qos", 1)), 1),
+                       MessageProps.of(msg) if msg is not None else _NO_PROPS, time.monotonic())
+        if self._answer_here(job):
+            try:
+                self._serve(job)
+            finally:
+                self._serving_lock.release()
+            return
+        try:
+            self._infer_q.put_nowait(job)
+        except queue.Full:
+            self._reply_error(job, "overloaded", "agent is overloaded: request dropped, retry later")
+
+    def _answer_here(self, job: InferJob) -> bool:
+        """Whether to answer ``job`` on the network thread (then holding the serving lock): a small
+        request, nothing queued or being answered, and the served model answered the last request
+        in under INLINE_MAX_MS. That saves waking the inference thread (measured: ~70 us of a 0.3 ms
+        overhead, more on a loaded machine) and holds the network thread no longer than that."""
+        if len(job.payload) > INLINE_MAX_BYTES:
+            return False
+        quick = self._quick
+        if quick is None or quick is not self.serving.active:
+            return False
+        if not self._serving_lock.acquire(blocking=False):
+            return False
+        if self._infer_q.qsize():  # requests already waiting go first
+            self._serving_lock.release()
+            return False
+        return True
+
+    # --- the inference thread --------------------------------------------------------
     def _infer_loop(self) -> None:
         while True:
-            payload = self._infer_q.get()
-            if payload is None:
+            job = self._infer_q.get()
+            if job is None:
                 return
-            try:
-                self._handle_infer(payload)
-            except Exception:
-                log.exception("inference request failed unexpectedly")
-                self._reply_error(payload, None, "internal", "internal error; see the agent log")
+            with self._serving_lock:
+                self._serve(job)
 
-    def _handle_infer(self, payload: bytes) -> None:
+    def _serve(self, job: InferJob) -> None:
         try:
-            req = InferRequest.decode(payload, limit=self.cfg.max_request_bytes)
-        except EdgeloopError as exc:
-            self._reply_error(payload, None, exc.code, str(exc))
+            self._handle_infer(job)
+        except Exception:
+            log.exception("inference request failed unexpectedly")
+            self._reply_error(job, "internal", "internal error; see the agent log")
+
+    def _handle_infer(self, job: InferJob) -> None:
+        if job.expired(time.monotonic()):
+            self._drop_expired(job)
             return
-        reply = req.reply_to or topics.agent_topic(self.id, topics.INFER_RESULT)
+        if job.props.response_topic is not None and not valid_topic(job.props.response_topic):
+            self._reply_error(job, "bad_message", "the Response Topic must be a topic name without wildcards")
+            return
+        try:
+            req = InferRequest.decode(job.payload, limit=self.cfg.max_request_bytes)
+        except EdgeloopError as exc:
+            self._reply_error(job, exc.code, str(exc))
+            return
+        reply = job.props.response_topic or req.reply_to or self._topic(topics.INFER_RESULT)
+        runner = self.serving.active
         try:
             out = self.serving.infer(req.inputs, req.model, max_rows=self.cfg.max_rows)
         except InferenceError as exc:
-            self._reply_error(payload, reply, exc.code, str(exc), req.id)
+            self._reply_error(job, exc.code, str(exc), rid=req.id, reply=reply)
             return
+        self._quick = runner if out.latency_ms < INLINE_MAX_MS else None
         res = InferResult(id=req.id, model=out.model, version=out.version, outputs=out.outputs,
                           latency_ms=round(out.latency_ms, 3))
-        self.link.publish(reply, res.encode(), qos=1)
+        self._answer(job, reply, res.encode())
 
-    def _reply_error(self, payload: bytes, reply: str | None, code: str, message: str, rid: str | None = None) -> None:
+    def _drop_expired(self, job: InferJob) -> None:
+        self.expired_requests += 1
+        waited = time.monotonic() - job.received
+        (log.warning if self.expired_requests == 1 else log.debug)(
+            "dropped an inference request that waited %.1f s, past its Message Expiry of %d s "
+            "(%d dropped so far); the agent is slower than its requesters expect",
+            waited, job.props.message_expiry, self.expired_requests)
+
+    def _answer(self, job: InferJob, topic: str, payload: bytes) -> None:
+        """Publish an answer at the request's QoS, with its Correlation Data echoed (MQTT 5)."""
+        props = MessageProps(correlation_data=job.props.correlation_data, user_properties=(SCHEMA_PROPERTY,))
+        self.link.publish(topic, payload, qos=job.qos, props=props)
+
+    def _reply_error(self, job: InferJob, code: str, message: str, *, rid: str | None = None,
+                     reply: str | None = None) -> None:
+        """Answer an error; ``rid``/``reply`` default to what can be read from a possibly malformed request."""
         if rid is None:
-            rid = _peek_field(payload, "id")
+            rid = _peek_field(job.payload, "id")
         if reply is None:
-            reply = _peek_field(payload, "reply_to") or topics.agent_topic(self.id, topics.INFER_RESULT)
-            if any(c in reply for c in "+#\0"):
-                reply = topics.agent_topic(self.id, topics.INFER_RESULT)
-        self.link.publish(reply, InferError(id=rid, code=code, message=message).encode(), qos=1)
+            reply = self._error_destination(job)
+        self._answer(job, reply, InferError(id=rid, code=code, message=message).encode())
+
+    def _error_destination(self, job: InferJob) -> str:
+        """The Response Topic, else the payload's ``reply_to``, else ``infer/result``: the first usable."""
+        if job.props.response_topic is not None and valid_topic(job.props.response_topic):
+            return job.props.response_topic
+        reply_to = _peek_field(job.payload, "reply_to")
+        return reply_to if valid_topic(reply_to) else self._topic(topics.INFER_RESULT)
 
 
 def _peek_field(payload: bytes, key: str) -> str:

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_ROWS = 4096
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _PLAIN_NUMBERS = frozenset({float, int})
+_SMALL = 64  # inputs of up to this many values are range-checked in Python, larger ones with numpy
 
 
 class ModelContractError(BundleError):
@@ -151,6 +152,31 @@ def _coerce_array(arr: np.ndarray, manifest: Manifest) -> np.ndarray:
     return arr
 
 
+def _plain_rows(inputs: Any, f: int) -> np.ndarray | None:
+    """The common case, checked in few steps: JSON rows (or one row) of ``f`` plain numbers, all finite
+    and within float32 range -> float32 ``(n, f)``. None for anything else: :func:`coerce_inputs`
+    then takes the path that accepts every form and names the row and feature at fault."""
+    if type(inputs) is not list or not inputs:
+        return None
+    rows = inputs if type(inputs[0]) is list else [inputs]
+    for row in rows:
+        if type(row) is not list or len(row) != f or not set(map(type, row)) <= _PLAIN_NUMBERS:
+            return None
+    if len(rows) * f <= _SMALL:  # checked value by value: fewer steps than numpy for a few values
+        for row in rows:
+            for v in row:
+                if not -_FLOAT32_MAX <= v <= _FLOAT32_MAX:  # NaN compares false as well
+                    return None
+        return np.array(rows, dtype=np.float32)
+    try:
+        arr = np.array(rows, dtype=np.float64)
+    except OverflowError:  # an int too large for a double
+        return None
+    if not np.abs(arr).max() <= _FLOAT32_MAX:
+        return None
+    return arr.astype(np.float32)
+
+
 def coerce_inputs(inputs: Any, manifest: Manifest, max_rows: int = DEFAULT_MAX_ROWS) -> np.ndarray:
     """Client inputs -> C-contiguous float32 array ``(n, F)``.
 
@@ -160,6 +186,11 @@ def coerce_inputs(inputs: Any, manifest: Manifest, max_rows: int = DEFAULT_MAX_R
     refused (Python's json parses ``NaN``/``Infinity``, so values are checked,
     not the text).
     """
+    fast = _plain_rows(inputs, manifest.n_features)
+    if fast is not None:
+        if fast.shape[0] > max_rows:
+            raise InputShapeError(f"{fast.shape[0]} rows in one request; the limit is {max_rows}: split the batch")
+        return fast
     names = list(manifest.feature_names)
     rows_list: list[Sequence[Any]] | None = None
     if isinstance(inputs, np.ndarray):
@@ -227,6 +258,7 @@ class ModelRunner:
         self.session = session
         self.bundle_sha256 = bundle_sha256
         self._contract = _check_contract(manifest, session)
+        self._labels = [str(label) for label in manifest.labels]
 
     @classmethod
     def load(cls, manifest: Manifest, model_bytes: bytes, *, threads: int = 1, bundle_sha256: str = "") -> ModelRunner:
@@ -290,6 +322,10 @@ class ModelRunner:
         and ``label`` (names); regression: ``prediction`` (flat list). Other
         outputs the manifest lists are passed through as nested lists.
         """
+        return self.answer(outputs)[0]
+
+    def answer(self, outputs: Mapping[str, np.ndarray]) -> tuple[dict[str, list], np.ndarray | None]:
+        """:meth:`postprocess`, plus the predicted class index per row (classification, else None)."""
         primary = self._contract.primary_output
         out: dict[str, list] = {}
         for name, value in outputs.items():
@@ -301,16 +337,17 @@ class ModelRunner:
             if name != primary:
                 out[name] = arr.tolist()
         raw = np.asarray(outputs[primary])
-        if self.is_classifier:
-            probs = raw.reshape(raw.shape[0], -1)
-            idx = probs.argmax(axis=1)
-            labels = self.manifest.labels
-            out[CLASSIFICATION_OUTPUT] = probs.tolist()
-            out["class_index"] = idx.tolist()
-            out["label"] = [str(labels[i]) for i in idx]
-        else:
+        if not self.is_classifier:
             out[REGRESSION_OUTPUT] = raw.reshape(-1).tolist()
-        return out
+            return out, None
+        probs = raw.reshape(raw.shape[0], -1)
+        idx = probs.argmax(axis=1)
+        classes = idx.tolist()
+        labels = self._labels
+        out[CLASSIFICATION_OUTPUT] = probs.tolist()
+        out["class_index"] = classes
+        out["label"] = [labels[i] for i in classes]
+        return out, idx
 
     def class_indices(self, outputs: Mapping[str, np.ndarray]) -> np.ndarray | None:
         """Predicted class index per row (classification), else None."""

@@ -2,12 +2,19 @@
 
 Threads and who owns what:
 
-* paho's network thread only sorts incoming messages into queues;
+* paho's network thread sorts incoming messages into queues (and answers small inference
+  requests to a quick model itself: :mod:`.inference`);
 * the **control** thread owns the store and the transfers: it verifies commands,
   writes chunks, installs, rolls back and publishes state and events;
 * the **inference** thread answers MQTT inference requests; HTTP requests are
   answered on the HTTP server's own threads; both go through :class:`Serving`,
-  whose active model is swapped atomically by the control thread.
+  whose active model is swapped atomically by the control thread;
+* the **outbox** thread keeps drift reports and events on disk while the broker is
+  unreachable and sends them, in order, after the birth state of the next connect
+  (:mod:`edgeloop.agent.outbox`).
+
+Every topic is under the fleet's topic root (``[mqtt] topic_root``, default ``edgeloop/v1``);
+messages under any other root are ignored.
 
 A bundle is loaded only after :func:`edgeloop.agent.wire.bundle.verify_bundle` passes,
 its smoke test passes, and it is on disk; until then the previous model keeps serving.
@@ -19,7 +26,6 @@ publishing), :mod:`.control` (the control thread) and :mod:`.inference` (MQTT in
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from typing import Any
@@ -46,6 +52,7 @@ class Agent(AgentControl, AgentInference):
                 max_body=self.cfg.max_request_bytes, max_connections=self.cfg.http_max_connections,
             ).start()
             log.info("HTTP (Open Inference Protocol v2) on %s", self.http.url)
+        self.outbox.start()
         for name, target in (("control", self._control_loop), ("inference", self._infer_loop)):
             thread = threading.Thread(target=target, name=f"agent-{name}", daemon=True)
             thread.start()
@@ -53,8 +60,8 @@ class Agent(AgentControl, AgentInference):
         self.link.start()
         if self.cfg.zeroconf:
             self._start_discovery()
-        log.info("agent %s started (state in %s, broker %s:%s)", self.id, self.cfg.state_dir,
-                 self.cfg.mqtt_host, self.cfg.mqtt_port)
+        log.info("agent %s started (state in %s, broker %s:%s, topic root %s)", self.id, self.cfg.state_dir,
+                 self.cfg.mqtt_host, self.cfg.mqtt_port, self.root)
         return self
 
     def stop(self) -> None:
@@ -67,12 +74,13 @@ class Agent(AgentControl, AgentInference):
         self._infer_q.put(None)
         for t in self._threads:
             t.join(timeout=5)
+        self.outbox.stop()  # what was handed over is sent or on disk; later reports are kept inline
         delivered = False
         try:
             offline = self._state_message(topics.OFFLINE)
             delivered = self.link.stop(final=[
-                (topics.agent_topic(self.id, topics.STATE), offline.encode(), 1, True),
-                (topics.agent_topic(self.id, topics.STATUS), topics.OFFLINE.encode(), 1, True),
+                (self._topic(topics.STATE), offline.encode(), 1, True),
+                (self._topic(topics.STATUS), topics.OFFLINE.encode(), 1, True),
             ])
         except Exception:  # the rest of the stop must still happen
             log.exception("could not publish the offline state")
@@ -107,19 +115,21 @@ class Agent(AgentControl, AgentInference):
     def stop_requested(self) -> bool:
         return self._stop_reason is not None
 
+    def _on_connected(self) -> None:
+        """Control thread, on every connect: the birth state first, then what the outbox kept."""
+        super()._on_connected()
+        self.outbox.flush_soon()
+
     # --- network thread: sort, never block --------------------------------------------
     def _on_message(self, topic: str, payload: bytes, msg: Any) -> None:
-        parsed = topics.parse_agent_topic(topic)
+        parsed = topics.parse_agent_topic(topic, self.root)
         if parsed is None or parsed[0] != self.id:
             return
         leaf = parsed[1]
         if leaf in (topics.CMD, topics.BUNDLE):
             self._control_q.put((leaf, payload))
         elif leaf == topics.INFER:
-            try:
-                self._infer_q.put_nowait(payload)
-            except queue.Full:
-                self._reply_error(payload, None, "overloaded", "agent is overloaded: request dropped, retry later")
+            self._accept_infer(payload, msg)  # answered now or queued, with its QoS and MQTT 5 properties
 
     def _start_discovery(self) -> None:
         try:

@@ -5,6 +5,12 @@
 attribute assignment under a lock; a request reads the pair once, so it is
 answered entirely by the old model or entirely by the new one, never a mix,
 and in-flight requests finish on the model they started with.
+
+Rows reach the drift monitor in batches (:class:`_DriftFeed`): a small request in the
+middle of a window is held back and observed with the next ones, which spares every
+request the monitor's per-call cost. Windows still close on the same request as if each
+request were observed at once, and the first row of each window is observed when it
+arrives, so reports (numbers, rows, counts, start and end times) are the same.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import numpy as np
 
 from edgeloop.agent.drift import DriftMonitor
 from edgeloop.agent.errors import ModelNotFoundError, ModelNotReadyError
-from edgeloop.agent.runtime import CLASSIFICATION_OUTPUT, DEFAULT_MAX_ROWS, ModelRunner, coerce_inputs
+from edgeloop.agent.runtime import DEFAULT_MAX_ROWS, ModelRunner, coerce_inputs
 from edgeloop.agent.wire.messages import DriftReport
 
 log = logging.getLogger(__name__)
@@ -39,10 +45,60 @@ class InferOutcome:
     latency_ms: float
 
 
+DRIFT_BATCH_ROWS = 64
+
+
+class _DriftFeed:
+    """Rows on their way to one :class:`DriftMonitor`, observed in batches (see the module docstring)."""
+
+    def __init__(self, monitor: DriftMonitor, batch_rows: int = DRIFT_BATCH_ROWS) -> None:
+        self.monitor = monitor
+        self.window = monitor.reference.window
+        self.batch_rows = batch_rows
+        self._lock = threading.Lock()
+        self._rows: list[np.ndarray] = []
+        self._predicted: list[np.ndarray] = []
+        self._held = 0  # rows held back, not yet given to the monitor
+        self._in_window = monitor.pending_rows  # rows the monitor's open window holds
+
+    def add(self, x: np.ndarray, predicted: np.ndarray | None) -> list[DriftReport]:
+        """Hold or observe rows ``x``; return the windows they closed. Never raises."""
+        n = int(x.shape[0])
+        with self._lock:
+            self._rows.append(x)
+            if predicted is not None:
+                self._predicted.append(predicted)
+            self._held += n
+            if 0 < self._in_window and self._in_window + self._held < self.window and self._held < self.batch_rows:
+                return []
+            return self._observe_held()
+
+    def drain(self) -> list[DriftReport]:
+        """Give every held row to the monitor now (before its window is flushed)."""
+        with self._lock:
+            return self._observe_held() if self._held else []
+
+    def _observe_held(self) -> list[DriftReport]:
+        rows, predicted, held = self._rows, self._predicted, self._held
+        self._rows, self._predicted, self._held = [], [], 0
+        self._in_window = (self._in_window + held) % self.window
+        x = rows[0] if len(rows) == 1 else np.concatenate(rows)
+        pred = None
+        if predicted:
+            pred = predicted[0] if len(predicted) == 1 else np.concatenate(predicted)
+        try:
+            return self.monitor.observe(x, pred)
+        except Exception:  # drift is a side channel: never fail a request over it
+            log.exception("drift monitor failed; the request was answered anyway")
+            self._in_window = self.monitor.pending_rows
+            return []
+
+
 @dataclass(frozen=True)
 class _Active:
     runner: ModelRunner
     monitor: DriftMonitor | None
+    feed: _DriftFeed | None = None
 
 
 class Serving:
@@ -58,7 +114,11 @@ class Serving:
     def activate(self, runner: ModelRunner, monitor: DriftMonitor | None = None) -> None:
         """Serve ``runner`` from the next request on; the previous monitor's partial window is flushed."""
         with self._lock:
-            old, self._slot = self._slot, _Active(runner, monitor)
+            old = self._slot
+            feed = None
+            if monitor is not None:  # the same monitor again keeps its feed (and the rows it holds)
+                feed = old.feed if old is not None and old.monitor is monitor else _DriftFeed(monitor)
+            self._slot = _Active(runner, monitor, feed)
         log.info("serving %s version %s", runner.name, runner.version)
         if old is not None and old.monitor is not monitor:
             self._flush(old)
@@ -94,12 +154,11 @@ class Serving:
         slot = self._current(model)
         runner = slot.runner
         x = coerce_inputs(inputs, runner.manifest, self.max_rows if max_rows is None else max_rows)
-        raw = runner.predict(x)
-        outputs = runner.postprocess(raw)
+        outputs, predicted = runner.answer(runner.predict(x))
         latency_ms = (time.perf_counter() - started) * 1000.0
-        if slot.monitor is not None:
-            predicted = np.asarray(outputs["class_index"]) if CLASSIFICATION_OUTPUT in outputs else None
-            self._observe(slot.monitor, x, predicted)
+        if slot.feed is not None:
+            for report in slot.feed.add(x, predicted):
+                self._emit(report)
         return InferOutcome(model=runner.name, version=runner.version, outputs=outputs, rows=int(x.shape[0]),
                             latency_ms=latency_ms)
 
@@ -144,15 +203,6 @@ class Serving:
                 f"(version {slot.runner.version})")
         return slot.runner
 
-    def _observe(self, monitor: DriftMonitor, x: np.ndarray, predicted: np.ndarray | None) -> None:
-        try:
-            reports = monitor.observe(x, predicted)
-        except Exception:  # drift is a side channel: never fail a request over it
-            log.exception("drift monitor failed; the request was answered anyway")
-            return
-        for report in reports:
-            self._emit(report)
-
     def _emit(self, report: DriftReport) -> None:
         if self.on_drift_report is None:
             return
@@ -162,8 +212,10 @@ class Serving:
             log.exception("drift report callback failed for window %d of %s", report.window, report.model)
 
     def _flush(self, old: _Active | None) -> None:
-        if old is None or old.monitor is None:
+        if old is None or old.monitor is None or old.feed is None:
             return
+        for held in old.feed.drain():
+            self._emit(held)
         try:
             report = old.monitor.flush()
         except Exception:

@@ -4,12 +4,14 @@ Layout under ``state_dir``::
 
     state.json              active bundle, history, accepted command counters, session
     bundles/<sha256>.elb    verified bundles exactly as received (re-verified on every load)
-    incoming/<id>.part      bundle transfers in progress (see edgeloop.agent.transfer)
+    incoming/<id>.part      bundle transfers in progress (see edgeloop.agent.transfer); a
+                            verified one is renamed to bundles/ (same file system), not copied
+    incoming/<id>.json      a transfer's spec and bitmap of received chunks
 
 Every write goes through :mod:`edgeloop.agent.fsutil` (write beside, fsync, atomic rename,
-fsync the folder). A bundle file is complete on disk before ``state.json`` names
-it, so the active pointer changes last: a power cut at any point leaves either
-the old model or the new one active, never a half-written one.
+fsync the folder), or is a fsynced transfer file renamed into ``bundles/``. A bundle file is
+complete on disk before ``state.json`` names it, so the active pointer changes last: a power
+cut at any point leaves either the old model or the new one active, never a half-written one.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeloop.agent.errors import StoreError
-from edgeloop.agent.fsutil import atomic_write_bytes, atomic_write_json
+from edgeloop.agent.fsutil import atomic_write_bytes, atomic_write_json, fsync_dir
 
 log = logging.getLogger(__name__)
 STATE_SCHEMA = 1
@@ -161,6 +163,17 @@ class AgentStore:
             path = self.bundle_path(sha256)
             if not path.exists():
                 atomic_write_bytes(path, data)
+            self.state.installed[sha256] = InstalledBundle(sha256, model, version, time.time())
+            self._activate(sha256)
+
+    def install_file(self, sha256: str, path: Path, model: str, version: str) -> None:
+        """Move a verified, fsynced bundle file (a finished transfer) into the store and make it
+        active: one rename, no copy; the pointer changes last. ``path`` must be on the store's
+        file system (``incoming/`` is)."""
+        with self._lock:
+            target = self.bundle_path(sha256)
+            os.replace(path, target)
+            fsync_dir(self.bundles_dir)
             self.state.installed[sha256] = InstalledBundle(sha256, model, version, time.time())
             self._activate(sha256)
 

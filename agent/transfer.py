@@ -1,10 +1,16 @@
-"""Receiving a bundle in chunks: a ``.part`` file plus a persisted bitmap.
+"""Receiving a bundle in chunks: one ``.part`` file, one incremental sha256, a persisted bitmap.
 
-Chunks may arrive in any order, twice, or not at all. Each is written at its
-offset; the bitmap of received chunks is saved (after an fsync of the data) every
-few chunks, so after a restart or a reconnect the agent asks only for what it
-lacks. The whole-file sha256 named in the signed deploy command is checked before
-anything else looks at the bytes.
+Chunks may arrive in any order, twice, or not at all. Each is written once, at its
+offset in ``incoming/<transfer_id>.part``; the sha256 of the contiguous prefix grows
+as chunks arrive (a chunk that fills a gap brings the chunks after it in by reading
+them back from the file), so the whole-file hash named in the signed deploy command
+is known when the last chunk lands, without a second pass. The file is fsynced once,
+at the end (:meth:`Transfer.finish`), and then renamed into the store by
+:meth:`edgeloop.agent.store.AgentStore.install_file` -- never copied.
+
+For resuming after a restart or reconnect, the bitmap of received chunks is saved
+(after an fsync of the data, so it never claims more than is on disk) every few MiB,
+when the transfer goes quiet, and on a clean close.
 """
 
 from __future__ import annotations
@@ -21,46 +27,69 @@ from edgeloop.agent.fsutil import atomic_write_json
 from edgeloop.agent.wire.messages import Chunk, TransferSpec
 
 log = logging.getLogger(__name__)
-BITMAP_SAVE_EVERY = 16
+BITMAP_SAVE_BYTES = 4 * 1024 * 1024  # data received since the last save that triggers one
+BITMAP_SAVE_IDLE = 0.5  # seconds without a chunk after which unsaved progress is saved
 
 
 class Transfer:
-    def __init__(self, folder: Path, spec: TransferSpec, command_id: str, meta: dict | None = None) -> None:
+    def __init__(self, folder: Path, spec: TransferSpec, command_id: str, meta: dict | None = None,
+                 expires_at: float | None = None) -> None:
         self.spec = spec
         self.command_id = command_id
         self.meta = dict(meta or {})
+        self.expires_at = expires_at  # the deploy command's expiry: the transfer is abandoned after it
         self.part_path = Path(folder) / f"{spec.transfer_id}.part"
         self.info_path = Path(folder) / f"{spec.transfer_id}.json"
         self.received = bytearray(spec.chunks)  # 0/1 per chunk
         self.last_activity = time.monotonic()
-        self._unsaved = 0
+        self.following = False  # subscribed to the transfer's shared topic (the agent's control sets it)
+        self.asked = False  # asked for missing chunks once the shared stream ended (see AgentControl)
+        self._count = 0
+        self._hash = hashlib.sha256()
+        self._hashed = 0  # chunks 0.._hashed-1 are in self._hash
+        self._unsaved = 0  # bytes written since the bitmap was last saved
         self._fd: int | None = None
 
     # --- lifecycle -------------------------------------------------------------
     @classmethod
-    def open(cls, folder: Path, spec: TransferSpec, command_id: str, meta: dict | None = None) -> Transfer:
-        t = cls(folder, spec, command_id, meta)
+    def open(cls, folder: Path, spec: TransferSpec, command_id: str, meta: dict | None = None,
+             expires_at: float | None = None) -> Transfer:
+        t = cls(folder, spec, command_id, meta, expires_at)
         if t.info_path.exists() and t.part_path.exists():
             t._resume()
         else:
             t._fd = os.open(t.part_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
             os.ftruncate(t._fd, spec.size)
-            t._save_bitmap(force=True)
+            t._save_bitmap()
         return t
 
     @classmethod
     def load_pending(cls, folder: Path) -> list[Transfer]:
-        """Transfers interrupted by a restart, ready to ask for their missing chunks."""
+        """Transfers interrupted by a restart, ready to ask for their missing chunks.
+
+        A record without its ``.part`` (the bundle was already moved into the store) and a
+        ``.part`` without its record are leftovers of an interrupted finish: removed.
+        """
         out = []
-        for info in Path(folder).glob("*.json"):
+        folder = Path(folder)
+        for info in folder.glob("*.json"):
+            part = info.with_suffix(".part")
             try:
                 doc = json.loads(info.read_text("utf-8"))
                 spec = TransferSpec.from_dict(doc["spec"])
-                out.append(cls.open(folder, spec, doc["command_id"], doc.get("meta")))
-            except (ValueError, KeyError, MessageFormatError, OSError) as exc:
+                if not part.exists():
+                    raise TransferError("its .part file is gone")
+                expires = doc.get("expires_at")
+                out.append(cls.open(folder, spec, doc["command_id"], doc.get("meta"),
+                                    float(expires) if expires is not None else None))
+            except (ValueError, KeyError, TypeError, MessageFormatError, TransferError, OSError) as exc:
                 log.warning("dropping unreadable transfer record %s: %s", info, exc)
                 info.unlink(missing_ok=True)
-                info.with_suffix(".part").unlink(missing_ok=True)
+                part.unlink(missing_ok=True)
+        for part in folder.glob("*.part"):
+            if not part.with_suffix(".json").exists():
+                log.info("removing %s: a transfer file without its record", part)
+                part.unlink(missing_ok=True)
         return out
 
     def _resume(self) -> None:
@@ -68,39 +97,51 @@ class Transfer:
         bits = doc.get("received", "")
         if len(bits) == self.spec.chunks:
             self.received = bytearray(1 if c == "1" else 0 for c in bits)
+        self._count = sum(self.received)
         self._fd = os.open(self.part_path, os.O_RDWR)
+        self._advance_hash()  # the prefix on disk, read back once
         log.info("resuming transfer %s: %d of %d chunks on disk", self.spec.transfer_id[:8],
-                 self.count_received, self.spec.chunks)
+                 self._count, self.spec.chunks)
 
-    def _save_bitmap(self, force: bool = False) -> None:
-        if not force and self._unsaved < BITMAP_SAVE_EVERY:
-            return
+    def _save_bitmap(self) -> None:
         if self._fd is not None:
             os.fsync(self._fd)  # data first, then the claim that it is there
         atomic_write_json(self.info_path, {
             "spec": self.spec.to_dict(), "command_id": self.command_id, "meta": self.meta,
-            "received": "".join("1" if b else "0" for b in self.received),
+            "expires_at": self.expires_at, "received": "".join("1" if b else "0" for b in self.received),
         })
         self._unsaved = 0
 
+    def save_if_idle(self, now: float) -> bool:
+        """Save the bitmap when chunks came since the last save and none for a while; True if saved."""
+        if self._unsaved and self._fd is not None and now - self.last_activity >= BITMAP_SAVE_IDLE:
+            self._save_bitmap()
+            return True
+        return False
+
     def close(self) -> None:
+        """Save what was received (a clean stop) and close the file; the transfer resumes on the next start."""
         if self._fd is not None:
+            if self._unsaved:
+                self._save_bitmap()
             os.close(self._fd)
             self._fd = None
 
     def discard(self) -> None:
-        self.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         self.part_path.unlink(missing_ok=True)
         self.info_path.unlink(missing_ok=True)
 
     # --- data ------------------------------------------------------------------
     @property
     def count_received(self) -> int:
-        return sum(self.received)
+        return self._count
 
     @property
     def complete(self) -> bool:
-        return self.count_received == self.spec.chunks
+        return self._count == self.spec.chunks
 
     def missing(self, limit: int = 1000) -> list[int]:
         return [i for i, b in enumerate(self.received) if not b][:limit]
@@ -123,22 +164,45 @@ class Transfer:
         self.last_activity = time.monotonic()
         if self.received[chunk.index]:
             return False
-        assert self._fd is not None
+        if self._fd is None:
+            raise TransferError(f"transfer {self.spec.transfer_id[:8]} is closed")
         os.pwrite(self._fd, chunk.data, chunk.index * self.spec.chunk_size)
         self.received[chunk.index] = 1
-        self._unsaved += 1
-        self._save_bitmap(force=self.complete)
+        self._count += 1
+        if chunk.index == self._hashed:  # the usual case: in order, hashed from memory
+            self._hash.update(chunk.data)
+            self._hashed += 1
+            self._advance_hash()
+        self._unsaved += len(chunk.data)
+        if self._unsaved >= BITMAP_SAVE_BYTES and not self.complete:
+            self._save_bitmap()
         return True
 
-    def read_verified(self) -> bytes:
-        """The whole file, after checking it against the signed command's sha256."""
+    def _advance_hash(self) -> None:
+        """Extend the hashed prefix over chunks already on disk (after a gap was filled, or a resume)."""
+        assert self._fd is not None
+        while self._hashed < self.spec.chunks and self.received[self._hashed]:
+            i = self._hashed
+            self._hash.update(os.pread(self._fd, self.expected_length(i), i * self.spec.chunk_size))
+            self._hashed += 1
+
+    def finish(self) -> Path:
+        """The complete file, checked against the signed command's sha256, fsynced and closed.
+
+        Returns the ``.part`` path, ready to be renamed into the store. Raises
+        :class:`HashMismatchError` when the bytes are not the promised ones.
+        """
         if not self.complete:
             raise TransferError(f"transfer incomplete: {len(self.missing())} chunks missing")
-        data = self.part_path.read_bytes()
-        digest = hashlib.sha256(data).hexdigest()
-        if len(data) != self.spec.size or digest != self.spec.bundle_sha256:
+        if self._fd is None:
+            raise TransferError(f"transfer {self.spec.transfer_id[:8]} is closed")
+        digest = self._hash.hexdigest()
+        if self._hashed != self.spec.chunks or digest != self.spec.bundle_sha256:
             raise HashMismatchError(
                 f"received bundle has sha256 {digest[:16]}…, the deploy command promised "
                 f"{self.spec.bundle_sha256[:16]}…: altered or corrupted in transit"
             )
-        return data
+        os.fsync(self._fd)  # the one fsync of the data
+        os.close(self._fd)
+        self._fd = None
+        return self.part_path

@@ -17,16 +17,18 @@ from dataclasses import dataclass
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
 
 from edgeloop.hub.services import Hub
-from edgeloop.hub.views import Table, fleet_table, version_table
+from edgeloop.hub.views import Table, fleet_table, freshness_line, version_table
 
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What the window shows, formatted: the registry's versions and the fleet's agents."""
+    """What the window shows, formatted: the registry's versions, the fleet's agents and how
+    fresh the fleet view is (the line `edgeloop fleet` prints above its table)."""
 
     versions: Table
     agents: Table
     taken_at: float
+    freshness: str = ""
 
 
 def load_snapshot(hub: Hub) -> Snapshot:
@@ -34,8 +36,9 @@ def load_snapshot(hub: Hub) -> Snapshot:
     versions = hub.list_versions()
     bundles = hub.list_bundles()
     agents = hub.list_agents()
+    listening = hub.listening()
     now = time.time()
-    return Snapshot(version_table(versions, bundles), fleet_table(agents, now), now)
+    return Snapshot(version_table(versions, bundles), fleet_table(agents, now), now, freshness_line(listening, now))
 
 
 class _Job(QRunnable):

@@ -61,17 +61,43 @@ def headline(metrics: Mapping[str, Any] | None) -> str:
 
 
 FLEET_COLUMNS = ["agent", "status", "serving", "bundle", "http", "last seen"]
+MEMBERSHIP = {1: "member", 0: "foreign", None: "?"}  # agents.member: this hub's key trusted, not, undecided
 
 
-def fleet_table(agents: Iterable[Mapping[str, Any]], now: float | None = None) -> Table:
-    """One row per agent record (as :meth:`edgeloop.hub.services.Hub.list_agents` returns them)."""
+def fleet_table(agents: Iterable[Mapping[str, Any]], now: float | None = None, *, membership: bool = False) -> Table:
+    """One row per agent record (as :meth:`edgeloop.hub.services.Hub.list_agents` returns them);
+    ``membership`` adds a ``fleet`` column (member, foreign, ``?`` for undecided), for ``--all``."""
     rows, keys = [], []
     for a in agents:
         keys.append(str(a["agent_id"]))
-        rows.append([str(a["agent_id"]), a.get("status") or "?",
-                     f"{a.get('active_model') or '-'} {a.get('active_version') or ''}".strip(),
-                     (a.get("active_bundle") or "-")[:12], a.get("http_url") or "-", ago(a.get("last_seen"), now)])
-    return Table(list(FLEET_COLUMNS), rows, keys)
+        row = [str(a["agent_id"]), a.get("status") or "?",
+               f"{a.get('active_model') or '-'} {a.get('active_version') or ''}".strip(),
+               (a.get("active_bundle") or "-")[:12], a.get("http_url") or "-", ago(a.get("last_seen"), now)]
+        rows.append(row + [MEMBERSHIP.get(a.get("member"), "?")] if membership else row)
+    return Table(list(FLEET_COLUMNS) + (["fleet"] if membership else []), rows, keys)
+
+
+def freshness_line(listening: Mapping[str, Any], now: float | None = None) -> str:
+    """How fresh the fleet view is, from :meth:`edgeloop.hub.services.Hub.listening`: ``hub listening
+    since ...``, or ``no hub has listened since ...; agent states may be stale (run ...)``."""
+    if listening.get("listening"):
+        return (f"hub listening since {stamp(listening['since'])} ({ago(listening['since'], now)}; "
+                f"pid {listening['pid']} on {listening['host']}, {listening['broker']}, "
+                f"topics under {listening['topic_root']}/)")
+    last = listening.get("last_listened_at")
+    stale = "agent states may be stale"
+    if listening.get("running"):
+        return (f"the hub runtime (pid {listening['pid']} on {listening['host']}) cannot reach the broker "
+                f"{listening['broker']}" + (f"; it last listened at {stamp(last)} ({ago(last, now)})" if last else "")
+                + f"; {stale}")
+    if last:
+        return f"no hub has listened since {stamp(last)} ({ago(last, now)}); {stale} (run `edgeloop hub serve`)"
+    return f"no hub has listened yet; {stale} (run `edgeloop hub serve`)"
+
+
+def stamp(ts: float | None) -> str:
+    """Local date and time to the second, or ``"-"``."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
 
 
 VERSION_COLUMNS = ["version", "run", "test", "ships", "int8_dpt", "aliases", "parent", "bundle", "created"]

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from edgeloop.agent import cli as agent_cli
 from edgeloop.agent.config import AgentConfig
+from edgeloop.agent.connection import TlsSettings
 from edgeloop.agent.errors import ConfigError, KeyFileError
 from edgeloop.agent.wire.envelope import SigningKey
 
@@ -77,3 +79,75 @@ def test_trusted_keys_are_read_and_their_problems_named(tmp_path):
     cfg.trusted_keys = []
     with pytest.raises(ConfigError, match="no trusted keys configured.*add the hub's public key"):
         cfg.load_trusted_keys()
+
+
+# --- the [mqtt] connection settings ------------------------------------------------------------
+def test_a_url_with_tls_and_a_password_file_become_broker_settings(tmp_path, monkeypatch):
+    (tmp_path / "ca.pem").write_text("not read until connecting")
+    (tmp_path / "pw").write_text("s3cret\n")
+    cfg = _load(tmp_path, MINIMAL + '[mqtt]\nurl = "mqtts://edge@broker.lan"\npassword_file = "pw"\n'
+                                    'protocol = "3.1.1"\n[mqtt.tls]\nca_file = "ca.pem"\n')
+    assert (cfg.mqtt_host, cfg.mqtt_port, cfg.mqtt_username, cfg.mqtt_password) == ("broker.lan", 8883, "edge", None)
+    assert cfg.mqtt_tls == TlsSettings(ca_file=tmp_path / "ca.pem") and cfg.mqtt_password_file == tmp_path / "pw"
+    monkeypatch.setenv("EDGELOOP_MQTT_PASSWORD", "from-env")  # the file wins
+    b = cfg.broker_settings()
+    assert (b.url, b.password, b.protocol, b.client_id) == ("mqtts://edge@broker.lan:8883", "s3cret", "3.1.1",
+                                                            "edgeloop-agent-edge-1")
+    assert "s3cret" not in repr(b) and "s3cret" not in str(b)
+
+
+def test_without_a_password_in_the_config_the_environment_gives_it(tmp_path, monkeypatch):
+    cfg = _load(tmp_path, MINIMAL + '[mqtt]\nhost = "b"\nusername = "u"\n')
+    monkeypatch.setenv("EDGELOOP_MQTT_PASSWORD", "from-env")
+    assert cfg.broker_settings().password == "from-env" and cfg.mqtt_port == 1883 and cfg.mqtt_tls is None
+    monkeypatch.delenv("EDGELOOP_MQTT_PASSWORD")
+    assert cfg.broker_settings().password is None
+
+
+def test_tls_settings_survive_to_toml_and_back(tmp_path):
+    for name in ("ca.pem", "c.pem", "c.key", "pw"):
+        (tmp_path / name).write_text("x")
+    cfg = AgentConfig(agent_id="edge-3", state_dir=tmp_path / "st", trusted_keys=[tmp_path / "k.pem"],
+                      mqtt_host="10.0.0.5", mqtt_port=8884, mqtt_username="edge-3", mqtt_password_file=tmp_path / "pw",
+                      mqtt_tls=TlsSettings(tmp_path / "ca.pem", tmp_path / "c.pem", tmp_path / "c.key",
+                                           check_hostname=False), mqtt_protocol="5")
+    assert _load(tmp_path, cfg.to_toml()) == cfg
+
+
+@pytest.mark.parametrize("mqtt,match", [
+    ('[mqtt.tls]\nca_file = "missing-ca.pem"\n', r"mqtt.tls.ca_file: .*missing-ca.pem does not exist"),
+    ('[mqtt.tls]\ncert_file = "ca.pem"\n', "a client certificate needs both mqtt.tls.cert_file and mqtt.tls.key_file"),
+    ('[mqtt.tls]\ncafile = "ca.pem"\n', r"\[mqtt.tls\] has unknown keys: cafile"),
+    ('[mqtt.tls]\ncheck_hostname = "no"\n', "mqtt.tls.check_hostname must be true or false"),
+    ('[mqtt]\npassword_file = "nope"\n', r"mqtt.password_file: .*nope does not exist"),
+    ('[mqtt]\npassword_file = "ca.pem"\npassword = "x"\n', "both password and password_file"),
+    ('[mqtt]\nurl = "mqtt://a"\nhost = "b"\n', "both url and host/port"),
+    ('[mqtt]\nurl = "http://a"\n', "is not of the form mqtt://"),
+    ('[mqtt]\nprotocol = "4"\n', 'mqtt.protocol must be "auto", "5" or "3.1.1"'),
+    ('[mqtt]\nkeepalive = 1\n', "mqtt.keepalive must be at least 5 seconds"),
+])
+def test_bad_mqtt_settings_name_the_key(tmp_path, mqtt, match):
+    (tmp_path / "ca.pem").write_text("x")
+    with pytest.raises(ConfigError, match=match):
+        _load(tmp_path, MINIMAL + mqtt)
+
+
+def test_init_writes_a_config_that_loads_back_and_warns_about_a_password_on_the_command_line(tmp_path, capsys):
+    key = SigningKey.generate()
+    (tmp_path / "hub.pub.pem").write_bytes(key.public_pem())
+    out = tmp_path / "conf" / "edge.toml"
+    common = ["init", "--id", "edge-9", "--trusted-key", str(tmp_path / "hub.pub.pem"), "--state-dir",
+              str(tmp_path / "state"), "--http-port", "0", "--out", str(out)]
+    assert agent_cli.main([*common, "--broker", "mqtt://edge:pw-in-url@broker.lan:1884", "--protocol", "5"]) == 0
+    err = capsys.readouterr().err
+    assert "the password in --broker is visible to every user of this machine (ps" in err
+    cfg = AgentConfig.load(out)
+    assert (cfg.agent_id, cfg.mqtt_host, cfg.mqtt_port, cfg.mqtt_username, cfg.mqtt_password, cfg.mqtt_protocol) == (
+        "edge-9", "broker.lan", 1884, "edge", "pw-in-url", "5")
+    assert out.stat().st_mode & 0o077 == 0  # it holds a password: owner only
+    (tmp_path / "ca.pem").write_text("x")
+    assert agent_cli.main([*common, "--broker", "mqtts://broker.lan", "--ca-file", str(tmp_path / "ca.pem")]) == 0
+    assert AgentConfig.load(out).mqtt_tls == TlsSettings(ca_file=tmp_path / "ca.pem") and "warning" not in \
+        capsys.readouterr().err
+    assert agent_cli.main([*common, "--broker", "mqtt://broker.lan", "--ca-file", str(tmp_path / "ca.pem")]) == 2
+    assert "--ca-file: TLS options need an mqtts:// broker URL" in capsys.readouterr().err

@@ -451,7 +451,7 @@ def test_status_wins_only_over_a_state_of_the_same_session(trained, mosquitto, t
 
     def state(session: int) -> bytes:
         return AgentState(agent_id=aid, status="online", session=session, agent_version="test",
-                          started_at=1000.0 + session).encode()
+                          started_at=1000.0 + session, trusted_keys=[trained.hub.key.keyid]).encode()
 
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     pub.connect(mosquitto.address.host, mosquitto.address.port)

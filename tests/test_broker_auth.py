@@ -1,8 +1,8 @@
 """An agent on a Mosquitto that wants a username and password (a real broker and a real password file).
 
 The broker has two listeners sharing one topic space: one that requires a password
-(the agents') and one open to anonymous clients (the test's hub, whose fleet client
-has no credentials setting). An agent with the right password connects and serves;
+(the agents') and one open to anonymous clients (the test's hub; tests/test_broker_tls.py
+has a hub logging in with a password and TLS). An agent with the right password connects and serves;
 one with a wrong password says the broker refused it, keeps retrying, and stays up.
 """
 
@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 
 from edgeloop.agent.config import AgentConfig
+from edgeloop.agent.connection import BrokerSettings
 from edgeloop.agent.wire.messages import InferResult
-from edgeloop.hub.fleet import BrokerAddress, MosquittoBroker, free_port, wait_for_port
+from edgeloop.hub.fleet import MosquittoBroker, free_port, wait_for_port
 from tests.conftest import wait_until, write_agent_config
 
 pytestmark = pytest.mark.broker
@@ -32,7 +33,7 @@ USER, PASSWORD = "edge-agent", "s3cret-pass"
 
 @dataclass
 class _Listener:
-    address: BrokerAddress
+    address: BrokerSettings
 
 
 @dataclass
@@ -73,8 +74,8 @@ def auth_broker(tmp_path_factory) -> Iterator[AuthBroker]:
         try:
             wait_for_port("127.0.0.1", agents_port)
             wait_for_port("127.0.0.1", hub_port)
-            yield AuthBroker(_Listener(BrokerAddress("127.0.0.1", agents_port)),
-                             _Listener(BrokerAddress("127.0.0.1", hub_port)), log_path)
+            yield AuthBroker(_Listener(BrokerSettings("127.0.0.1", agents_port)),
+                             _Listener(BrokerSettings("127.0.0.1", hub_port)), log_path)
         finally:
             proc.terminate()
             proc.wait(timeout=10)
@@ -111,10 +112,10 @@ def test_agent_with_a_wrong_password_says_so_keeps_retrying_and_stays_up(trained
     proc = agent_process(cfg)
 
     def refusals() -> int:
-        return sum("refused the connection" in line and "not authori" in line.lower()
+        return sum("cannot connect to the MQTT broker" in line and f"refused user '{USER}': not authorised" in line
                    for line in proc.log().splitlines())
 
-    # paho retries after 1 s, then backs off (2 s, 4 s ...): two refusals prove it keeps trying
+    # it retries after 1 s, then backs off (2 s, 4 s ...): two refusals prove it keeps trying
     assert wait_until(lambda: refusals() >= 2, 15), proc.log()
     assert proc.proc is not None and proc.proc.poll() is None, proc.log()
     assert "Traceback" not in proc.log()

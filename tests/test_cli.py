@@ -17,6 +17,7 @@ import pytest
 from edgeloop.hub.cli import parser as cli
 from edgeloop.hub.cli.train import cancel_on_sigint
 from edgeloop.hub.datasets import load_csv, sample_dataset_path
+from edgeloop.hub.registry import Registry
 from tests.conftest import REPO
 
 
@@ -265,7 +266,8 @@ def test_every_subcommand_has_help_that_says_what_it_does(capsys):
 
 
 def test_json_flag_is_on_every_hub_command():
-    without = {("app",), ("demo",)}  # the GUI opens a window; the demo takes --json already (checked below)
+    # the GUI opens a window; `hub serve` runs until stopped, logging; the demo takes --json already (checked below)
+    without = {("app",), ("demo",), ("hub", "serve")}
     for path, sub in _command_paths(cli.build_parser()):
         if path[0] in ("agent",) or any(isinstance(a, argparse._SubParsersAction) for a in sub._actions):
             continue
@@ -306,6 +308,9 @@ def test_deploy_checks_the_gate_first_and_audits_an_override(capsys, home, mosqu
     lin = run_json(capsys, "registry", "lineage", "m:1", "--home", home)
     assert lin["deployments"] == [] and lin["versions"][0]["bundles"] == []  # refused before packing or sending
 
+    # an agent this hub knew, but that is not running now: the deploy is sent and times out
+    with Registry(home / "registry.sqlite") as reg:
+        reg.record_agent_status("nobody-home", "offline", member=True)
     rc, out, err = run(capsys, *deploy, "--override-gate", "field test on one unit", "--json")
     assert rc == 1, err  # sent, but no agent answered
     results = json.loads(out)

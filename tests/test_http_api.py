@@ -412,3 +412,151 @@ def test_an_unexpected_exception_is_500_internal_without_details(clf, caplog):
         assert any("HTTP POST /v2/models/iris/infer failed" in r.getMessage() and r.exc_info for r in caplog.records)
         assert c.request("GET", "/v2/health/live")[:2] == (200, {"live": True})
         c.conn.close()
+
+
+# --- the connection: keep-alive without stalls, framing, limits ------------------------------------------
+def test_keep_alive_requests_do_not_wait_for_delayed_acks(client):
+    """Regression: headers and body went out in two sends with Nagle on, so every request on a kept-alive
+    connection waited ~40 ms for the client's delayed ACK (30 requests took over 1.2 s)."""
+    client.infer(v2_body(ROWS))  # connected and warm
+    started = time.perf_counter()
+    for _ in range(30):
+        status, _, resp = client.infer(v2_body(ROWS))
+        assert status == 200 and not resp.will_close
+    assert time.perf_counter() - started < 0.5  # 30 x 40 ms = 1.2 s with the stall; ~20 ms without
+
+
+def _raw_exchange(port: int, request: bytes, *, rcvbuf: int | None = None, wait: float = 0.0) -> bytes:
+    """Send ``request`` on a fresh connection, read until the server closes it."""
+    s = socket.socket()
+    if rcvbuf is not None:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(10)
+    s.connect(("127.0.0.1", port))
+    with s:
+        s.sendall(request)
+        time.sleep(wait)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data
+
+
+def _responses(data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    """Split a byte stream into (status, headers, body) responses."""
+    out = []
+    while data:
+        head, _, data = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        n = int(headers.get("content-length", "0"))
+        out.append((int(lines[0].split()[1]), headers, data[:n]))
+        data = data[n:]
+    return out
+
+
+def test_pipelined_requests_are_answered_in_order(api):
+    body = json.dumps(v2_body(ROWS[:1])).encode()
+    infer = (b"POST /v2/models/iris/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    data = _raw_exchange(api.port, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n" + infer
+                         + b"GET /v2/models/wine HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    (s1, _, b1), (s2, _, b2), (s3, h3, b3) = _responses(data)
+    assert (s1, json.loads(b1)) == (200, {"live": True})
+    assert s2 == 200 and json.loads(b2)["outputs"][0]["name"] == "probabilities"
+    assert s3 == 404 and "model_not_found" in json.loads(b3)["error"] and h3["connection"] == "close"
+
+
+def test_expect_100_continue_is_honoured_and_a_refused_body_is_never_sent(api):
+    body = json.dumps(v2_body(ROWS)).encode()
+    with socket.create_connection(("127.0.0.1", api.port), timeout=10) as s:
+        s.sendall(b"POST /v2/models/iris/infer HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(body))
+        assert s.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(body)
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    ((status, _, answer),) = _responses(data)
+    assert status == 200 and json.loads(answer)["id"] == "req-1"
+    # too large: 413 at once, without waiting for a body the client has not sent
+    data = _raw_exchange(api.port, b"POST /v2/models/iris/infer HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                                   b"Content-Length: %d\r\n\r\n" % (api.max_body + 1))
+    ((status, headers, answer),) = _responses(data)
+    assert status == 413 and headers["connection"] == "close"
+    assert json.loads(answer)["error"].startswith("payload_too_large: ")
+
+
+@pytest.mark.parametrize("request_bytes,status,code", [
+    (b"GET /v2 HTTP/2.0\r\nHost: x\r\n\r\n", 505, "http_version_not_supported"),
+    (b"GET /v2\r\n\r\n", 400, "bad_request"),
+    (b"GET /v2 HTTP/1.1\r\nno colon here\r\n\r\n", 400, "bad_request"),
+    (b"GET /v2 HTTP/1.1\r\nHost : x\r\n\r\n", 400, "bad_request"),
+    (b"POST /v2/models/iris/infer HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", 400, "bad_message"),
+    (b"GET /v2 HTTP/1.1\r\n" + b"X-A: 1\r\n" * 101 + b"\r\n", 431, "request_header_fields_too_large"),
+    (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", 414, "uri_too_long"),
+    (b"GET /v2 HTTP/1.1\r\nX-Big: " + b"b" * 70000 + b"\r\n\r\n", 431, "request_header_fields_too_large"),
+])
+def test_malformed_heads_get_json_errors_and_the_connection_closes(api, request_bytes, status, code):
+    ((got, headers, body),) = _responses(_raw_exchange(api.port, request_bytes))
+    assert got == status and headers["connection"] == "close"
+    assert json.loads(body)["error"].startswith(f"{code}: ")
+
+
+def test_http_1_0_closes_unless_asked_to_keep_alive(api):
+    ((status, headers, _),) = _responses(_raw_exchange(api.port, b"GET /v2/health/live HTTP/1.0\r\n\r\n"))
+    assert status == 200 and headers["connection"] == "close"
+    with socket.create_connection(("127.0.0.1", api.port), timeout=10) as s:
+        for _ in range(2):  # the same connection answers twice
+            s.sendall(b"GET /v2/health/live HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            reply = s.recv(65536)
+            assert reply.startswith(b"HTTP/1.1 200 OK\r\n") and b"Connection: close" not in reply
+
+
+def test_a_response_larger_than_the_socket_buffers_arrives_whole_and_the_connection_goes_on(api):
+    rows = np.random.default_rng(3).normal(5, 1, size=(100, 4)).tolist()
+    body = json.dumps({"id": "big", "inputs": rows}).encode()
+    infer = b"POST /v2/models/iris/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    # a client that reads nothing for a while through a 4 KiB receive buffer: the server must queue the rest
+    data = _raw_exchange(api.port, infer * 20 + b"GET /v2/health/live HTTP/1.1\r\nConnection: close\r\n\r\n",
+                         rcvbuf=4096, wait=0.3)
+    answers = _responses(data)
+    assert [a[0] for a in answers] == [200] * 20 + [200]
+    probs = next(o for o in json.loads(answers[19][2])["outputs"] if o["name"] == "probabilities")
+    np.testing.assert_allclose(probs["data"], expected_probabilities(np.asarray(rows)).ravel(), atol=1e-5)
+    assert json.loads(answers[20][2]) == {"live": True}
+
+
+def test_a_stalled_client_does_not_hold_up_the_others(api):
+    """One thread serves every connection: a client that stops mid-request must not block anyone."""
+    with socket.create_connection(("127.0.0.1", api.port), timeout=10) as stalled:
+        stalled.sendall(b"POST /v2/models/iris/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{\"inp")
+        c = Client(api)
+        started = time.perf_counter()
+        for _ in range(5):
+            assert c.infer(v2_body(ROWS))[0] == 200
+        assert time.perf_counter() - started < 2
+        c.conn.close()
+
+
+def test_idle_connections_are_closed_after_the_request_timeout(serving):
+    with HttpApi(serving, request_timeout=0.3) as a:
+        with socket.create_connection(("127.0.0.1", a.port), timeout=10) as s:
+            s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert s.recv(65536).startswith(b"HTTP/1.1 200 OK")
+            started = time.perf_counter()
+            assert s.recv(65536) == b""  # closed by the server, not by our 10 s timeout
+            assert time.perf_counter() - started < 5
+
+
+def test_many_connections_at_once_are_all_answered(api):
+    """A burst of new clients (a client pool opening its connections) is accepted, not dropped."""
+    conns = [socket.create_connection(("127.0.0.1", api.port), timeout=10) for _ in range(40)]
+    try:
+        for s in conns:
+            s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        for s in conns:
+            assert s.recv(65536).startswith(b"HTTP/1.1 200 OK")
+    finally:
+        for s in conns:
+            s.close()

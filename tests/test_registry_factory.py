@@ -1,6 +1,6 @@
 """Model factory features of the registry on real SQLite files: aliases with history,
 evaluation gates (and their recorded overrides), compare, two-way lineage, and the migration of
-a frozen schema-1 registry (tests/data/registry_schema1.sql) to schema 2."""
+a frozen schema-1 registry (tests/data/registry_schema1.sql) to the newest schema."""
 
 from __future__ import annotations
 
@@ -309,7 +309,7 @@ def schema(path: Path) -> dict[str, dict]:
     return out
 
 
-def test_a_frozen_schema_1_registry_is_migrated_to_2_keeping_its_data(tmp_path):
+def test_a_frozen_schema_1_registry_is_migrated_to_the_newest_keeping_its_data(tmp_path):
     path = frozen_schema1(tmp_path / "registry.sqlite")
     before = contents(path)
     assert before["meta"] == (["key", "value"], [("schema_version", "1")])
@@ -317,14 +317,17 @@ def test_a_frozen_schema_1_registry_is_migrated_to_2_keeping_its_data(tmp_path):
     assert len(before["audit"][1]) == 23 and len(before["versions"][1]) == 2  # the dump holds real rows
 
     with Registry(path) as reg:
-        assert reg.schema_version == SCHEMA_VERSION == len(MIGRATIONS) == 2
+        assert reg.schema_version == SCHEMA_VERSION == len(MIGRATIONS) == 3
     for table, (columns, rows) in before.items():  # every schema-1 row, unchanged, but for the version
         if table != "meta":
             assert rows_of(path, table, columns) == rows, table
-    assert rows_of(path, "meta", ["key", "value"]) == [("schema_version", "2")]
+    assert rows_of(path, "meta", ["key", "value"]) == [("schema_version", "3")]
     assert rows_of(path, "models", ["name", "gate"]) == [("iris", None)]
     after = schema(path)
-    assert {"aliases", "alias_history"} <= set(after)
+    assert {"aliases", "alias_history", "listeners"} <= set(after)
+    # schema 3: the old agent row is undecided (listed), first seen when it was last seen
+    assert rows_of(path, "agents", ["member", "down", "offline_since"]) == [(None, 0, None)] * 2
+    assert rows_of(path, "agents", ["first_seen"]) == rows_of(path, "agents", ["last_seen"])
     assert "idx_versions_parent_version" in after["versions"]["indexes"]
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
@@ -341,6 +344,7 @@ def test_a_frozen_schema_1_registry_is_migrated_to_2_keeping_its_data(tmp_path):
         assert [d["id"] for d in reg.lineage("iris:1")["versions"][0]["descendants"]] == ["iris:2"]
         assert reg.drift_summary("pi-kitchen")[0]["drifted_features"] == {"petal_width": 1}
         assert reg.get_agent("pi-kitchen")["state"]["active"]["version"] == "1"
+        assert [a["agent_id"] for a in reg.list_agents()] == ["pi-garage", "pi-kitchen"]
         assert reg.next_counter("5f1c2a9e0b7d4c38") == 4  # the signing counter carries on
         reg.set_gate("iris", {"accuracy": 0.96})  # gates read the metrics schema 1 stored
         assert [c["value"] for c in reg.check_gate("iris:2")["failures"]] == [0.9515]
@@ -359,6 +363,7 @@ def test_migrating_the_frozen_schema_1_file_gives_the_schema_of_a_new_registry(t
     Registry(new).close()
     expected = schema(new)
     assert set(expected) == {"meta", "datasets", "runs", "models", "versions", "bundles", "deployments",
-                             "agents", "drift_reports", "audit", "counters", "aliases", "alias_history"}
+                             "agents", "drift_reports", "audit", "counters", "aliases", "alias_history",
+                             "listeners"}
     assert sum(len(t["indexes"]) for t in expected.values()) >= 15
     assert schema(old) == expected

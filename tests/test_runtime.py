@@ -241,6 +241,25 @@ def test_bad_shapes_are_refused(manifest, given, match):
         coerce_inputs(given, manifest)
 
 
+@pytest.mark.parametrize("n_rows", [1, 3, 40])  # up to 64 values are range-checked in Python, more with numpy
+def test_rows_of_plain_numbers_become_the_same_float32_values_on_every_path(manifest, n_rows):
+    rng = np.random.default_rng(n_rows)
+    rows = rng.normal(0, 1e3, size=(n_rows, 4)).tolist()
+    rows[0][1] = 7  # ints are numbers
+    rows[-1][3] = float(np.finfo(np.float32).max)  # the largest float32 is in range
+    want = np.asarray(rows, dtype=np.float64).astype(np.float32)
+    x = coerce_inputs(rows, manifest)
+    assert x.dtype == np.float32 and x.flags.c_contiguous
+    np.testing.assert_array_equal(x, want)
+    np.testing.assert_array_equal(coerce_inputs([tuple(r) for r in rows], manifest), want)  # the general path
+    for bad, match in ((float("nan"), "is NaN"), (3.5e38, r"is 3.5e\+38, outside the float32 range"),
+                       (10**400, "is .*outside"), (True, "is a boolean"), ("1", "is a string")):
+        broken = [list(r) for r in rows]
+        broken[-1][2] = bad
+        with pytest.raises(InputValueError, match=rf"row {n_rows - 1}, feature 'petal_length' {match}"):
+            coerce_inputs(broken, manifest)
+
+
 def test_too_many_rows(manifest):
     coerce_inputs([ROWS[0]] * 10, manifest, max_rows=10)
     with pytest.raises(InputShapeError, match="11 rows in one request; the limit is 10"):
@@ -457,3 +476,67 @@ def test_drift_windows_close_without_a_callback(clf):
     s.activate(clf, mon)
     assert s.infer(rng.normal(5.0, 1.0, size=(45, 4)).tolist()).rows == 45
     assert mon.pending_rows == 5  # two windows of 20 closed
+
+
+# --- rows reach the drift monitor in batches, with the same reports ---------------------------------------
+def _reference(window: int = 50, min_rows: int = 10):
+    rng = np.random.default_rng(4)
+    return build_reference(rng.normal(5.0, 1.0, size=(600, 4)), list(FEATURES), labels=list(LABELS),
+                           predicted=rng.integers(0, 3, size=600), window=window, min_rows=min_rows)
+
+
+def test_batched_drift_reports_equal_observing_every_request_at_once(clf):
+    """Small requests are held back and observed together, yet every report (numbers, rows, counts, and the
+    request on which each window started and closed) is what observing each request at once gives."""
+    ref = _reference()
+    request = [0]
+    direct = DriftMonitor(ref, agent_id="pi", model="iris", version="1", bundle_sha256="ab" * 32,
+                          clock=lambda: float(request[0]))
+    batched = DriftMonitor(ref, agent_id="pi", model="iris", version="1", bundle_sha256="ab" * 32,
+                           clock=lambda: float(request[0]))
+    got = []
+    s = Serving(on_drift_report=got.append)
+    s.activate(clf, batched)
+    want = []
+    rng = np.random.default_rng(5)
+    for i in range(180):
+        request[0] = i
+        rows = rng.normal(5.0, 1.0, size=(int(rng.choice([1, 1, 1, 2, 7])), 4))
+        out = s.infer(rows.tolist())
+        want += direct.observe(rows.astype(np.float32), np.asarray(out.outputs["class_index"]))
+        assert [r.window for r in got] == [r.window for r in want]  # each window closed on the same request
+    assert len(want) >= 4 and got == want
+    assert batched.pending_rows < direct.pending_rows  # some rows are still held back...
+    request[0] = 999
+    s.deactivate()  # ...and reach the monitor before its partial window is flushed
+    assert got[-1] == direct.flush()
+
+
+def test_reactivating_the_same_monitor_keeps_the_rows_it_holds(clf):
+    mon = DriftMonitor(_reference(window=100, min_rows=5), agent_id="pi", model="iris", version="1",
+                       bundle_sha256="ab" * 32)
+    got = []
+    s = Serving(on_drift_report=got.append)
+    s.activate(clf, mon)
+    for _ in range(20):
+        s.infer([ROWS[0]])
+    s.activate(clf, mon)  # e.g. a rollback to the bundle already served: same monitor, no flush
+    assert got == []
+    for _ in range(10):
+        s.infer([ROWS[1]])
+    s.deactivate()
+    assert [r.rows for r in got] == [30]
+
+
+def test_a_regression_model_feeds_its_drift_monitor_in_batches_too(reg):
+    rng = np.random.default_rng(6)
+    ref = build_reference(rng.normal(5.0, 1.0, size=(600, 4)), list(FEATURES), window=40, min_rows=10)
+    mon = DriftMonitor(ref, agent_id="pi", model="price", version="1", bundle_sha256="ab" * 32)
+    got = []
+    s = Serving(on_drift_report=got.append)
+    s.activate(reg, mon)
+    for _ in range(100):
+        s.infer(rng.normal(5.0, 1.0, size=(1, 4)).tolist())
+    assert [(r.window, r.rows, r.output_counts) for r in got] == [(1, 40, []), (2, 40, [])]
+    s.deactivate()
+    assert got[-1].rows == 20

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import random
 import stat
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from edgeloop.agent.errors import HashMismatchError, StoreError, TransferError
 from edgeloop.agent.fsutil import atomic_write_bytes, atomic_write_json, fsync_dir
 from edgeloop.agent.store import AgentStore
-from edgeloop.agent.transfer import Transfer
+from edgeloop.agent.transfer import BITMAP_SAVE_BYTES, BITMAP_SAVE_IDLE, Transfer
 from edgeloop.agent.wire.messages import Chunk, TransferSpec
 
 SHA_A = "a" * 64
@@ -101,6 +102,12 @@ def _chunks(spec, data):
     return [Chunk(spec.transfer_id, i, data[i * spec.chunk_size:(i + 1) * spec.chunk_size]) for i in range(spec.chunks)]
 
 
+def _finished(t: Transfer) -> bytes:
+    path = t.finish()
+    assert path == t.part_path
+    return path.read_bytes()
+
+
 def test_transfer_out_of_order_with_duplicates(tmp_path):
     data = os.urandom(10_000)
     spec = _spec(data, 1000)
@@ -109,23 +116,115 @@ def test_transfer_out_of_order_with_duplicates(tmp_path):
     for c in reversed(chunks):
         assert t.write(c)
     assert not t.write(chunks[0])  # duplicate
-    assert t.complete and t.read_verified() == data
+    assert t.complete and _finished(t) == data
+
+
+@pytest.mark.parametrize("order", ["in order", "gaps filled later", "backwards", "shuffled"])
+def test_the_incremental_hash_is_right_in_any_arrival_order(tmp_path, order):
+    """The sha256 grows over the contiguous prefix; chunks after a gap are read back when it is filled."""
+    data = os.urandom(50_000 + 123)
+    spec = _spec(data, 1000)
+    idx = list(range(spec.chunks))
+    if order == "gaps filled later":
+        idx = [i for i in idx if i % 7] + [i for i in idx if not i % 7]
+    elif order == "backwards":
+        idx.reverse()
+    elif order == "shuffled":
+        random.Random(7).shuffle(idx)
+    t = Transfer.open(tmp_path, spec, "c")
+    chunks = _chunks(spec, data)
+    for i in idx:
+        assert t.write(chunks[i])
+    assert _finished(t) == data
+    evil = bytearray(data)
+    evil[-1] ^= 1  # the last byte differs: the hash must cover every chunk
+    (tmp_path / "again").mkdir()
+    t2 = Transfer.open(tmp_path / "again", spec, "c")
+    for i in idx:
+        t2.write(_chunks(spec, bytes(evil))[i])
+    with pytest.raises(HashMismatchError, match="promised"):
+        t2.finish()
+
+
+def test_a_transfer_is_fsynced_once_at_the_end_and_its_bitmap_saved_by_size_idle_and_close(tmp_path, monkeypatch):
+    data = os.urandom(6 * 1024 * 1024 + 5)
+    spec = _spec(data, 64 * 1024)
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    t = Transfer.open(tmp_path, spec, "c")
+    chunks = _chunks(spec, data)
+
+    def on_disk() -> int:
+        return json.loads(t.info_path.read_text())["received"].count("1")
+
+    synced.clear()
+    for c in chunks[:10]:
+        t.write(c)
+    assert on_disk() == 0 and synced == []  # 640 KiB: below the save threshold, no fsync yet
+    assert not t.save_if_idle(t.last_activity + BITMAP_SAVE_IDLE / 2)
+    assert t.save_if_idle(t.last_activity + BITMAP_SAVE_IDLE)  # the transfer went quiet: saved
+    assert on_disk() == 10
+    for c in chunks[10:20]:
+        t.write(c)
+    t.close()  # a clean stop saves what came
+    (resumed,) = Transfer.load_pending(tmp_path)
+    assert resumed.count_received == 20 and resumed.missing(5) == [20, 21, 22, 23, 24]
+    synced.clear()
+    for c in chunks[20:]:
+        resumed.write(c)
+    assert on_disk() == 20 + (BITMAP_SAVE_BYTES // spec.chunk_size)  # one save by size on the way
+    saves = len(synced)
+    assert _finished(resumed) == data
+    assert len(synced) == saves + 1  # and one fsync of the data at the end
 
 
 def test_transfer_resumes_after_restart(tmp_path):
     data = os.urandom(100_000)
     spec = _spec(data, 1000)
-    t = Transfer.open(tmp_path, spec, "cmd-1", {"model": "demo"})
+    t = Transfer.open(tmp_path, spec, "cmd-1", {"model": "demo"}, expires_at=123.5)
     chunks = _chunks(spec, data)
     for c in chunks[:40]:
         t.write(c)
-    t.close()  # power cut: bitmap saved every 16 chunks, so at least 32 survive
+    t.save_if_idle(t.last_activity + BITMAP_SAVE_IDLE)
+    for c in chunks[40:45]:
+        t.write(c)
+    os.close(t._fd)  # power cut: what came after the last save is not claimed
     (resumed,) = Transfer.load_pending(tmp_path)
-    assert resumed.command_id == "cmd-1" and resumed.meta == {"model": "demo"}
-    assert 32 <= resumed.count_received <= 40
+    assert resumed.command_id == "cmd-1" and resumed.meta == {"model": "demo"} and resumed.expires_at == 123.5
+    assert resumed.count_received == 40 and resumed.missing(1) == [40]
     for i in resumed.missing():
         resumed.write(chunks[i])
-    assert resumed.read_verified() == data
+    assert _finished(resumed) == data
+
+
+def test_install_file_moves_a_finished_transfer_into_the_store_without_copying(tmp_path):
+    s = AgentStore(tmp_path)
+    s.install(SHA_A, b"a", "demo", "1")
+    data = os.urandom(5000)
+    spec = _spec(data, 1000)
+    t = Transfer.open(s.incoming_dir, spec, "c")
+    for c in _chunks(spec, data):
+        t.write(c)
+    path = t.finish()
+    inode = path.stat().st_ino
+    s.install_file(spec.bundle_sha256, path, "demo", "2")
+    assert not path.exists() and s.bundle_path(spec.bundle_sha256).stat().st_ino == inode  # renamed
+    reopened = AgentStore(tmp_path)
+    assert reopened.active().version == "2" and reopened.state.history == [SHA_A]
+    assert reopened.read_bundle(spec.bundle_sha256) == data
+
+
+def test_leftovers_of_an_interrupted_finish_are_removed(tmp_path):
+    data = os.urandom(3000)
+    spec = _spec(data, 1000)
+    t = Transfer.open(tmp_path, spec, "c")
+    t.close()
+    t.part_path.unlink()  # renamed into the store, then the power went before the record was removed
+    orphan = tmp_path / ("56" * 16 + ".part")  # a .part whose record is gone
+    orphan.write_bytes(b"x")
+    assert Transfer.load_pending(tmp_path) == []
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_transfer_refuses_bad_chunks(tmp_path):
@@ -139,7 +238,7 @@ def test_transfer_refuses_bad_chunks(tmp_path):
     with pytest.raises(TransferError, match="another transfer"):
         t.write(Chunk("34" * 16, 0, b"x" * 1000))
     with pytest.raises(TransferError, match="incomplete"):
-        t.read_verified()
+        t.finish()
 
 
 def test_transfer_hash_mismatch(tmp_path):
@@ -151,7 +250,7 @@ def test_transfer_hash_mismatch(tmp_path):
     for c in _chunks(spec, bytes(evil)):
         t.write(c)
     with pytest.raises(HashMismatchError, match="promised"):
-        t.read_verified()
+        t.finish()
 
 
 def test_unreadable_transfer_record_dropped(tmp_path):

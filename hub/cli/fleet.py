@@ -4,24 +4,59 @@ they report, and getting bundles onto them."""
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from edgeloop.hub.cli.common import Parents, command, open_hub
-from edgeloop.hub.cli.render import emit, show, table_lines, text_table
-from edgeloop.hub.views import drift_lines, fleet_table
+from edgeloop.hub.cli.common import Parents, add_broker_options, command, open_hub
+from edgeloop.hub.cli.render import emit, table_lines, text_table
+from edgeloop.hub.views import drift_lines, fleet_table, freshness_line
+
+if TYPE_CHECKING:
+    from edgeloop.agent.connection import BrokerSettings
+    from edgeloop.hub.fleet import Fleet
+    from edgeloop.hub.services import Hub
+
+
+def _fresh_read(args, fetch: Callable[[Hub], Any], lines: Callable[[Any], list[str]], none: str) -> int:
+    """A fleet read: the records, under a line saying how fresh they are (on stderr with --json)."""
+    with open_hub(args) as hub:
+        data = fetch(hub)
+        fresh = freshness_line(hub.listening())
+    if args.json:
+        print(fresh, file=sys.stderr)
+        emit(args, data, [])
+    else:
+        print("\n".join([fresh, *(lines(data) or [none])]))
+    return 0
 
 
 def cmd_fleet(args) -> int:
-    return show(args, lambda hub: hub.list_agents(), lambda agents: table_lines(fleet_table(agents)))
+    return _fresh_read(args, lambda hub: hub.list_agents(include_foreign=args.all),
+                       lambda agents: table_lines(fleet_table(agents, membership=args.all)), "(no agents yet)")
 
 
 def cmd_drift(args) -> int:
-    return show(args, lambda hub: hub.drift_summary(args.agent), drift_lines)
+    return _fresh_read(args, lambda hub: hub.drift_summary(args.agent), drift_lines, "(no drift reports yet)")
+
+
+def _on_known_agents(hub: Hub, broker: BrokerSettings, agent_ids: list[str], act: Callable[[Fleet], list[dict]],
+                     ) -> list[dict]:
+    """``act(fleet)`` on a fleet connected to ``broker``, once every agent id is known to be in
+    this hub's fleet: listed by the registry, or -- given half a second after connecting --
+    named by a retained state that lists this hub's key. A typo fails in under a second,
+    naming the known ids, instead of waiting for an answer that cannot come."""
+    with hub.fleet(broker) as fleet:
+        hub.require_agents(agent_ids, fleet)
+        return act(fleet)
 
 
 def cmd_deploy(args) -> int:
     with open_hub(args) as hub:
-        results = hub.deploy(args.broker, args.agent, args.ref, override_reason=args.override_gate,
-                             timeout=args.timeout)
+        if not args.override_gate:  # a version below its gate is refused before anything connects
+            hub.check_deployable(hub.version_of(args.ref)["id"])
+        results = _on_known_agents(hub, args.broker, args.agent, lambda fleet: hub.deploy(
+            fleet, args.agent, args.ref, override_reason=args.override_gate, timeout=args.timeout))
     lines = [f"{r['agent']}: {'OK' if r['ok'] else 'FAILED'} [{r['code']}] {r['message']}" for r in results]
     if results and results[0]["gate"]["overridden"]:
         lines.insert(0, f"evaluation gate of {results[0]['version']} OVERRIDDEN: {args.override_gate}")
@@ -31,7 +66,8 @@ def cmd_deploy(args) -> int:
 
 def cmd_rollback(args) -> int:
     with open_hub(args) as hub:
-        results = hub.rollback(args.broker, args.agent, args.to, reason=args.reason or "", timeout=args.timeout)
+        results = _on_known_agents(hub, args.broker, args.agent, lambda fleet: hub.rollback(
+            fleet, args.agent, args.to, reason=args.reason or "", timeout=args.timeout))
     emit(args, results, [f"{r['agent']}: {'OK' if r['ok'] else 'REFUSED/FAILED'} [{r['code']}] {r['message']}"
                          for r in results])
     return 0 if all(r["ok"] for r in results) else 1
@@ -50,7 +86,12 @@ def add_commands(sub: argparse._SubParsersAction, parents: Parents) -> None:
     """fleet, drift, deploy and rollback (discover comes later in the command list)."""
     hub_opts = parents.hub
     f = command(sub, "fleet", "agents, their status and what they serve (as last reported to the registry)",
-                parents=hub_opts)
+                parents=hub_opts,
+                description="The agents of this hub's fleet -- those whose state lists this hub's key -- with "
+                            "their status and what they serve, as last reported to the registry, under a line "
+                            "saying how fresh that is (whether `edgeloop hub serve` is listening).")
+    f.add_argument("--all", action="store_true",
+                   help="also list agents on the broker that do not trust this hub's key (other hubs' fleets)")
     f.set_defaults(func=cmd_fleet)
     f = command(sub, "drift", "drift windows and flagged features per agent and model", parents=hub_opts)
     f.add_argument("--agent", default=None, help="only this agent")
@@ -65,14 +106,14 @@ def add_commands(sub: argparse._SubParsersAction, parents: Parents) -> None:
     x.add_argument("--override-gate", default=None, metavar="REASON",
                    help="deploy even though the version fails its evaluation gate; REASON is audited")
     x.add_argument("--agent", action="append", required=True, help="agent id (repeat for several)")
-    x.add_argument("--broker", required=True, help="mqtt://host:port the agents are connected to")
+    add_broker_options(x)
     x.add_argument("--timeout", type=float, default=120.0, help="seconds to wait per agent")
     x.set_defaults(func=cmd_deploy)
     x = command(sub, "rollback", "send a signed rollback to a bundle the agents hold", parents=hub_opts)
     x.add_argument("--to", required=True, help="model:version, model@alias or bundle sha256 prefix to return to")
     x.add_argument("--reason", default="", help="recorded in the audit log")
     x.add_argument("--agent", action="append", required=True, help="agent id (repeat for several)")
-    x.add_argument("--broker", required=True, help="mqtt://host:port the agents are connected to")
+    add_broker_options(x)
     x.add_argument("--timeout", type=float, default=120.0, help="seconds to wait per agent")
     x.set_defaults(func=cmd_rollback)
 

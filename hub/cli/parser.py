@@ -3,7 +3,7 @@
 Every command is a thin face over :class:`edgeloop.hub.services.Hub`: it turns its
 options into a Hub call and prints the plain records that come back, formatted by
 :mod:`edgeloop.hub.views` and :mod:`edgeloop.hub.cli.render`. The commands live in
-one module per group (data, train, registry, bundles, fleet, keys, demo, app, agent).
+one module per group (data, train, registry, bundles, fleet, hub, keys, demo, app, agent).
 
 Heavy libraries (torch, onnx, Qt) are imported only by the commands that need
 them, so ``edgeloop agent run`` works on a device with only the agent extras.
@@ -18,7 +18,7 @@ import logging
 import sys
 
 from edgeloop.agent.errors import EdgeloopError
-from edgeloop.hub.cli import agent, app, bundles, data, demo, fleet, keys, registry, train
+from edgeloop.hub.cli import agent, app, bundles, data, demo, fleet, hub, keys, registry, train
 from edgeloop.hub.cli.common import UsageError, make_parents
 
 __all__ = ["EPILOG", "UsageError", "build_parser", "main"]
@@ -31,6 +31,7 @@ Registry:  edgeloop registry list|show|compare|lineage|audit
 Promote:   edgeloop registry gate|alias|aliases|unalias
 Export:    edgeloop export VERSION --out DIR,  edgeloop bundle build|inspect|verify
 Fleet:     edgeloop fleet, edgeloop drift, edgeloop deploy, edgeloop rollback
+Listen:    edgeloop hub serve [--broker URL]    keep the fleet view current (systemd-friendly)
 Agent:     edgeloop agent run --config FILE   (on the device)
 GUI:       edgeloop app
 
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     registry.add_commands(sub, parents)
     bundles.add_export_command(sub, parents)
     fleet.add_commands(sub, parents)
+    hub.add_commands(sub, parents)
     bundles.add_bundle_commands(sub, parents)
     keys.add_commands(sub, parents)
     fleet.add_discover_command(sub, parents)

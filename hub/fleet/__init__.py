@@ -3,5 +3,7 @@ drift intake) and the brokers the hub can start (embedded amqtt, private Mosquit
 
 from edgeloop.hub.fleet.brokers import BrokerAddress, EmbeddedBroker, MosquittoBroker, free_port, wait_for_port
 from edgeloop.hub.fleet.client import Fleet
+from edgeloop.hub.fleet.core import FleetOptions
 
-__all__ = ["BrokerAddress", "EmbeddedBroker", "Fleet", "MosquittoBroker", "free_port", "wait_for_port"]
+__all__ = ["BrokerAddress", "EmbeddedBroker", "Fleet", "FleetOptions", "MosquittoBroker", "free_port",
+           "wait_for_port"]

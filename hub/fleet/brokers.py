@@ -5,7 +5,8 @@
 * :class:`MosquittoBroker` -- a private ``mosquitto`` process on a free port with its
   own config file (used by the tests, and by the demo with ``--broker mosquitto``).
 
-Both pick a free port: never assume 1883 is free (a system broker may hold it).
+Both pick a free port: never assume 1883 is free (a system broker may hold it). Their
+``address`` is a :class:`edgeloop.agent.connection.BrokerSettings` (plain, anonymous).
 """
 
 from __future__ import annotations
@@ -18,12 +19,10 @@ import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlparse
 
-from edgeloop.agent.errors import ConfigError
+from edgeloop.agent.connection import BrokerSettings
 from edgeloop.hub.errors import BrokerError
 
 if TYPE_CHECKING:
@@ -32,27 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class BrokerAddress:
-    host: str
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
-
-    @classmethod
-    def parse(cls, url: str) -> BrokerAddress:
-        """``mqtt://host:port`` (or ``host:port``) -> address; port defaults to 1883."""
-        text = url if "://" in url else f"mqtt://{url}"
-        parsed = urlparse(text)
-        if parsed.scheme not in ("mqtt", "tcp") or not parsed.hostname:
-            raise ConfigError(f"broker address {url!r} is not of the form mqtt://host:port")
-        try:
-            port = parsed.port or 1883
-        except ValueError as exc:
-            raise ConfigError(f"broker address {url!r} has a bad port: {exc}") from exc
-        return cls(parsed.hostname, port)
+# The old name of the broker address: every address is now a BrokerSettings (TLS, credentials too).
+BrokerAddress = BrokerSettings
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -76,7 +56,7 @@ class EmbeddedBroker:
     """amqtt broker on 127.0.0.1:<free port>, running its own asyncio loop in a thread."""
 
     def __init__(self, host: str = "127.0.0.1", port: int | None = None) -> None:
-        self.address = BrokerAddress(host, port or free_port(host))
+        self.address = BrokerSettings(host, port or free_port(host))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._broker: Broker | None = None
@@ -142,11 +122,12 @@ class MosquittoBroker:
     """A private Mosquitto process with its own config on a free port."""
 
     def __init__(self, host: str = "127.0.0.1", port: int | None = None, workdir: Path | None = None,
-                 extra_config: str = "") -> None:
-        self.address = BrokerAddress(host, port or free_port(host))
+                 extra_config: str = "", tcp_nodelay: bool = True) -> None:
+        self.address = BrokerSettings(host, port or free_port(host))
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="edgeloop-mosquitto-"))
         self.extra_config = extra_config
+        self.tcp_nodelay = tcp_nodelay  # False: Mosquitto's default (Nagle on), what most users run
         self.proc: subprocess.Popen | None = None
 
     @staticmethod
@@ -172,7 +153,7 @@ class MosquittoBroker:
             "log_dest stderr\n"
             "log_type error\nlog_type warning\n"
             "max_queued_messages 10000\n"
-            "set_tcp_nodelay true\n"
+            f"{'set_tcp_nodelay true' if self.tcp_nodelay else ''}\n"
             f"{self.extra_config}\n"
         )
         self._log = open(self.workdir / "mosquitto.log", "wb")

@@ -66,7 +66,7 @@ class FleetCommands(FleetCore):
                 self._recent.pop(cmd.command_id, None)
             else:
                 self._waiters.setdefault(cmd.command_id, Waiter(()))
-        self.link.publish(topics.agent_topic(cmd.agent_id, topics.CMD), payload, qos=1)
+        self.link.publish(self.topic(cmd.agent_id, topics.CMD), payload, qos=1)
         return payload
 
     def wait_result(self, command_id: str, kinds: tuple[str, ...], timeout: float,

@@ -1,10 +1,22 @@
 """The hub's MQTT connection to the fleet: agents' state and status, events and drift
 reports into the registry, and the hub's view of which agents are online.
 
-One paho client (via :class:`edgeloop.agent.mqtt_link.MqttLink`). Its network thread
-only queues messages; a worker thread applies them to the registry and wakes up
-whoever waits. :class:`edgeloop.hub.fleet.Fleet` adds commands
-(:mod:`.commands`), bundle delivery (:mod:`.delivery`) and inference requests.
+One paho client (via :class:`edgeloop.agent.mqtt_link.MqttLink`), subscribed under the
+fleet's topic root only (:class:`FleetOptions`). Its network thread only queues
+messages; a worker thread applies them in batches -- it reads up to ``batch_max``
+messages or ``batch_ms`` of them (a batch ends when none follows within ``gap_ms``), then
+writes what they say in one registry transaction (should a write fail, the batch is
+written again with each write in its own savepoint, so a bad one spoils nothing else)
+-- and, once a batch is committed, wakes up whoever waits, so a woken caller reads a
+settled registry.
+
+Fleet membership: an agent belongs to this hub when its retained state lists the
+hub's key id among the keys it trusts. Foreign agents' states are kept as non-member
+rows (listed with ``--all``, never audited); their drift reports are not stored.
+
+:class:`edgeloop.hub.fleet.Fleet` adds commands (:mod:`.commands`), bundle delivery
+(:mod:`.delivery`) and inference requests. The hub runtime
+(:mod:`edgeloop.hub.runtime`) runs one with a fixed client id and a persistent session.
 """
 
 from __future__ import annotations
@@ -20,6 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Self, TypeVar
 
+from edgeloop.agent.connect_errors import BrokerConnectError
+from edgeloop.agent.connection import BrokerSettings
 from edgeloop.agent.errors import EdgeloopError, MessageFormatError
 from edgeloop.agent.mqtt_link import MqttLink, Will
 from edgeloop.agent.wire import topics
@@ -33,12 +47,33 @@ from edgeloop.agent.wire.messages import (
     decode,
     decode_infer_reply,
 )
-from edgeloop.hub.errors import FleetError
-from edgeloop.hub.fleet.brokers import BrokerAddress
+from edgeloop.hub.registry import OFFLINE_GRACE_S
 
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
+
+INTAKE_LEAVES = (topics.STATUS, topics.STATE, topics.EVENTS, topics.DRIFT)
+
+
+@dataclass(frozen=True)
+class FleetOptions:
+    """How a :class:`FleetCore` connects and ingests.
+
+    One-shot commands use the defaults: a random client id with a clean session, no
+    retained hub status. The hub runtime gives its fixed client id, ``persistent=True``
+    (the broker keeps its subscriptions and queues QoS 1 reports while it is away) and
+    ``announce=True`` (retained ``online``/``offline`` on ``<root>/hub/status``).
+    """
+
+    topic_root: str = topics.ROOT
+    client_id: str | None = None
+    persistent: bool = False
+    announce: bool = False
+    offline_grace_s: float = OFFLINE_GRACE_S  # offline longer than this: audited (agent.offline)
+    batch_max: int = 500  # messages per registry transaction at most
+    batch_ms: float = 50.0  # milliseconds per registry transaction at most
+    gap_ms: float = 2.0  # a batch ends when no message follows within this (a lone message waits no longer)
 
 
 class Waiter:
@@ -77,16 +112,27 @@ class Outgoing:
 
 
 class FleetCore:
-    def __init__(self, broker: BrokerAddress, registry, key: SigningKey, *, actor: str = "hub",
-                 on_change: Callable[[str, object], None] | None = None) -> None:
+    def __init__(self, broker: BrokerSettings, registry, key: SigningKey, *, actor: str = "hub",
+                 on_change: Callable[[str, object], None] | None = None,
+                 options: FleetOptions | None = None) -> None:
         self.broker = broker
         self.registry = registry
         self.key = key
         self.actor = actor
-        self.on_change = on_change  # (kind, obj) for GUIs: "state", "event", "drift"
-        self.client_id = f"edgeloop-hub-{uuid.uuid4().hex[:8]}"
-        self.reply_topic = f"{topics.ROOT}/hub/{self.client_id}/replies"
+        self.on_change = on_change  # (kind, obj) for GUIs: "status", "state", "event", "drift"
+        self.options = options or FleetOptions()
+        self.keyid = key.keyid  # agents whose state lists it are this hub's fleet
+        self.root = topics.check_root(self.options.topic_root)
+        self.client_id = self.options.client_id or f"edgeloop-hub-{uuid.uuid4().hex[:8]}"
+        self.reply_topic = f"{self.root}/hub/{self.client_id}/replies"
         self._q: queue.Queue = queue.Queue()
+        # membership as stored (1 member, 0 foreign, None undecided); loaded at start, kept by the worker
+        self._members: dict[str, int | None] = {}
+        self._ignored: set[str] = set()  # agents whose reports were dropped (logged once each)
+        self._after: list[Callable[[], None]] | None = None  # wake-ups held until the batch commits
+        self._writes: list[tuple[str, Callable[[], object]]] | None = None  # the batch's registry writes
+        self.ingested = 0  # messages applied (for benchmarks and checks)
+        self.batches = 0  # registry transactions they took
         self._states: dict[str, AgentState] = {}
         self._status: dict[str, str] = {}
         # the session a status belongs to: that of the newest state known when it arrived,
@@ -100,26 +146,46 @@ class FleetCore:
         self._state_cond = threading.Condition(self._lock)
         self._worker: threading.Thread | None = None
         self.link = MqttLink(
-            client_id=self.client_id, host=broker.host, port=broker.port, on_message=self._on_message,
-            subscriptions=[(topics.all_agents(leaf), 1) for leaf in
-                           (topics.STATUS, topics.STATE, topics.EVENTS, topics.DRIFT)] + [(self.reply_topic, 1)],
+            client_id=self.client_id, broker=self._session(broker),
+            on_message=self._on_message,
+            subscriptions=self._subscriptions(),
             on_connect=self._announce,
-            will=Will(topics.HUB_STATUS, topics.OFFLINE.encode(), 1, True),
+            will=self._will(),
         )
+
+    def _session(self, settings: BrokerSettings) -> BrokerSettings:
+        """``settings`` with this fleet's client id and session kind (persistent for the runtime)."""
+        return settings.replace(client_id=self.client_id, persistent=self.options.persistent)
+
+    def _subscriptions(self) -> list[tuple[str, int]]:
+        """QoS 1, under this fleet's root only (a persistent session keeps what they match)."""
+        return [(topics.all_agents(leaf, root=self.root), 1) for leaf in INTAKE_LEAVES] + [(self.reply_topic, 1)]
+
+    def _will(self) -> Will | None:
+        """Only the hub runtime speaks for the hub: one-shot commands leave its status alone."""
+        if not self.options.announce:
+            return None
+        return Will(topics.hub_status_topic(self.root), topics.OFFLINE.encode(), 1, True)
+
+    def topic(self, agent_id: str, leaf: str) -> str:
+        """An agent's topic under this fleet's root."""
+        return topics.agent_topic(agent_id, leaf, root=self.root)
 
     # --- lifecycle ---------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> Self:
+        self._members = self.registry.agent_membership()
         self._worker = threading.Thread(target=self._work, name="fleet-worker", daemon=True)
         self._worker.start()
-        self.link.start()
-        if not self.link.wait_connected(timeout):
+        try:
+            self.link.connect(timeout)  # a specific BrokerConnectError (refused, not authorised, TLS...)
+        except BrokerConnectError:
             self.stop()
-            raise FleetError(f"cannot reach the MQTT broker at {self.broker.url} within {timeout:.0f} s; "
-                             "is it running? (the demo starts one for you)")
+            raise
         return self
 
     def stop(self) -> None:
-        self.link.stop(final=[(topics.HUB_STATUS, topics.OFFLINE.encode(), 1, True)])
+        goodbye = (topics.hub_status_topic(self.root), topics.OFFLINE.encode(), 1, True)
+        self.link.stop(final=[goodbye] if self.options.announce else [])
         self._q.put(None)
         if self._worker is not None:
             self._worker.join(timeout=5)
@@ -131,7 +197,8 @@ class FleetCore:
         self.stop()
 
     def _announce(self) -> None:
-        self.link.publish(topics.HUB_STATUS, topics.ONLINE, qos=1, retain=True)
+        if self.options.announce:
+            self.link.publish(topics.hub_status_topic(self.root), topics.ONLINE, qos=1, retain=True)
 
     # --- network thread: sort only ----------------------------------------------------
     def _on_message(self, topic: str, payload: bytes, msg) -> None:
@@ -156,54 +223,165 @@ class FleetCore:
     def _work(self) -> None:
         while True:
             item = self._q.get()
-            if item is None:
+            if item is None or self._apply_batch(item):
                 return
-            topic, payload = item
-            try:
-                self._apply(topic, payload)
-            except EdgeloopError as exc:
-                log.warning("ignored malformed message on %s: %s", topic, exc)
-            except Exception:
-                log.exception("failed to handle message on %s", topic)
+
+    def _apply_batch(self, first: tuple[str, bytes]) -> bool:
+        """Apply ``first`` and the messages that follow it (up to ``batch_max`` messages or
+        ``batch_ms``, until none comes within ``gap_ms``): read them all, then write what
+        they say in one registry transaction, then wake whoever waits. True when the stop
+        marker came."""
+        opts = self.options
+        deadline = time.monotonic() + opts.batch_ms / 1000.0
+        gap = opts.gap_ms / 1000.0
+        stop = False
+        self._after, self._writes = [], []
+        try:
+            item, n = first, 0
+            while True:
+                self._apply_one(*item)
+                n += 1
+                left = deadline - time.monotonic()
+                if n >= opts.batch_max or left <= 0:
+                    break
+                try:
+                    nxt = self._q.get_nowait() if self._q.qsize() else self._q.get(timeout=min(gap, left))
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                item = nxt
+            self._commit(self._writes)
+            self.batches += 1
+        except Exception:
+            log.exception("the registry did not take a batch of %d fleet messages", len(self._writes or ()))
+        finally:
+            after, self._after, self._writes = self._after, None, None
+            self._wake()
+            for fn in after:
+                fn()
+        return stop
+
+    def _apply_one(self, topic: str, payload: bytes) -> None:
+        try:
+            self._apply(topic, payload)
+        except EdgeloopError as exc:
+            log.warning("ignored malformed message on %s: %s", topic, exc)
+        except Exception:
+            log.exception("failed to handle message on %s", topic)
+        self.ingested += 1
+
+    def _store(self, what: str, write: Callable[[], object]) -> None:
+        """Write to the registry with the batch (at once outside a batch)."""
+        if self._writes is None:
+            write()
+        else:
+            self._writes.append((what, write))
+
+    def _commit(self, writes: list[tuple[str, Callable[[], object]]]) -> None:
+        """All ``writes`` in one transaction; if one fails, all again, each in a savepoint of its
+        own, so that one bad write loses nothing else (it is logged)."""
+        if not writes:
+            return
+        try:
+            with self.registry.transaction():
+                for _, write in writes:
+                    write()
+            return
+        except Exception as exc:
+            log.warning("a batch of %d registry writes failed (%s); writing them one by one", len(writes), exc)
+        with self.registry.transaction():
+            for what, write in writes:
+                try:
+                    with self.registry.savepoint():
+                        write()
+                except Exception:
+                    log.exception("could not store %s", what)
+
+    def _later(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` once the registry holds what this batch wrote (at once outside a batch).
+        Waiters on the fleet view (:meth:`wait_for`) are woken after every batch."""
+        if self._after is None:
+            fn()
+        else:
+            self._after.append(fn)
+
+    def _changed(self, kind: str, obj: object) -> None:
+        """Tell ``on_change`` (the GUI) about ``obj`` once the batch is committed."""
+        if self.on_change is not None:
+            self._later(lambda: self._notify(kind, obj))
+
+    def _wake(self) -> None:
+        with self._state_cond:
+            self._state_cond.notify_all()
 
     def _apply(self, topic: str, payload: bytes) -> None:
-        parsed = topics.parse_agent_topic(topic)
+        parsed = topics.parse_agent_topic(topic, root=self.root)
         if parsed is None:
             return
         agent_id, leaf = parsed
         if leaf == topics.STATUS:
-            status = payload.decode("utf-8", "replace").strip()
             if not payload:
                 return  # retained message cleared
-            with self._state_cond:
-                self._status[agent_id] = status
-                known = self._states.get(agent_id)
-                self._status_session[agent_id] = known.session if known is not None else None
-                self._state_cond.notify_all()
-            self.registry.mark_agent(agent_id, status)
-            self._notify("status", (agent_id, status))
+            self._apply_status(agent_id, payload.decode("utf-8", "replace").strip())
         elif leaf == topics.STATE:
             if not payload:
                 return
             st = _decode(payload, AgentState)
             if st.agent_id != agent_id:
                 raise MessageFormatError(f"state on {topic} names agent {st.agent_id}")
-            with self._state_cond:
-                self._states[agent_id] = st
-                gone = self._gone_by_status(st)
-                self._state_cond.notify_all()
-            # status wins: after kill -9 the retained state still says "online" while the
-            # Last Will set the status to "offline"; the registry records the agent offline
-            self.registry.upsert_agent_state(dataclasses.replace(st, status=topics.OFFLINE) if gone else st)
-            self._notify("state", st)
+            self._apply_state(st)
         elif leaf == topics.EVENTS:
             self._handle_event(_decode(payload, Event))
         elif leaf == topics.DRIFT:
             rep = _decode(payload, DriftReport)
-            self.registry.add_drift_report(rep)
+            if rep.agent_id != agent_id:
+                raise MessageFormatError(f"drift report on {topic} names agent {rep.agent_id}")
+            if not self._listed(agent_id):
+                self._ignore(agent_id, "drift report")
+                return
+            self._store(f"drift report {rep.window} of {agent_id}", lambda: self.registry.add_drift_report(rep))
             if rep.drifted_features:
                 log.info("agent %s reports drift on %s", agent_id, ", ".join(rep.drifted_features))
-            self._notify("drift", rep)
+            self._changed("drift", rep)
+
+    def _apply_status(self, agent_id: str, status: str) -> None:
+        with self._state_cond:
+            self._status[agent_id] = status
+            known = self._states.get(agent_id)
+            self._status_session[agent_id] = known.session if known is not None else None
+        # an agent with no row yet: its state (which says whose fleet it is in) decides; until
+        # then the status is only remembered here, and the state's upsert takes it into account
+        if agent_id in self._members:
+            self._store(f"status of {agent_id}", lambda: self.registry.record_agent_status(
+                agent_id, status, grace=self.options.offline_grace_s))
+        self._changed("status", (agent_id, status))
+
+    def _apply_state(self, st: AgentState) -> None:
+        member = self.keyid in st.trusted_keys
+        with self._state_cond:
+            self._states[st.agent_id] = st
+            gone = self._gone_by_status(st)
+        # status wins: after kill -9 the retained state still says "online" while the
+        # Last Will set the status to "offline"; the registry records the agent offline
+        stored = dataclasses.replace(st, status=topics.OFFLINE) if gone else st
+        self._store(f"state of {st.agent_id}", lambda: self.registry.record_agent_state(
+            stored, member=member, grace=self.options.offline_grace_s))
+        self._members[st.agent_id] = int(member)
+        if member:
+            self._ignored.discard(st.agent_id)
+        self._changed("state", st)
+
+    def _listed(self, agent_id: str) -> bool:
+        """In this hub's fleet: a member, or a row no hub decided yet (older registries)."""
+        return agent_id in self._members and self._members[agent_id] != 0
+
+    def _ignore(self, agent_id: str, what: str) -> None:
+        if agent_id not in self._ignored:
+            self._ignored.add(agent_id)
+            log.info("ignoring %s of agent %s: it is not in this hub's fleet (its state does not list "
+                     "this hub's key %s)", what, agent_id, self.keyid)
 
     def _gone_by_status(self, st: AgentState) -> bool:
         """A state saying online while the status says offline for that same session (the Last Will).
@@ -219,15 +397,16 @@ class FleetCore:
                 and self._status_session.get(aid) == st.session)
 
     def _handle_event(self, ev: Event) -> None:
-        # the registry first, so whoever wakes up reads a settled deployment
-        self._record_event(ev)
-        self._deliver_event(ev)
-        self._notify("event", ev)
+        # the registry first, so whoever wakes up (after the batch commits) reads a settled deployment
+        self._store(f"event {ev.event} of {ev.agent_id}", lambda: self._record_event(ev))
+        self._later(lambda: self._deliver_event(ev))
+        self._changed("event", ev)
 
     def _record_event(self, ev: Event) -> None:
         """Settle the deployment an event reports; a failure is logged, never hides the event."""
         try:
-            self.registry.update_deployment_from_event(ev)
+            with self.registry.savepoint():
+                self.registry.update_deployment_from_event(ev)
         except Exception:
             log.exception("could not record %s of command %s", ev.event, ev.command_id)
 
@@ -269,6 +448,18 @@ class FleetCore:
 
     def wait_online(self, agent_ids: list[str], timeout: float = 30.0) -> bool:
         return self.wait_for(lambda: all(self.is_online(a) for a in agent_ids), timeout)
+
+    def is_member(self, agent_id: str) -> bool:
+        """Whether the agent's state, as seen by this connection, lists this hub's key."""
+        with self._lock:
+            st = self._states.get(agent_id)
+            return st is not None and self.keyid in st.trusted_keys
+
+    def wait_members(self, agent_ids: list[str], timeout: float) -> list[str]:
+        """Wait up to ``timeout`` s for each agent's state to name this hub's key (retained
+        states arrive right after connecting); returns the ids still not seen as members."""
+        self.wait_for(lambda: all(self.is_member(a) for a in agent_ids), timeout)
+        return [a for a in agent_ids if not self.is_member(a)]
 
 
 def _decode(payload: bytes, cls: type[M]) -> M:

@@ -1,5 +1,17 @@
-"""Bundle delivery: a signed deploy command, then the bundle in chunks with flow control,
-and chunks sent again when an agent reports them missing."""
+"""Bundle delivery: signed deploy commands, then the bundle in chunks with flow control,
+published once for every agent of the deploy, and chunks sent again to an agent that
+reports them missing.
+
+A deploy to several agents is a fan-out: one transfer id and one transfer topic
+(``{root}/transfers/{transfer_id}``, named in every signed command) that each agent
+subscribes to when it accepts its command. The hub waits for the agents' answers (all of
+them, or until none came for :data:`ANSWER_GRACE` seconds), publishes each chunk once on that
+topic, and repairs per agent: the chunks an agent reports missing (``transfer_missing``)
+go again on that agent's own ``bundle`` topic, and an agent that answered after the
+chunks went out gets them there. Agents that already hold the bundle get no chunks. Every
+agent's command is followed on its own thread, so one agent that never answers times out
+without holding up the others. A deploy to one agent sends the chunks on its own topic.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +19,66 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 
 from edgeloop.agent.wire import topics
 from edgeloop.agent.wire.bundle import sha256 as sha256_hex
 from edgeloop.agent.wire.messages import (
     Chunk,
+    Command,
     Event,
     TransferSpec,
     new_id,
 )
-from edgeloop.hub.fleet.commands import CommandOutcome, FleetCommands
+from edgeloop.hub.fleet.commands import COMMAND_TTL, CommandOutcome, FleetCommands
 from edgeloop.hub.fleet.core import Outgoing
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_SIZE = 64 * 1024
 MAX_IN_FLIGHT = 16  # chunks published and not yet acknowledged: never queue a whole bundle in paho
+ANSWER_TIMEOUT = 30.0  # seconds an agent has to answer a deploy command (at most the deploy's timeout)
+ANSWER_GRACE = 1.0  # seconds the chunks wait for more answers after the latest one
+TRANSFERS = "transfers"  # topic level of the shared transfer topics: {root}/transfers/{transfer_id}
+
+Progress = Callable[[int, int], None]
+
+
+class _FanOut:
+    """One bundle on its way to several agents: who answered, and whether the chunks went out."""
+
+    def __init__(self, targets: int) -> None:
+        self.targets = targets
+        self.answered = 0
+        self.waiting = 0  # answered and waiting for chunks
+        self.last_answer: float | None = None
+        self.closed = False  # answers after this come too late for the shared stream
+        self.sent = threading.Event()  # the shared stream is over (or there was none)
+        self.cond = threading.Condition()
+
+    def answer(self, needs_chunks: bool) -> bool:
+        """Count an agent's answer; True if it comes too late to be counted in the shared stream."""
+        with self.cond:
+            self.answered += 1
+            self.last_answer = time.monotonic()
+            late = self.closed
+            if needs_chunks and not late:
+                self.waiting += 1
+            self.cond.notify_all()
+            return late
+
+    def close(self, deadline: float) -> bool:
+        """Wait until every agent answered, or none did for :data:`ANSWER_GRACE` seconds since the
+        latest answer, or ``deadline``; then close the list. True if some agent waits for the chunks."""
+        with self.cond:
+            while self.answered < self.targets:
+                until = deadline if self.last_answer is None else min(deadline, self.last_answer + ANSWER_GRACE)
+                left = until - time.monotonic()
+                if left <= 0:
+                    break
+                self.cond.wait(left)
+            self.closed = True
+            return self.waiting > 0
 
 
 class FleetDelivery(FleetCommands):
@@ -33,42 +88,112 @@ class FleetDelivery(FleetCommands):
         else:
             super()._record_event(ev)
 
-    def deploy(self, agent_id: str, bundle: bytes, *, model: str, version: str, timeout: float = 120.0,
-               chunk_size: int = DEFAULT_CHUNK_SIZE, progress: Callable[[int, int], None] | None = None,
-               ) -> CommandOutcome:
-        """Send a signed deploy command, stream the bundle in chunks, wait for the install result."""
-        started = time.perf_counter()
-        sha = sha256_hex(bundle)
-        spec = TransferSpec(new_id(), sha, len(bundle), chunk_size, math.ceil(len(bundle) / chunk_size))
-        cmd = self.make_command(agent_id, "deploy", {
-            "transfer": spec.to_dict(), "bundle_sha256": sha, "model": model, "version": version})
-        self.registry.add_deployment(bundle_sha256=sha, agent_id=agent_id, kind="deploy",
-                                     command_id=cmd.command_id, counter=cmd.counter, actor=self.actor)
-        with self._lock:
-            self._outgoing[spec.transfer_id] = Outgoing(agent_id, spec, bundle)
-        try:
-            self.send(cmd)
-            ack = self.wait_result(cmd.command_id, ("command_result",), min(timeout, 30.0))
-            if ack is None:
-                return self._timeout(cmd, "the agent did not acknowledge the deploy command", started)
-            if not ack.ok:
-                return CommandOutcome(cmd.command_id, False, ack.code, ack.message, ack,
-                                      time.perf_counter() - started)
-            if ack.details.get("chunks", spec.chunks):
-                self._send_chunks(agent_id, spec, bundle, range(spec.chunks), progress)
-            res = self.wait_result(cmd.command_id, ("install_result",), timeout)
-            if res is None:
-                return self._timeout(cmd, "no install result from the agent", started)
-            return CommandOutcome(cmd.command_id, res.ok, res.code, res.message, res,
-                                  time.perf_counter() - started, res.details)
-        finally:
-            self._forget(cmd.command_id)
-            with self._lock:
-                self._outgoing.pop(spec.transfer_id, None)
+    def transfer_topic(self, transfer_id: str) -> str:
+        """The topic a fan-out deploy publishes its chunks on (every target subscribes to it)."""
+        return f"{self.root}/{TRANSFERS}/{transfer_id}"
 
-    def _send_chunks(self, agent_id: str, spec: TransferSpec, data: bytes, indices,
-                     progress: Callable[[int, int], None] | None = None) -> None:
-        topic = topics.agent_topic(agent_id, topics.BUNDLE)
+    def deploy(self, agent_id: str, bundle: bytes, *, model: str, version: str, timeout: float = 120.0,
+               chunk_size: int = DEFAULT_CHUNK_SIZE, progress: Progress | None = None) -> CommandOutcome:
+        """Send a signed deploy command, stream the bundle in chunks, wait for the install result."""
+        return self.deploy_many([agent_id], bundle, model=model, version=version, timeout=timeout,
+                                chunk_size=chunk_size, progress=progress)[agent_id]
+
+    def deploy_many(self, agent_ids: Sequence[str], bundle: bytes, *, model: str, version: str,
+                    timeout: float = 120.0, chunk_size: int = DEFAULT_CHUNK_SIZE, progress: Progress | None = None,
+                    ) -> dict[str, CommandOutcome]:
+        """Deploy ``bundle`` to every agent of ``agent_ids`` at once; one outcome per agent.
+
+        Each agent gets its own signed command (recorded as a deployment); the chunks are
+        published once for all of them (see the module docstring). An agent has
+        ``min(timeout, 30)`` s to answer its command and ``timeout`` s after the chunks went
+        out to report its install. ``progress(sent, total)`` follows the chunks.
+        """
+        started = time.perf_counter()
+        ids = list(dict.fromkeys(agent_ids))
+        if not ids:
+            return {}
+        sha = sha256_hex(bundle)
+        tid = new_id()
+        spec = TransferSpec(tid, sha, len(bundle), chunk_size, math.ceil(len(bundle) / chunk_size),
+                            topic=self.transfer_topic(tid) if len(ids) > 1 else None)
+        args = {"transfer": spec.to_dict(), "bundle_sha256": sha, "model": model, "version": version}
+        with self.registry.transaction():  # every agent's counter and deployment row: one commit
+            # valid as long as the hub waits for it: the agent abandons the transfer once it expired
+            cmds = [self.make_command(aid, "deploy", args, ttl=max(COMMAND_TTL, timeout + 60.0)) for aid in ids]
+            for cmd in cmds:
+                self.registry.add_deployment(bundle_sha256=sha, agent_id=cmd.agent_id, kind="deploy",
+                                             command_id=cmd.command_id, counter=cmd.counter, actor=self.actor)
+        with self._lock:
+            for aid in ids:
+                self._outgoing[_key(tid, aid)] = Outgoing(aid, spec, bundle)
+        fan = _FanOut(len(ids))
+        outcomes: dict[str, CommandOutcome] = {}
+        answer_timeout = min(timeout, ANSWER_TIMEOUT)
+
+        def follow(cmd: Command) -> None:
+            try:
+                outcomes[cmd.agent_id] = self._follow_deploy(cmd, spec, bundle, fan, answer_timeout, timeout,
+                                                             started)
+            except Exception as exc:  # one agent's failure is its own result, never the others'
+                log.exception("deploy to %s failed", cmd.agent_id)
+                outcomes[cmd.agent_id] = CommandOutcome(cmd.command_id, False, "error", f"deploy failed: {exc}",
+                                                        None, time.perf_counter() - started)
+            finally:
+                self._forget(cmd.command_id)
+                with self._lock:
+                    self._outgoing.pop(_key(tid, cmd.agent_id), None)
+
+        threads: list[threading.Thread] = []
+        try:
+            for cmd in cmds:
+                self.send(cmd)
+                threads.append(threading.Thread(target=follow, args=(cmd,), name=f"deploy-{cmd.agent_id}",
+                                                daemon=True))
+                threads[-1].start()
+            if fan.close(time.monotonic() + answer_timeout):
+                self._send_chunks(ids[0] if spec.topic is None else None, spec, bundle, range(spec.chunks),
+                                  progress)
+        finally:
+            fan.sent.set()
+            for t in threads:
+                t.join()
+            with self._lock:
+                for aid in ids:
+                    self._outgoing.pop(_key(tid, aid), None)
+        return {aid: outcomes[aid] for aid in ids}
+
+    def _follow_deploy(self, cmd: Command, spec: TransferSpec, bundle: bytes, fan: _FanOut,
+                       answer_timeout: float, timeout: float, started: float) -> CommandOutcome:
+        """One agent's deploy: its answer, its chunks if it answered late, its install result."""
+        ack = self.wait_result(cmd.command_id, ("command_result",), answer_timeout)
+        if ack is None:
+            return self._timeout(cmd, "the agent did not acknowledge the deploy command", started)
+        needs_chunks = bool(ack.ok and ack.details.get("chunks", spec.chunks))
+        late = fan.answer(needs_chunks)
+        if not ack.ok:
+            return CommandOutcome(cmd.command_id, False, ack.code, ack.message, ack, time.perf_counter() - started)
+        if needs_chunks:
+            fan.sent.wait()
+            if late:
+                log.info("agent %s answered after the chunks went out; sending them on its own topic",
+                         cmd.agent_id)
+                self._send_chunks(cmd.agent_id, spec, bundle, range(spec.chunks))
+        res = self.wait_result(cmd.command_id, ("install_result",), timeout)
+        if res is None:
+            return self._timeout(cmd, "no install result from the agent", started)
+        return CommandOutcome(cmd.command_id, res.ok, res.code, res.message, res,
+                              time.perf_counter() - started, res.details)
+
+    def _send_chunks(self, agent_id: str | None, spec: TransferSpec, data: bytes, indices: Iterable[int],
+                     progress: Progress | None = None) -> None:
+        """Publish chunks on ``agent_id``'s own bundle topic, or (None) on the transfer's shared topic,
+        with at most :data:`MAX_IN_FLIGHT` unacknowledged."""
+        if agent_id is None:
+            if spec.topic is None:
+                raise ValueError("a transfer without a shared topic needs an agent id")
+            topic = spec.topic
+        else:
+            topic = self.topic(agent_id, topics.BUNDLE)
         window: list = []
         indices = list(indices)
         for n, i in enumerate(indices, 1):
@@ -87,10 +212,15 @@ class FleetDelivery(FleetCommands):
         if not isinstance(tid, str):
             return
         with self._lock:
-            out = self._outgoing.get(tid)
-        if out is None or out.agent_id != ev.agent_id:
+            out = self._outgoing.get(_key(tid, ev.agent_id))
+        if out is None:
             return
         idx = [i for i in missing if isinstance(i, int) and 0 <= i < out.spec.chunks]
         log.info("resending %d chunks of transfer %s to %s", len(idx), tid[:8], ev.agent_id)
         threading.Thread(target=self._send_chunks, args=(out.agent_id, out.spec, out.data, idx),
                          daemon=True, name="fleet-resend").start()
+
+
+def _key(transfer_id: str, agent_id: str) -> str:
+    """The key of one agent's share of a transfer in ``_outgoing``."""
+    return f"{transfer_id}/{agent_id}"

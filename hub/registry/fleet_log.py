@@ -1,8 +1,8 @@
 """What happened in the fleet: signed bundles, deploy/rollback commands and their
-outcome, the agents' reported state, and the drift reports they send.
+outcome, and the drift reports agents send (the agents themselves: :mod:`.agents`).
 
 Ids: bundles by their sha256, deployments ``dep-<n>`` (also unique by command id),
-agents by agent id, drift reports by an integer. A deployment row keeps
+drift reports by an integer. A deployment row keeps
 ``target_sha256`` (the sha256 its command names) and ``bundle_sha256`` (the foreign
 key to ``bundles``, None when that bundle is not registered here). Agent-originated
 changes are audited as ``agent:<agent_id>``.
@@ -10,18 +10,13 @@ changes are audited as ``agent:<agent_id>``.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
-from sqlite_utils import Database
-
-from edgeloop.agent.wire.messages import AgentState, DriftReport, Event
+from edgeloop.agent.wire.messages import DriftReport, Event
 from edgeloop.hub.errors import NotFoundError, RegistryError
 from edgeloop.hub.registry.catalog import Catalog
 from edgeloop.hub.registry.db import inserted_id
 from edgeloop.hub.registry.fields import HEX, MIN_PREFIX, check_choice, check_sha256, dumps, now
-
-log = logging.getLogger(__name__)
 
 DEPLOY_KINDS = ("deploy", "rollback")
 DEPLOY_STATUSES = ("pending", "installed", "failed", "refused")
@@ -39,7 +34,7 @@ def _status_from_event(event: Event) -> str | None:
 
 
 class FleetLog(Catalog):
-    """Bundles, deployments, agents and drift reports."""
+    """Bundles, deployments and drift reports."""
 
     # -- bundles ------------------------------------------------------------------------------
     def add_bundle(
@@ -157,13 +152,24 @@ class FleetLog(Catalog):
             return None
         if status == "refused" and dep["status"] != "pending":
             # a duplicate or replay of a command that already settled: record it, keep the outcome
-            self.audit(f"agent:{event.agent_id}", "command.refused_again", dep["agent_id"],
-                       command_id=event.command_id, code=event.code, message=event.message)
+            if not self._recorded_refusal(dep["agent_id"], event):
+                self.audit(f"agent:{event.agent_id}", "command.refused_again", dep["agent_id"],
+                           command_id=event.command_id, code=event.code, message=event.message, at=event.at)
             return None
+        if dep["status"] == status:
+            return None  # the same event again (QoS 1 redelivery, or a second hub process heard it too)
         detail = event.message if event.ok else f"{event.code}: {event.message}".rstrip(": ")
         return self.update_deployment_status(
             event.command_id, status, detail, actor=f"agent:{event.agent_id}"
         )
+
+    def _recorded_refusal(self, agent_id: str, event: Event) -> bool:
+        """Whether this very refusal (same command, same time on the agent) is audited already."""
+        row = self._db().execute(
+            "SELECT 1 FROM audit WHERE action = 'command.refused_again' AND target = ? "
+            "AND json_extract(detail, '$.command_id') = ? AND json_extract(detail, '$.at') = ? LIMIT 1",
+            [agent_id, event.command_id, event.at]).fetchone()
+        return row is not None
 
     def get_deployment(self, ref: str) -> dict:
         """A deployment by command id or deployment id (``dep-<n>``)."""
@@ -178,74 +184,6 @@ class FleetLog(Catalog):
         if agent_id is None:
             return self._rows("deployments", order_by=order)
         return self._rows("deployments", "agent_id = ?", [agent_id], order)
-
-    # -- agents -------------------------------------------------------------------------------
-    def upsert_agent_state(self, state: AgentState) -> dict:
-        """Store an agent's (retained) state message; returns the agent's row.
-
-        A state older than the stored one -- by (started_at, session), e.g. the
-        last will of a previous connection arriving after the new birth message --
-        is ignored, and the stored row is returned unchanged.
-        """
-        with self._write() as db:
-            old = self._first("agents", "agent_id = ?", [state.agent_id])
-            if old is not None and self._is_stale(state, old):
-                log.info("ignoring stale state of %s (session %s)", state.agent_id, state.session)
-                return old
-            active = state.active
-            db.table("agents").upsert({
-                "agent_id": state.agent_id, "status": state.status, "session": state.session,
-                "agent_version": state.agent_version, "host": state.host,
-                "http_url": state.http_url,
-                "active_model": active.model if active else None,
-                "active_version": active.version if active else None,
-                "active_bundle": active.bundle_sha256 if active else None,
-                "started_at": state.started_at, "last_seen": now(),
-                "state": dumps(state.to_dict()),
-            }, pk="agent_id")
-            self._audit_agent_change(db, old, state)
-        return self.get_agent(state.agent_id)
-
-    @staticmethod
-    def _is_stale(state: AgentState, old: dict) -> bool:
-        return (state.started_at, state.session) < (old["started_at"] or 0.0, old["session"] or 0)
-
-    def _audit_agent_change(self, db: Database, old: dict | None, state: AgentState) -> None:
-        """Audit status and active-bundle changes (not every repeated heartbeat)."""
-        bundle = state.active.bundle_sha256 if state.active else None
-        if old is None or old["status"] != state.status:
-            self._audit(db, f"agent:{state.agent_id}", f"agent.{state.status}", state.agent_id,
-                        session=state.session, agent_version=state.agent_version)
-        if old is not None and old["active_bundle"] != bundle:
-            self._audit(db, f"agent:{state.agent_id}", "agent.active", state.agent_id,
-                        previous=old["active_bundle"], bundle_sha256=bundle)
-
-    def mark_agent(self, agent_id: str, status: str, *, actor: str = "hub") -> dict:
-        """Set an agent's status (``online``/``offline``/...) as the hub sees it.
-
-        An agent not seen before gets a row with just its status (its status
-        topic may arrive before its state message); ``last_seen`` is set then.
-        """
-        if not agent_id or not status:
-            raise RegistryError("mark_agent needs an agent id and a status such as 'online' or 'offline'")
-        with self._write() as db:
-            old = self._first("agents", "agent_id = ?", [agent_id])
-            if old is None:
-                db.table("agents").insert({"agent_id": agent_id, "status": status, "last_seen": now()})
-                self._audit(db, actor, f"agent.{status}", agent_id, previous=None)
-            elif old["status"] != status:
-                db.table("agents").update(agent_id, {"status": status})
-                self._audit(db, actor, f"agent.{status}", agent_id, previous=old["status"])
-        return self.get_agent(agent_id)
-
-    def get_agent(self, agent_id: str) -> dict:
-        row = self._first("agents", "agent_id = ?", [agent_id])
-        if row is None:
-            raise NotFoundError(f"no agent {agent_id!r} has reported to this hub; see list_agents()")
-        return row
-
-    def list_agents(self) -> list[dict]:
-        return self._rows("agents", order_by="agent_id")
 
     # -- drift --------------------------------------------------------------------------------
     def add_drift_report(self, report: DriftReport) -> dict:

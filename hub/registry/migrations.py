@@ -128,6 +128,36 @@ def _m002_model_factory(db: Database) -> None:
     db.table("versions").create_index(["parent_version"])
 
 
+def _m003_live_fleet(db: Database) -> None:
+    """Version 3: fleet membership, offline tracking and the hub runtime's heartbeat.
+
+    * ``agents.member``: 1 when the agent's state lists this hub's key id among the keys
+      it trusts, 0 when it does not (a foreign agent on a shared broker: kept so that
+      ``edgeloop fleet --all`` can list it, never audited), NULL when no hub decided yet
+      (rows of older registries, rows written directly through the registry API);
+    * ``agents.offline_since``: when the agent was last seen going offline (NULL while
+      online); ``agents.down``: 1 once it stayed offline past the grace period and that
+      was audited (``agent.offline``), so its return is audited too (``agent.online``);
+    * ``agents.first_seen``: when this registry first recorded the agent;
+    * ``listeners``: one row per hub runtime client id (one per hub home): its process,
+      broker and topic root, when it started, since when it is connected, its last
+      heartbeat and when it stopped -- what CLI reads print as the freshness of the view.
+    """
+    agents = db.table("agents")
+    agents.add_column("member", int)
+    agents.add_column("offline_since", float)
+    agents.add_column("down", int, not_null_default=0)
+    agents.add_column("first_seen", float)
+    db.execute("UPDATE agents SET first_seen = last_seen")
+    agents.create_index(["member"])
+    db.table("listeners").create(
+        {"id": str, "pid": int, "host": str, "broker": str, "topic_root": str, "heartbeat_s": float,
+         "started_at": float, "heartbeat_at": float, "connected_since": float, "last_listened_at": float,
+         "stopped_at": float},
+        pk="id", not_null={"pid", "host", "broker", "topic_root", "heartbeat_s", "started_at", "heartbeat_at"},
+    )
+
+
 # Append only: never edit a released migration, add a new one.
-MIGRATIONS: list[Callable[[Database], None]] = [_m001_initial, _m002_model_factory]
+MIGRATIONS: list[Callable[[Database], None]] = [_m001_initial, _m002_model_factory, _m003_live_fleet]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -9,7 +9,9 @@ half-way), and the audit row of a change is written in the same transaction as
 the change.
 
 Threads: each thread gets its own connection (created on first use), so one
-:class:`Registry` object may be shared between threads.
+:class:`Registry` object may be shared between threads. :meth:`Registry.transaction`
+groups many writes into one commit (the fleet intake writes in batches), and
+:meth:`Registry.savepoint` lets one of them fail alone.
 
 Schema versioning: the ``meta`` table holds ``schema_version``; :data:`MIGRATIONS`
 (:mod:`edgeloop.hub.registry.migrations`) is the ordered list of migrations
@@ -30,6 +32,8 @@ models          the model name                ``iris``
 versions        ``<model>:<n>`` (n = 1, 2..)  ``iris:3``
 bundles         the bundle's sha256           ``9c0e...`` (64 hex)
 deployments     ``dep-<n>``                   ``dep-12`` (also unique by command_id)
+agents          the agent id                  ``edge-1``
+listeners       the hub runtime's client id   ``edgeloop-hub-3fa1c09e77d2b4a1``
 drift_reports   integer                       ``41``
 audit           integer                       ``1208``
 aliases         (model, alias)                ``iris`` + ``production``
@@ -60,12 +64,14 @@ row keeps ``target_sha256`` (the sha256 its command names) and ``bundle_sha256``
 
 from __future__ import annotations
 
+from edgeloop.hub.registry.agents import FleetAgents
 from edgeloop.hub.registry.fleet_log import FleetLog
 from edgeloop.hub.registry.lineage import Lineage
+from edgeloop.hub.registry.listeners import Listeners
 from edgeloop.hub.registry.promotion import Promotion
 
 
-class Registry(Promotion, FleetLog, Lineage):
+class Registry(Promotion, FleetLog, FleetAgents, Listeners, Lineage):
     """The hub's registry in the SQLite file ``path`` (created and migrated on open).
 
     Composed of its parts, each a module of this package over the common base
@@ -76,7 +82,10 @@ class Registry(Promotion, FleetLog, Lineage):
       and version references;
     * :class:`~edgeloop.hub.registry.promotion.Promotion` -- aliases and their history,
       evaluation gates, compare;
-    * :class:`~edgeloop.hub.registry.fleet_log.FleetLog` -- bundles, deployments, agents,
-      drift reports;
+    * :class:`~edgeloop.hub.registry.fleet_log.FleetLog` -- bundles, deployments, drift reports;
+    * :class:`~edgeloop.hub.registry.agents.FleetAgents` -- agents: state, status, fleet
+      membership, the audit of their changes;
+    * :class:`~edgeloop.hub.registry.listeners.Listeners` -- the hub runtime's heartbeat
+      (how fresh the fleet view is);
     * :class:`~edgeloop.hub.registry.lineage.Lineage` -- lineage walks.
     """

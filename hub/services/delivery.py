@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from edgeloop.hub.errors import NotFoundError
 from edgeloop.hub.services.agents import HubAgents
@@ -13,6 +13,8 @@ from edgeloop.hub.services.agents import HubAgents
 if TYPE_CHECKING:
     from edgeloop.hub.fleet import Fleet
     from edgeloop.hub.pipeline import BundleBuild
+
+T = TypeVar("T")
 
 
 class HubDelivery(HubAgents):
@@ -58,12 +60,15 @@ class HubDelivery(HubAgents):
     # --- deploy and rollback -----------------------------------------------------------------
     def deploy(self, fleet: Fleet | str, agent_ids: Sequence[str], ref: str, *,
                override_reason: str | None = None, timeout: float = 120.0) -> list[dict]:
-        """Gate-check ``ref`` (:meth:`check_deployable`), then push its signed bundle to each agent.
+        """Gate-check ``ref`` (:meth:`check_deployable`), then push its signed bundle to the agents.
 
         ``ref`` is a version ref or a bundle sha256 (prefix); a version without a
         bundle gets one packed and signed now. ``fleet`` is a started :meth:`fleet`
-        or a broker URL (connected only after the gate check passed). Returns one
-        result per agent: ``{"agent", "ok", "code", "message", "seconds", "version",
+        or a broker URL (connected only after the gate check passed). The agents are
+        served at once and the bundle is published once for all of them
+        (:meth:`edgeloop.hub.fleet.Fleet.deploy_many`); agents that already hold it get
+        no chunks, and one that never answers times out alone. Returns one result per
+        agent: ``{"agent", "ok", "code", "message", "seconds", "version",
         "bundle_sha256", "gate"}``. Raises :class:`GateError` before anything is sent
         when the version fails its gate and no ``override_reason`` is given. Each
         deployment is recorded (and audited) by the fleet as it is sent.
@@ -73,12 +78,12 @@ class HubDelivery(HubAgents):
         rec, data = self.resolve_bundle(ref)
         gate_note = {"passed": gate["passed"], "overridden": gate["overridden"]}
 
-        def one(started: Fleet, aid: str) -> dict:
-            out = started.deploy(aid, data, model=version["model_name"], version=version["version"],
-                                 timeout=timeout)
-            return {**_result(aid, out, version["id"], rec["sha256"]), "gate": gate_note}
+        def all_at_once(started: Fleet) -> list[dict]:
+            outs = started.deploy_many(agent_ids, data, model=version["model_name"], version=version["version"],
+                                       timeout=timeout)
+            return [{**_result(aid, outs[aid], version["id"], rec["sha256"]), "gate": gate_note} for aid in agent_ids]
 
-        return self._on_fleet(fleet, agent_ids, one)
+        return self._with_fleet(fleet, all_at_once)
 
     def rollback(self, fleet: Fleet | str, agent_ids: Sequence[str], ref: str, *, reason: str = "",
                  timeout: float = 60.0) -> list[dict]:
@@ -107,10 +112,14 @@ class HubDelivery(HubAgents):
     def _on_fleet(self, fleet: Fleet | str, agent_ids: Sequence[str],
                   one: Callable[[Fleet, str], dict]) -> list[dict]:
         """``one(fleet, agent_id)`` for each agent, on ``fleet`` or on a fleet connected to that URL."""
+        return self._with_fleet(fleet, lambda started: [one(started, aid) for aid in agent_ids])
+
+    def _with_fleet(self, fleet: Fleet | str, run: Callable[[Fleet], T]) -> T:
+        """``run(fleet)`` on ``fleet``, or on a fleet connected to that URL for the call."""
         if isinstance(fleet, str):
             with self.fleet(fleet) as started:
-                return [one(started, aid) for aid in agent_ids]
-        return [one(fleet, aid) for aid in agent_ids]
+                return run(started)
+        return run(fleet)
 
 
 def _result(agent_id: str, out: Any, version_id: str, bundle_sha256: str) -> dict:
