@@ -20,7 +20,6 @@ import logging
 import queue
 import shutil
 import time
-from typing import Any
 
 from edgeloop.agent.core import AgentCore
 from edgeloop.agent.errors import (
@@ -132,7 +131,7 @@ class AgentControl(AgentCore):
             raise BundleTooLargeError(
                 f"bundle of {spec.size} bytes exceeds this agent's limit of {self.cfg.max_bundle_bytes} "
                 "(limits.max_bundle_bytes in its config)")
-        want_topic = f"{self.root}/transfers/{spec.transfer_id}"
+        want_topic = topics.transfer_topic(spec.transfer_id, self.root)
         if spec.topic is not None and spec.topic != want_topic:
             raise TransferError(f"deploy names transfer topic {spec.topic!r}, not {want_topic!r}: refused "
                                 "(do the hub and this agent use the same topic root?)")
@@ -212,9 +211,7 @@ class AgentControl(AgentCore):
         topic = t.spec.topic
         if topic is None or t.following:
             return
-        # a handler for this topic alone, on paho's network thread: it only enqueues
-        self.link.client.message_callback_add(topic, self._on_shared_chunk)
-        self.link.add_subscription(topic, 1)
+        self.link.add_subscription(topic, 1)  # Agent._on_message puts its chunks on the control queue
         t.following = True
         log.info("following transfer topic %s", topic)
 
@@ -225,11 +222,7 @@ class AgentControl(AgentCore):
         t.following = False
         if not any(o.following and o.spec.topic == topic for o in self._transfers.values()):
             self.link.remove_subscription(topic)
-            self.link.client.message_callback_remove(topic)
             log.info("left transfer topic %s", topic)
-
-    def _on_shared_chunk(self, client: Any, userdata: Any, msg: Any) -> None:
-        self._control_q.put((SHARED_CHUNK, msg.payload))
 
     def _drop_transfer(self, t: Transfer) -> None:
         """Forget a transfer: its files, its entry, its shared topic."""

@@ -30,7 +30,7 @@ import threading
 import time
 from typing import Any
 
-from edgeloop.agent.control import AgentControl
+from edgeloop.agent.control import SHARED_CHUNK, AgentControl
 from edgeloop.agent.http_api import HttpApi
 from edgeloop.agent.inference import AgentInference
 from edgeloop.agent.transfer import Transfer
@@ -123,7 +123,11 @@ class Agent(AgentControl, AgentInference):
     # --- network thread: sort, never block --------------------------------------------
     def _on_message(self, topic: str, payload: bytes, msg: Any) -> None:
         parsed = topics.parse_agent_topic(topic, self.root)
-        if parsed is None or parsed[0] != self.id:
+        if parsed is None:
+            if topics.parse_transfer_topic(topic, self.root) is not None:
+                self._control_q.put((SHARED_CHUNK, payload))  # a fan-out deploy's chunks
+            return
+        if parsed[0] != self.id:
             return
         leaf = parsed[1]
         if leaf in (topics.CMD, topics.BUNDLE):

@@ -218,9 +218,11 @@ class Demo:
             return None
 
     def _deploy(self, b, build) -> None:
-        st = self.step("deploy", f"Push {build.id} to both agents over MQTT")
+        st = self.step("deploy", f"Push {build.id} to both agents over MQTT (the bundle is sent once for both)")
+        results = self.fleet.deploy_many(AGENT_IDS, b.path.read_bytes(), model=MODEL,
+                                         version=build.version["version"])
         for aid in AGENT_IDS:
-            res = self.fleet.deploy(aid, b.path.read_bytes(), model=MODEL, version=build.version["version"])
+            res = results[aid]
             if not res.ok:
                 raise DemoError(f"deploy to {aid} failed: {res.code}: {res.message}")
             self.say(f"    {aid}: verified signature and hashes, smoke test passed, serving "

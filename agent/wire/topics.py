@@ -11,6 +11,7 @@ Layout (root ``edgeloop/v1``; at most 5 levels so it fits AWS IoT's limit of 7):
     edgeloop/v1/agents/{agent_id}/infer         anyone -> agent inference requests (QoS 0/1)
     edgeloop/v1/agents/{agent_id}/infer/result  agent -> requester, unless reply_to is given
     edgeloop/v1/hub/status                      retained "online" / "offline" of the hub
+    edgeloop/v1/transfers/{transfer_id}         hub -> agents bundle chunks shared by a fan-out deploy
 
 The root is per fleet (``edgeloop/v1`` by default): give each fleet on a shared broker
 its own root (e.g. ``plant-a/edgeloop/v1``) and the broker's ACLs can keep them apart.
@@ -36,6 +37,8 @@ EVENTS = "events"
 DRIFT = "drift"
 INFER = "infer"
 INFER_RESULT = "infer/result"
+
+TRANSFERS = "transfers"
 
 ONLINE = "online"
 OFFLINE = "offline"
@@ -76,6 +79,20 @@ def agent_topic(agent_id: str, leaf: str, root: str = ROOT) -> str:
 def all_agents(leaf: str, root: str = ROOT) -> str:
     """Subscription filter for one leaf of every agent (used by the hub)."""
     return f"{root}/agents/+/{leaf}"
+
+
+def transfer_topic(transfer_id: str, root: str = ROOT) -> str:
+    """The topic every target of a fan-out deploy receives the bundle's chunks on."""
+    return f"{root}/{TRANSFERS}/{transfer_id}"
+
+
+def parse_transfer_topic(topic: str, root: str = ROOT) -> str | None:
+    """``edgeloop/v1/transfers/<id>`` -> ``<id>``; None for any other topic."""
+    prefix = f"{root}/{TRANSFERS}/"
+    if not topic.startswith(prefix):
+        return None
+    transfer_id = topic[len(prefix):]
+    return transfer_id if transfer_id and "/" not in transfer_id else None
 
 
 def parse_agent_topic(topic: str, root: str = ROOT) -> tuple[str, str] | None:

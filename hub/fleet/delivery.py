@@ -39,8 +39,6 @@ DEFAULT_CHUNK_SIZE = 64 * 1024
 MAX_IN_FLIGHT = 16  # chunks published and not yet acknowledged: never queue a whole bundle in paho
 ANSWER_TIMEOUT = 30.0  # seconds an agent has to answer a deploy command (at most the deploy's timeout)
 ANSWER_GRACE = 1.0  # seconds the chunks wait for more answers after the latest one
-TRANSFERS = "transfers"  # topic level of the shared transfer topics: {root}/transfers/{transfer_id}
-
 Progress = Callable[[int, int], None]
 
 
@@ -90,7 +88,7 @@ class FleetDelivery(FleetCommands):
 
     def transfer_topic(self, transfer_id: str) -> str:
         """The topic a fan-out deploy publishes its chunks on (every target subscribes to it)."""
-        return f"{self.root}/{TRANSFERS}/{transfer_id}"
+        return topics.transfer_topic(transfer_id, self.root)
 
     def deploy(self, agent_id: str, bundle: bytes, *, model: str, version: str, timeout: float = 120.0,
                chunk_size: int = DEFAULT_CHUNK_SIZE, progress: Progress | None = None) -> CommandOutcome:
