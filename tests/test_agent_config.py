@@ -151,3 +151,15 @@ def test_init_writes_a_config_that_loads_back_and_warns_about_a_password_on_the_
         capsys.readouterr().err
     assert agent_cli.main([*common, "--broker", "mqtt://broker.lan", "--ca-file", str(tmp_path / "ca.pem")]) == 2
     assert "--ca-file: TLS options need an mqtts:// broker URL" in capsys.readouterr().err
+
+
+def test_the_shipped_example_config_loads_with_every_setting_it_names():
+    import tomllib
+
+    from tests.conftest import REPO
+
+    path = REPO / "packaging" / "agent.example.toml"
+    doc = tomllib.loads(path.read_text())
+    cfg = AgentConfig.from_dict(doc, base=path.parent, source=path)
+    assert (cfg.agent_id, cfg.mqtt_host, cfg.mqtt_port, cfg.topic_root) == ("edge-1", "hub.local", 1883, "edgeloop/v1")
+    assert cfg.outbox_max_messages == doc["outbox"]["max_messages"] and cfg.max_queued_requests == 1000
