@@ -35,7 +35,7 @@ BUSY_TIMEOUT_S = 30.0  # how long a writer waits for another writer before givin
 
 # Columns holding JSON, decoded on every read.
 _JSON_COLUMNS: dict[str, tuple[str, ...]] = {
-    "datasets": ("features", "labels"),
+    "datasets": ("features", "labels", "warnings"),
     "runs": ("params", "metrics", "history", "library_versions"),
     "versions": ("quantization", "metrics"),
     "agents": ("state",),
@@ -43,6 +43,7 @@ _JSON_COLUMNS: dict[str, tuple[str, ...]] = {
     "audit": ("detail",),
     "models": ("gate",),
     "alias_history": ("gate_check",),
+    "evaluations": ("metrics",),
 }
 
 

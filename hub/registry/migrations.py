@@ -158,6 +158,30 @@ def _m003_live_fleet(db: Database) -> None:
     )
 
 
+def _m004_evaluations(db: Database) -> None:
+    """Version 4: dataset warnings and evaluations of shipped artifacts on separate test data.
+
+    * ``datasets.warnings``: JSON list of findings that do not refuse a dataset (identical
+      or constant columns, fewer rows than recommended...), each ``{"rule", "detail", ...}``;
+      NULL for none (and for rows of older registries);
+    * ``evaluations``: one row per scoring of a version's shipped artifact (``artifact``
+      ``fp32`` or ``int8``) with onnxruntime on a dataset, linked to the dataset by its
+      content hash (``dataset_id`` when the dataset is registered here), with the number of
+      rows scored and the metrics (JSON) -- append only: the newest per (version,
+      dataset, artifact) is what gates read.
+    """
+    db.table("datasets").add_column("warnings", str)
+    db.table("evaluations").create(
+        {"id": int, "version_id": str, "dataset_id": str, "dataset_sha256": str, "dataset_name": str,
+         "artifact": str, "rows": int, "metrics": str, "created_at": float, "actor": str},
+        pk="id",
+        foreign_keys=[("version_id", "versions", "id"), ("dataset_id", "datasets", "id")],
+        not_null={"version_id", "dataset_sha256", "artifact", "rows", "metrics", "created_at", "actor"},
+    )
+    db.table("evaluations").create_index(["version_id", "dataset_sha256", "artifact"])
+
+
 # Append only: never edit a released migration, add a new one.
-MIGRATIONS: list[Callable[[Database], None]] = [_m001_initial, _m002_model_factory, _m003_live_fleet]
+MIGRATIONS: list[Callable[[Database], None]] = [_m001_initial, _m002_model_factory, _m003_live_fleet,
+                                                _m004_evaluations]
 SCHEMA_VERSION = len(MIGRATIONS)
