@@ -41,7 +41,7 @@ from edgeloop.agent.errors import (
     PayloadTooLargeError,
 )
 from edgeloop.agent.http_server import JsonHttpServer, error_body
-from edgeloop.agent.runtime import CLASSIFICATION_OUTPUT, REGRESSION_OUTPUT, ModelRunner
+from edgeloop.agent.runtime import CLASSIFICATION_OUTPUT, REGRESSION_OUTPUT
 from edgeloop.agent.serving import InferOutcome, Serving
 from edgeloop.agent.wire.manifest import Manifest
 from edgeloop.agent.wire.messages import load_json
@@ -168,8 +168,8 @@ def _tensor_rows(t: dict, manifest: Manifest, max_rows: int) -> list:
     return [data[i * f:(i + 1) * f] for i in range(n)]
 
 
-def infer_response(out: InferOutcome, rid: str, runner: ModelRunner, wanted: list[str] | None) -> dict:
-    """The v2 response body: every output as a named tensor with flat data."""
+def infer_response(out: InferOutcome, rid: str, wanted: list[str] | None) -> dict:
+    """The v2 response body: every output of the model that answered as a named tensor with flat data."""
     tensors = []
     o = out.outputs
     n = out.rows
@@ -183,7 +183,7 @@ def infer_response(out: InferOutcome, rid: str, runner: ModelRunner, wanted: lis
     else:
         tensors.append(_tensor(REGRESSION_OUTPUT, "FP32", [n, 1], o[REGRESSION_OUTPUT]))
         primary = {REGRESSION_OUTPUT}
-    dtypes = {t.name: t.datatype for t in runner.manifest.outputs}
+    dtypes = {t.name: t.datatype for t in out.runner.manifest.outputs}
     for name, value in o.items():
         if name not in primary:
             shape, flat = _flatten(value)
@@ -316,7 +316,7 @@ class HttpApi:
             if len(rest) >= 2 and rest[0] == "versions":
                 version, rest = rest[1], rest[2:]
             if rest == []:
-                return "GET", lambda body: (200, self._metadata(name, version))
+                return "GET", lambda body: (200, self.serving.metadata(name, version))
             if rest == ["ready"]:
                 return "GET", lambda body: self._model_ready(name, version)
             if rest == ["infer"]:
@@ -327,35 +327,18 @@ class HttpApi:
         ready = self.serving.ready()
         return (200 if ready else 503), {"ready": ready}
 
-    def _runner(self, name: str, version: str | None) -> ModelRunner:
-        runner = self.serving.active
-        if runner is None:
-            raise ModelNotReadyError("no model is active on this agent yet; deploy a bundle to it and retry")
-        if name != runner.name:
-            raise ModelNotFoundError(
-                f"model {name!r} is not served here; this agent serves {runner.name!r} (version {runner.version})")
-        if version is not None and version != runner.version:
-            raise ModelNotFoundError(
-                f"version {version!r} of {name!r} is not served here; the active version is {runner.version!r}")
-        return runner
-
-    def _metadata(self, name: str, version: str | None) -> dict:
-        if version is not None:
-            self._runner(name, version)
-        return self.serving.metadata(name)
-
     def _model_ready(self, name: str, version: str | None) -> tuple[int, dict]:
-        self._runner(name, version)
+        self.serving.lookup(name, version)
         return 200, {"name": name, "ready": True}
 
     def _infer(self, name: str, version: str | None, body: bytes) -> dict:
-        runner = self._runner(name, version)
+        served = self.serving.lookup(name, version)  # this model reads, answers and describes the request
         if not body:
             raise MessageFormatError("request body is empty; send a JSON object with 'inputs'")
         doc = load_json(body, "inference request", self.max_body)
-        call = parse_infer_body(doc, runner.manifest, self.max_rows)
-        out = self.serving.infer(call.inputs, name, max_rows=self.max_rows)
-        return infer_response(out, call.id, runner, call.outputs)
+        call = parse_infer_body(doc, served.runner.manifest, self.max_rows)
+        out = self.serving.infer(call.inputs, served=served, max_rows=self.max_rows)
+        return infer_response(out, call.id, call.outputs)
 
 
 __all__ = ["HttpApi", "HttpError", "InferCall", "parse_infer_body", "infer_response", "status_for",

@@ -11,7 +11,8 @@ others wait tens of milliseconds. Here one thread waits on every socket with
 * ``TCP_NODELAY`` on every connection; each response (status line, headers, body) is
   handed to the kernel in one ``send``;
 * ``Content-Length`` bodies only (chunked: 411), ``Expect: 100-continue``, pipelined
-  requests answered in order;
+  requests answered in order; HTTP/1.0 clients that ask for keep-alive get it, said back
+  in ``Connection: keep-alive``;
 * limits: the head (64 KiB, 100 header lines), the body (``max_body``: 413, after
   reading and dropping up to :data:`DISCARD_LIMIT` so the client can read the answer),
   idle time (``timeout_s`` without a byte in either direction closes the connection),
@@ -86,8 +87,11 @@ class _Refusal(Exception):
         self.status, self.code = status, code
 
 
-def parse_head(head: bytes) -> tuple[str, str, bool, int, bool]:
-    """Request line and headers -> (method, target, keep-alive, content length, expects 100-continue).
+def parse_head(head: bytes) -> tuple[str, str, bool, int, bool, bool]:
+    """Request line and headers -> (method, target, keep-alive, content length, expects 100-continue, HTTP/1.0).
+
+    An HTTP/1.0 connection persists only when the client asked for it (``Connection: keep-alive``); the
+    answer must then say ``Connection: keep-alive`` too, or the client takes the connection as closing.
 
     Raises :class:`_Refusal` (400, 411, 431, 505) for what cannot be served.
     """
@@ -129,7 +133,8 @@ def parse_head(head: bytes) -> tuple[str, str, bool, int, bool]:
         length = b"0"
     if not length.isdigit():
         raise _Refusal(400, "bad_message", f"Content-Length {length.decode('latin-1')!r} is not a byte count")
-    return raw_method.decode("latin-1"), raw_target.decode("latin-1"), keep_alive, int(length), expect
+    return (raw_method.decode("latin-1"), raw_target.decode("latin-1"), keep_alive, int(length), expect,
+            version == b"HTTP/1.0")
 
 
 class _Date:
@@ -157,7 +162,7 @@ class _Conn:
         self.peer = peer
         self.buf = bytearray()  # received, not yet answered
         self.out = bytearray()  # answered, not yet taken by the kernel
-        self.request: tuple[str, str, bool, int] | None = None  # head read, body awaited
+        self.request: tuple[str, str, bool, int, bool] | None = None  # head read, body awaited
         self.discard = 0  # bytes of a refused body still to drop
         self.refused: _Refusal | None = None  # the 413 to send once they are dropped
         self.close_after = False  # close once ``out`` has gone out
@@ -347,7 +352,7 @@ class JsonHttpServer:
                 return
             if conn.request is None:
                 continue  # refused or discarding
-            method, path, keep_alive, length = conn.request
+            method, path, keep_alive, length, http10 = conn.request
             if len(buf) < length:
                 return
             body = bytes(buf[:length])
@@ -355,7 +360,7 @@ class JsonHttpServer:
             conn.request = None
             started = time.perf_counter()
             status, data, headers = self.app(method, path, body)
-            self._answer(conn, status, data, headers, keep_alive, method == "HEAD")
+            self._answer(conn, status, data, headers, keep_alive, method == "HEAD", http10)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("HTTP %s %s -> %d (%.2f ms)", method, path, status, (time.perf_counter() - started) * 1000)
 
@@ -382,7 +387,7 @@ class JsonHttpServer:
         del buf[:m.end()]
         method = "-"
         try:
-            method, target, keep_alive, length, expect = parse_head(head)
+            method, target, keep_alive, length, expect, http10 = parse_head(head)
             if method not in METHODS:
                 raise _Refusal(501, "not_implemented", f"unsupported method {method!r}; use GET or POST")
             if length > self.max_body:
@@ -397,7 +402,7 @@ class JsonHttpServer:
             self._refuse(conn, r, head_only=(method == "HEAD"))
             return False
         path = (target if target.startswith("/") else urlsplit(target).path).split("?", 1)[0]
-        conn.request = (method, path, keep_alive, length)
+        conn.request = (method, path, keep_alive, length, http10)
         if expect and len(buf) < length:
             self._write(conn, b"HTTP/1.1 100 Continue\r\n\r\n")
         return True
@@ -408,12 +413,15 @@ class JsonHttpServer:
 
     # --- answers -------------------------------------------------------------------------------------
     def _answer(self, conn: _Conn, status: int, data: bytes, headers: dict[str, str], keep_alive: bool,
-                head_only: bool = False) -> None:
+                head_only: bool = False, http10: bool = False) -> None:
         parts = [b"HTTP/1.1 %d %s" % (status, _REASONS.get(status, b"Unknown")), self._server_line, self._date(),
                  b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n" % len(data)]
         for k, v in headers.items():
             parts.append(f"{k}: {v}\r\n".encode("latin-1"))
-        parts.append(b"\r\n" if keep_alive else b"Connection: close\r\n\r\n")
+        if not keep_alive:
+            parts.append(b"Connection: close\r\n\r\n")
+        else:  # HTTP/1.1 persists unless told otherwise; HTTP/1.0 only when told so
+            parts.append(b"Connection: keep-alive\r\n\r\n" if http10 else b"\r\n")
         if not head_only:
             parts.append(data)
         self._write(conn, b"".join(parts))

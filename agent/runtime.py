@@ -349,13 +349,6 @@ class ModelRunner:
         out["label"] = [labels[i] for i in classes]
         return out, idx
 
-    def class_indices(self, outputs: Mapping[str, np.ndarray]) -> np.ndarray | None:
-        """Predicted class index per row (classification), else None."""
-        if not self.is_classifier:
-            return None
-        raw = np.asarray(outputs[CLASSIFICATION_OUTPUT])
-        return raw.reshape(raw.shape[0], -1).argmax(axis=1)
-
     def infer(self, inputs: Any, max_rows: int = DEFAULT_MAX_ROWS) -> dict[str, list]:
         """coerce -> predict -> postprocess, for callers that need nothing in between."""
         return self.postprocess(self.predict(coerce_inputs(inputs, self.manifest, max_rows)))

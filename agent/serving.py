@@ -4,7 +4,11 @@
 :class:`~edgeloop.agent.drift.DriftMonitor` as one immutable pair, swapped by a single
 attribute assignment under a lock; a request reads the pair once, so it is
 answered entirely by the old model or entirely by the new one, never a mix,
-and in-flight requests finish on the model they started with.
+and in-flight requests finish on the model they started with. A front end that must
+read a request against the model before running it (HTTP: the v2 tensor form names the
+input and its width) takes the pair once with :meth:`Serving.lookup` and hands it to
+:meth:`Serving.infer`, so the body is read, answered and described by one model even when
+another is activated in between; :attr:`InferOutcome.runner` names the model that answered.
 
 Rows reach the drift monitor in batches (:class:`_DriftFeed`): a small request in the
 middle of a window is held back and observed with the next ones, which spares every
@@ -36,13 +40,15 @@ DriftCallback = Callable[[DriftReport], None]
 
 @dataclass(frozen=True)
 class InferOutcome:
-    """One answered request: who answered, the JSON-ready outputs, and how long it took."""
+    """One answered request: who answered (``runner``, and its name and version), the JSON-ready outputs,
+    and how long it took."""
 
     model: str
     version: str
     outputs: dict[str, list]
     rows: int
     latency_ms: float
+    runner: ModelRunner
 
 
 DRIFT_BATCH_ROWS = 64
@@ -95,7 +101,9 @@ class _DriftFeed:
 
 
 @dataclass(frozen=True)
-class _Active:
+class Served:
+    """The active model and its drift monitor, as :meth:`Serving.lookup` found them (immutable)."""
+
     runner: ModelRunner
     monitor: DriftMonitor | None
     feed: _DriftFeed | None = None
@@ -108,7 +116,7 @@ class Serving:
         self.on_drift_report = on_drift_report
         self.max_rows = max_rows
         self._lock = threading.Lock()
-        self._slot: _Active | None = None
+        self._slot: Served | None = None
 
     # --- model lifecycle --------------------------------------------------------------------
     def activate(self, runner: ModelRunner, monitor: DriftMonitor | None = None) -> None:
@@ -118,7 +126,7 @@ class Serving:
             feed = None
             if monitor is not None:  # the same monitor again keeps its feed (and the rows it holds)
                 feed = old.feed if old is not None and old.monitor is monitor else _DriftFeed(monitor)
-            self._slot = _Active(runner, monitor, feed)
+            self._slot = Served(runner, monitor, feed)
         log.info("serving %s version %s", runner.name, runner.version)
         if old is not None and old.monitor is not monitor:
             self._flush(old)
@@ -143,28 +151,56 @@ class Serving:
         return self._slot is not None
 
     # --- requests ------------------------------------------------------------------------------
-    def infer(self, inputs: Any, model: str | None = None, *, max_rows: int | None = None) -> InferOutcome:
-        """Validate ``inputs``, run the active model, feed the drift monitor.
+    def lookup(self, model: str | None = None, version: str | None = None) -> Served:
+        """The active model, if it is ``model`` (any name when None) at ``version`` (any when None).
 
-        Raises :class:`ModelNotReadyError` (nothing active), :class:`ModelNotFoundError`
-        (``model`` names another model), :class:`InputShapeError` /
-        :class:`InputValueError` (bad inputs) or :class:`InferenceError`.
+        Raises :class:`ModelNotReadyError` (nothing active) or :class:`ModelNotFoundError` (another
+        model or version is active). Pass the result to :meth:`infer` to answer with this very model.
+        """
+        slot = self._slot
+        if slot is None:
+            raise ModelNotReadyError("no model is active on this agent yet; deploy a bundle to it and retry")
+        runner = slot.runner
+        if (model is not None and model != runner.name) or (version is not None and version != runner.version):
+            asked = f"model {model or runner.name!r}" + (f" version {version!r}" if version is not None else "")
+            raise ModelNotFoundError(
+                f"{asked} is not served here; this agent serves {runner.name!r} (version {runner.version})")
+        return slot
+
+    def infer(self, inputs: Any, model: str | None = None, *, version: str | None = None,
+              max_rows: int | None = None, served: Served | None = None) -> InferOutcome:
+        """Validate ``inputs``, run the model, feed its drift monitor.
+
+        The model is ``served`` (from :meth:`lookup`: it answers even if another one was activated
+        since), else the active one, looked up by ``model`` and ``version`` as :meth:`lookup` does.
+        Raises what :meth:`lookup` raises, :class:`InputShapeError` / :class:`InputValueError` (bad
+        inputs) or :class:`InferenceError`.
         """
         started = time.perf_counter()
-        slot = self._current(model)
-        runner = slot.runner
+        if served is None:
+            served = self.lookup(model, version)
+        elif model is not None or version is not None:
+            raise TypeError("infer() takes either served= or model/version, not both")
+        runner = served.runner
         x = coerce_inputs(inputs, runner.manifest, self.max_rows if max_rows is None else max_rows)
         outputs, predicted = runner.answer(runner.predict(x))
         latency_ms = (time.perf_counter() - started) * 1000.0
-        if slot.feed is not None:
-            for report in slot.feed.add(x, predicted):
+        if served.feed is not None:
+            for report in served.feed.add(x, predicted):
                 self._emit(report)
         return InferOutcome(model=runner.name, version=runner.version, outputs=outputs, rows=int(x.shape[0]),
-                            latency_ms=latency_ms)
+                            latency_ms=latency_ms, runner=runner)
 
-    def metadata(self, name: str) -> dict:
-        """KServe v2 model metadata of the active model, if it is called ``name``."""
-        runner = self._served(name)
+    def metadata(self, name: str, version: str | None = None) -> dict:
+        """KServe v2 model metadata of the active model, if it is ``name`` (at ``version``, if given).
+
+        Raises :class:`ModelNotFoundError` otherwise, also when no model is active (a model that is
+        not here is not found, whether or not another one is).
+        """
+        try:
+            runner = self.lookup(name, version).runner
+        except ModelNotReadyError as exc:
+            raise ModelNotFoundError(f"model {name!r} is not served here: {exc}") from exc
         m = runner.manifest
         inputs = [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in m.inputs]
         outputs = [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in m.outputs]
@@ -174,35 +210,7 @@ class Serving:
         return {"name": m.model_name, "versions": [m.version], "platform": "onnxruntime",
                 "inputs": inputs, "outputs": outputs}
 
-    def model_ready(self, name: str) -> bool:
-        """Whether ``name`` is the active model (raises :class:`ModelNotFoundError` if another one is)."""
-        slot = self._slot
-        if slot is None:
-            return False
-        self._served(name)
-        return True
-
     # --- internals ---------------------------------------------------------------------------------
-    def _current(self, model: str | None) -> _Active:
-        slot = self._slot
-        if slot is None:
-            raise ModelNotReadyError("no model is active on this agent yet; deploy a bundle to it and retry")
-        if model is not None and model != slot.runner.name:
-            raise ModelNotFoundError(
-                f"model {model!r} is not served here; this agent serves {slot.runner.name!r} "
-                f"(version {slot.runner.version})")
-        return slot
-
-    def _served(self, name: str) -> ModelRunner:
-        slot = self._slot
-        if slot is None:
-            raise ModelNotFoundError(f"model {name!r} is not served here: no model is active on this agent")
-        if name != slot.runner.name:
-            raise ModelNotFoundError(
-                f"model {name!r} is not served here; this agent serves {slot.runner.name!r} "
-                f"(version {slot.runner.version})")
-        return slot.runner
-
     def _emit(self, report: DriftReport) -> None:
         if self.on_drift_report is None:
             return
@@ -211,7 +219,7 @@ class Serving:
         except Exception:
             log.exception("drift report callback failed for window %d of %s", report.window, report.model)
 
-    def _flush(self, old: _Active | None) -> None:
+    def _flush(self, old: Served | None) -> None:
         if old is None or old.monitor is None or old.feed is None:
             return
         for held in old.feed.drain():
@@ -225,4 +233,4 @@ class Serving:
             self._emit(report)
 
 
-__all__ = ["Serving", "InferOutcome"]
+__all__ = ["Serving", "Served", "InferOutcome"]

@@ -93,7 +93,9 @@ def test_connect_fails_at_once(url, code):
     started = time.monotonic()
     with pytest.raises(BrokerConnectError) as info:
         _link(broker, "fail").connect(10)
-    assert info.value.code == code and time.monotonic() - started < 1.0
+    # no 10 s wait for the connect timeout; the bound is generous because resolving a .invalid
+    # name takes as long as the machine's resolver takes to say it does not exist
+    assert info.value.code == code and time.monotonic() - started < 5.0
 
 
 def test_start_reports_the_first_failure_and_keeps_trying_in_the_background():

@@ -396,7 +396,7 @@ def test_non_finite_model_output_is_500_bad_output():
 class _BuggyServing(Serving):
     """A serving layer with a bug: a non-edgeloop exception escapes from infer()."""
 
-    def infer(self, inputs, model=None, *, max_rows=None):
+    def infer(self, inputs, model=None, **options):
         raise KeyError("secret internal detail")
 
 
@@ -419,11 +419,14 @@ def test_keep_alive_requests_do_not_wait_for_delayed_acks(client):
     """Regression: headers and body went out in two sends with Nagle on, so every request on a kept-alive
     connection waited ~40 ms for the client's delayed ACK (30 requests took over 1.2 s)."""
     client.infer(v2_body(ROWS))  # connected and warm
-    started = time.perf_counter()
+    took = []
     for _ in range(30):
+        started = time.perf_counter()
         status, _, resp = client.infer(v2_body(ROWS))
+        took.append(time.perf_counter() - started)
         assert status == 200 and not resp.will_close
-    assert time.perf_counter() - started < 0.5  # 30 x 40 ms = 1.2 s with the stall; ~20 ms without
+    # every request stalls >= 40 ms with the bug; ~1 ms each without, and the median shrugs off a busy machine
+    assert sorted(took)[len(took) // 2] < 0.020, [round(t * 1000, 1) for t in took]
 
 
 def _raw_exchange(port: int, request: bytes, *, rcvbuf: int | None = None, wait: float = 0.0) -> bytes:
@@ -507,10 +510,15 @@ def test_http_1_0_closes_unless_asked_to_keep_alive(api):
     ((status, headers, _),) = _responses(_raw_exchange(api.port, b"GET /v2/health/live HTTP/1.0\r\n\r\n"))
     assert status == 200 and headers["connection"] == "close"
     with socket.create_connection(("127.0.0.1", api.port), timeout=10) as s:
-        for _ in range(2):  # the same connection answers twice
+        for _ in range(2):  # the same socket answers twice, each time saying it stays open (else ab -k closes)
             s.sendall(b"GET /v2/health/live HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
-            reply = s.recv(65536)
-            assert reply.startswith(b"HTTP/1.1 200 OK\r\n") and b"Connection: close" not in reply
+            reply = b""
+            while b"\r\n\r\n" not in reply or not reply.endswith(b"}"):
+                chunk = s.recv(65536)
+                assert chunk, f"the server closed a kept-alive HTTP/1.0 connection after {reply!r}"
+                reply += chunk
+            ((status, headers, body),) = _responses(reply)
+            assert (status, headers["connection"], json.loads(body)) == (200, "keep-alive", {"live": True})
 
 
 def test_a_response_larger_than_the_socket_buffers_arrives_whole_and_the_connection_goes_on(api):

@@ -319,7 +319,7 @@ def test_serving_metadata_is_kserve_shaped(clf, reg):
 def test_serving_feeds_drift_and_survives_a_failing_callback(clf, caplog):
     rng = np.random.default_rng(0)
     ref_rows = rng.normal(5.0, 1.0, size=(2000, 4))
-    preds = clf.class_indices(clf.predict(ref_rows.astype(np.float32)))
+    preds = clf.answer(clf.predict(ref_rows.astype(np.float32)))[1]
     ref = build_reference(ref_rows, list(FEATURES), labels=list(LABELS), predicted=preds, window=100, min_rows=50)
     reports = []
 
@@ -410,7 +410,7 @@ def test_extra_outputs_listed_by_the_manifest_are_passed_through():
 def test_runner_identity_and_predict_refuses_wrong_widths(clf, reg):
     assert (clf.task, clf.input_name, clf.is_classifier) == ("classification", "features", True)
     assert (reg.task, reg.is_classifier) == ("regression", False)
-    assert reg.class_indices(reg.predict(np.zeros((2, 4), np.float32))) is None
+    assert reg.answer(reg.predict(np.zeros((2, 4), np.float32)))[1] is None
     with pytest.raises(InputShapeError, match="expected 4 features .* got 3"):
         clf.predict(np.zeros((2, 3), np.float32))
 
@@ -442,14 +442,22 @@ def test_smoke_tests_that_cannot_run_or_compare_are_smoke_test_errors():
 
 
 # --- Serving edges ----------------------------------------------------------------------------------------
-def test_serving_reports_readiness_of_a_model_by_name(clf):
+def test_serving_looks_up_a_model_by_name_and_version(clf):
     s = Serving()
-    assert s.model_ready("iris") is False and s.monitor is None
+    with pytest.raises(ModelNotReadyError, match="no model is active"):
+        s.lookup("iris")
     s.activate(clf)
-    assert s.model_ready("iris") is True
+    assert s.lookup("iris").runner is clf and s.lookup("iris", "1").runner is clf and s.lookup().runner is clf
     with pytest.raises(ModelNotFoundError, match="this agent serves 'iris'"):
-        s.model_ready("wine")
+        s.lookup("wine")
+    with pytest.raises(ModelNotFoundError, match="version '7' is not served"):
+        s.lookup("iris", "7")
+    served = s.lookup("iris")
+    with pytest.raises(TypeError, match="either served= or model/version"):
+        s.infer(ROWS[:1], "iris", served=served)
     s.deactivate()
+    # a lookup taken before the deactivation still answers with the model it found
+    assert s.infer(ROWS[:1], served=served).runner is clf
     with pytest.raises(ModelNotFoundError, match="no model is active"):
         s.metadata("iris")
 
