@@ -219,21 +219,30 @@ def test_non_numeric_and_non_finite_cells(tmp_path: Path):
     assert inf == [(22, "c"), (23, "b")]
 
 
-def test_constant_column(tmp_path: Path):
+def _load_valid(tmp_path: Path, rows: list[list[str]], header: str = "a,b,c,label") -> Dataset:
+    path = tmp_path / "ok.csv"
+    path.write_text(header + "\n" + "\n".join(",".join(r) for r in rows) + "\n", encoding="utf-8")
+    return load_csv(path)
+
+
+def test_constant_column_is_a_warning(tmp_path: Path):
     rows = _valid_rows()
     for r in rows:
         r[1] = "3.5"
-    p = _only(_load_invalid(tmp_path, rows), "constant_column")
-    assert (p.row, p.column) == (None, "b") and "3.5" in p.detail
+    ds = _load_valid(tmp_path, rows)
+    (w,) = ds.warnings
+    assert (w.rule, w.columns) == ("constant_column", ("b",)) and "3.5" in w.detail
+    assert ds.summary()["warnings"] == [w.to_dict()]
+    validate_dataset(ds)  # not an error for training either
 
 
 def test_duplicate_columns_by_name_and_by_content(tmp_path: Path):
     rows = _valid_rows()
     for r in rows:
         r[2] = r[0]
-    exc = _load_invalid(tmp_path, rows)
-    p = _only(exc, "duplicate_column")
-    assert p.column == "c" and "'a'" in p.detail
+    (w,) = _load_valid(tmp_path, rows).warnings
+    assert (w.rule, w.columns, w.groups) == ("duplicate_column", ("c",), (("a", "c"),)) and "c = a" in w.detail
+    assert _load_valid(tmp_path, _valid_rows()).warnings == []
     exc = _load_invalid(tmp_path, _valid_rows(), header="a,b,a,label")
     p = _only(exc, "duplicate_column_name")
     assert (p.row, p.column) == (1, "a")
@@ -289,7 +298,8 @@ def test_validate_dataset_rejects_bad_arrays():
     with pytest.raises(DataValidationError) as err:
         validate_dataset(ds)
     got = {(p.row, p.column, p.rule) for p in err.value.problems}
-    assert got == {(43, "humidity_pct", "missing_value"), (None, "rpm", "constant_column")}
+    assert got == {(43, "humidity_pct", "missing_value")}  # the constant rpm is a warning
+    assert [(w.rule, w.columns) for w in ds.warnings] == [("constant_column", ("rpm",))]
 
 
 def test_dataset_structure_is_checked():

@@ -306,7 +306,7 @@ def test_unseen_labels_are_named_with_their_rows(tmp_path: Path):
 def test_evaluation_data_skips_only_the_training_rules(tmp_path: Path):
     rows = [[str(i), "1500", "ok" if i % 2 else "bad"] for i in range(8)]  # 8 rows, constant rpm
     path = _write(tmp_path / "eval.csv", ["a", "rpm", "label"], rows)
-    assert _rules(_error(load_dataset, path)) == {"too_few_rows", "constant_column"}
+    assert _rules(_error(load_dataset, path)) == {"too_few_rows"}
     ds = load_dataset(path, training=False)
     assert ds.n_rows == 8 and ds.labels == ["bad", "ok"]
     validate_dataset(ds, training=False)
@@ -541,14 +541,15 @@ def test_sklearn_breast_cancer_npz_keeps_its_class_order(tmp_path: Path):
     assert abs((ds.y[s.test] == 0).mean() - 212 / 569) < 0.02  # stratified
 
 
-def test_sklearn_digits_constant_pixels_are_refused_then_ignored(tmp_path: Path):
+def test_sklearn_digits_constant_pixels_are_warned_about_then_ignored(tmp_path: Path):
     digits = sk.load_digits()
     names = list(digits.feature_names)
     path = _table(tmp_path / "digits.csv", names, digits.data, "label", [str(int(v)) for v in digits.target])
-    exc = _error(load_dataset, path)
     constant = [names[j] for j in np.nonzero(np.ptp(digits.data, axis=0) == 0)[0]]
-    assert constant and [(p.column, p.rule) for p in exc.problems] == [(c, "constant_column") for c in constant]
+    (w,) = load_dataset(path).warnings
+    assert constant and (w.rule, list(w.columns)) == ("constant_column", constant)
     ds = load_dataset(path, schema=Schema(ignore_columns=constant))
+    assert ds.warnings == []
     assert ds.task == "classification" and ds.labels == [str(i) for i in range(10)]
     assert ds.n_features == 64 - len(constant) and ds.schema.label_dtype == "int"
     assert {spec.dtype for spec in ds.schema.features.values()} == {"int"}

@@ -12,6 +12,7 @@ from pathlib import Path
 from edgeloop.agent.errors import EdgeloopError
 from edgeloop.hub.cli.common import Parents, command, open_hub
 from edgeloop.hub.cli.render import emit
+from edgeloop.hub.views import feature_summary
 
 
 def cmd_export(args) -> int:
@@ -48,11 +49,12 @@ def cmd_bundle_inspect(args) -> int:
         print(json.dumps(doc, indent=2))
         return 0
     m = manifest
+    inp = m.inputs[0]
     lines = [f"bundle {args.file}  ({len(data)} bytes, sha256 {doc['sha256']})",
              f"  model {m.model_name} version {m.version} ({m.task}), created "
              f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(m.created_at))}",
              f"  signed by key {m.key_id} (NOT verified here: use `edgeloop bundle verify`)",
-             f"  input {m.inputs[0].name} {m.inputs[0].datatype}{m.inputs[0].shape}: {', '.join(m.feature_names)}",
+             f"  input {inp.name} {inp.datatype}{inp.shape}: {feature_summary(m.feature_names)}",
              f"  outputs: {', '.join(f'{o.name} {o.datatype}{o.shape}' for o in m.outputs)}; labels {m.labels}"]
     lines += [f"  file {f.path} ({f.role}) {f.size} B sha256 {f.sha256[:16]}…" for f in m.files]
     if m.drift:

@@ -7,16 +7,19 @@ from pathlib import Path
 
 from edgeloop.hub.cli.common import Parents, command, open_hub
 from edgeloop.hub.cli.render import emit, table_lines, text_table
-from edgeloop.hub.views import dataset_table, headline, when
+from edgeloop.hub.datasets.dataset import MIN_ROWS, MIN_ROWS_FLOOR
+from edgeloop.hub.views import dataset_table, feature_summary, headline, warning_lines, when
 
 
 def dataset_lines(rec: dict, summary: dict | None = None) -> list[str]:
-    """A dataset record (and the summary of its data) as indented text."""
+    """A dataset record (and the summary of its data) as indented text: window data as
+    channels × steps, not every ``ch{c}_t{t}`` name (``--json`` keeps them all), and its warnings."""
+    window_shape = (summary or {}).get("window_shape")
     lines = [f"dataset {rec['id']}  {rec.get('name', '')}",
              f"  sha256   {rec['sha256']}",
              f"  source   {rec.get('source', '')}",
              f"  rows     {rec['rows']}",
-             f"  features {len(rec.get('features') or [])}: {', '.join(rec.get('features') or [])}"]
+             f"  features {feature_summary(rec.get('features') or [], window_shape)}"]
     if rec.get("labels"):
         lines.append(f"  labels   {', '.join(map(str, rec['labels']))}")
     if summary:
@@ -26,12 +29,14 @@ def dataset_lines(rec: dict, summary: dict | None = None) -> list[str]:
         if counts:
             lines.append("  classes  " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     lines.append(f"  added    {when(rec.get('created_at'))}")
+    # the record's warnings; a record from before warnings were kept: those of the data
+    lines += warning_lines(rec.get("warnings") or (summary or {}).get("warnings"))
     return lines
 
 
 def cmd_data_import(args) -> int:
     with open_hub(args) as hub:
-        rec = hub.import_dataset(args.file, schema_file=args.schema, name=args.name)
+        rec = hub.import_dataset(args.file, schema_file=args.schema, name=args.name, min_rows=args.min_rows)
         lines = dataset_lines(rec, rec.get("summary"))
         lines.append(f"next: edgeloop train --data {rec['id']} --model NAME")
         emit(args, rec, lines)
@@ -80,12 +85,19 @@ def add_commands(sub: argparse._SubParsersAction, parents: Parents) -> None:
                                "content; runs and versions link back to them.").add_subparsers(
         dest="data_command", required=True, metavar="SUBCOMMAND")
     x = command(data, "import", "validate a data file and register it as a dataset", parents=parents.hub,
-                description="Validate a CSV file (every problem is reported with its line, column and rule) "
-                            "and register it by content hash; importing the same data again is a no-op. "
+                description="Validate a CSV file or a .npz archive (every problem is reported with its line, column "
+                            "and rule) and register it by content hash; importing the same data again is a no-op. "
                             "A schema file (JSON) can name the label column, the task, classes, feature "
-                            "ranges and columns to ignore.")
-    x.add_argument("file", type=Path, help="the data file (CSV with a header row)")
+                            "ranges and columns to ignore.\n\n"
+                            "Constant columns, columns identical to another one (sensors that hold their value "
+                            "between samples) and fewer rows than recommended do not refuse the data: they are "
+                            "printed as warnings and kept in the dataset's record (`data show`).")
+    x.add_argument("file", type=Path, help="the data file (CSV with a header row, or .npz)")
     x.add_argument("--schema", type=Path, default=None, help="schema file (JSON) overriding what is inferred")
+    x.add_argument("--min-rows", type=int, default=MIN_ROWS, metavar="N",
+                   help=f"fewest rows (windows) to accept (default %(default)s, at least {MIN_ROWS_FLOOR}); "
+                        f"below {MIN_ROWS} the data import with a few_rows warning: the validation and test "
+                        "splits are then small")
     x.add_argument("--name", default=None, help="a name for the dataset (default: the file name)")
     x.set_defaults(func=cmd_data_import)
     x = command(data, "list", "list registered datasets", parents=parents.hub,

@@ -96,7 +96,6 @@ def table_from_cells(header: Sequence[str], rows: Sequence[tuple[int, Sequence[s
     n_rows = 0
     values: list[list[float]] = []
     lines: list[int] = []
-    col_ok = [True] * len(feature_idx)
     texts: list[str | None] = []
     targets: list[float] = []
     window_ids: list[str | None] = []
@@ -132,18 +131,17 @@ def table_from_cells(header: Sequence[str], rows: Sequence[tuple[int, Sequence[s
                 problems.append(problem)
             steps.append(value)
         row = []
-        for j, ci in enumerate(feature_idx):
+        for ci in feature_idx:
             value, problem = parse_cell(line, names[ci], cells[ci].strip())
             if problem is not None:
                 problems.append(problem)
-                col_ok[j] = False
             row.append(value)
         values.append(row)
         lines.append(line)
     X = np.array(values, dtype=np.float64).reshape(len(values), len(feature_idx)).astype(np.float32)
     return ParsedTable(
         source=source, convention=ROW_CONVENTION, names=feature_names, X=X, lines=lines,
-        col_ok=col_ok, label_column=label_column, task=task, label_dtype=label_dtype,
+        label_column=label_column, task=task, label_dtype=label_dtype,
         texts=texts if task == "classification" else None,
         targets=np.array(targets, dtype=np.float64) if task == "regression" and label_idx is not None else None,
         wide_shape=wide_shape, wide_order=wide_order,
@@ -171,14 +169,15 @@ def validate(
     ``label_column`` wins over ``label_column`` (``None``: infer). Rules:
     ``missing_label_column``, ``empty_column_name``, ``duplicate_column_name``,
     ``no_features``, ``wrong_cell_count``, ``missing_value`` (empty, NA, NaN,
-    null, ...), ``non_numeric``, ``non_finite`` (inf), ``constant_column``,
-    ``duplicate_column`` (same values as another column), ``too_few_rows``,
-    ``too_few_classes``, ``too_few_class_rows``, ``unknown_class``; for
+    null, ...), ``non_numeric``, ``non_finite`` (inf), ``too_few_rows`` (fewer
+    than ``min_rows``; ``bad_min_rows`` below its floor), ``too_few_classes``,
+    ``too_few_class_rows``, ``unknown_class``; for
     regression ``constant_label``; with a schema ``out_of_range``,
     ``not_integer``, ``unknown_feature``, ``unknown_column``; for windows
     ``mixed_window_columns``, ``incomplete_window_columns``, ``not_windows``,
     ``ragged_window``, ``duplicate_step``, ``inconsistent_window_label`` and
     ``window_shape_mismatch``. Every problem found is reported, not just the first.
+    Constant and identical columns are warnings, not problems (``Dataset.warnings``).
 
     Raises :class:`edgeloop.hub.errors.DataValidationError` whose ``problems`` is a list
     of :class:`Problem`.

@@ -28,24 +28,43 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
-from edgeloop.hub.datasets.problems import Problem, validation_error
+from edgeloop.hub.datasets.data_warnings import DataWarning, column_warnings, few_rows_warning
+from edgeloop.hub.datasets.problems import Problem, problems_error, validation_error
 from edgeloop.hub.datasets.schema import TASKS, FeatureSpec, Schema, infer_feature_dtype
 from edgeloop.hub.datasets.windows import window_feature_names
 
 __all__ = [
     "MIN_CLASS_ROWS",
     "MIN_ROWS",
+    "MIN_ROWS_FLOOR",
     "Dataset",
+    "check_min_rows",
     "column_specs",
     "dataset_sha256",
     "schema_feature_keys",
 ]
 
-MIN_ROWS = 30  # fewer rows than this cannot give meaningful train/val/test splits
+MIN_ROWS = 30  # the default (and recommended) fewest rows: fewer give train/val/test splits too small to trust
 MIN_CLASS_ROWS = 3  # a class needs one row in each of train, val and test
+# The lowest ``min_rows`` a load accepts: two classes of MIN_CLASS_ROWS rows, the smallest
+# classification data that can be split at all. Between it and MIN_ROWS data load with a
+# ``few_rows`` warning.
+MIN_ROWS_FLOOR = 2 * MIN_CLASS_ROWS
+
+
+def check_min_rows(min_rows: int) -> int:
+    """``min_rows`` as an int, refused (rule ``bad_min_rows``) when not a whole number >= :data:`MIN_ROWS_FLOOR`."""
+    if isinstance(min_rows, bool) or not isinstance(min_rows, int | np.integer) or min_rows < MIN_ROWS_FLOOR:
+        detail = (f"min_rows must be a whole number of at least {MIN_ROWS_FLOOR} (two classes of "
+                  f"{MIN_CLASS_ROWS} rows: one of each class for train, validation and test), got {min_rows!r}")
+        raise problems_error(f"min_rows {min_rows!r} cannot be used:", [Problem(None, None, "bad_min_rows", detail)],
+                             f"Give min_rows (data import --min-rows) of {MIN_ROWS_FLOOR} or more; "
+                             f"the default is {MIN_ROWS}.")
+    return int(min_rows)
 
 
 @dataclass
@@ -59,8 +78,12 @@ class Dataset:
     ``X.reshape(n, C, T)`` is the (batch, channels, steps) view) and ``None``
     for tabular data. ``schema`` is the resolved :class:`~edgeloop.hub.datasets.schema.Schema`
     (derived from the arrays when not given); ``line_numbers`` are the file
-    lines the rows came from (``None``: row ``i`` is line ``i + 2``). Neither
-    enters the hash.
+    lines the rows came from (``None``: row ``i`` is line ``i + 2``); ``min_rows``
+    the fewest rows the data was accepted with (what
+    :func:`~edgeloop.hub.datasets.validate_dataset` checks by default). None of
+    these enters the hash. ``warnings`` lists the
+    :class:`~edgeloop.hub.datasets.data_warnings.DataWarning` findings (constant and
+    identical columns, fewer rows than :data:`MIN_ROWS`), computed on first use.
 
     ``sha256`` is computed at construction from the content (see
     :func:`dataset_sha256`), so it identifies the data -- not the file layout --
@@ -78,6 +101,7 @@ class Dataset:
     window_shape: tuple[int, int] | None = None
     schema: Schema | None = field(default=None, repr=False)
     line_numbers: np.ndarray | None = field(default=None, repr=False)
+    min_rows: int = field(default=MIN_ROWS, repr=False)
     sha256: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -90,6 +114,7 @@ class Dataset:
             self.window_shape = (int(self.window_shape[0]), int(self.window_shape[1]))
         if self.line_numbers is not None:
             self.line_numbers = np.ascontiguousarray(self.line_numbers, dtype=np.int64)
+        self.min_rows = int(self.min_rows)
         problems = _structure_problems(self)
         if not problems:
             self.schema = _schema_of_arrays(self).merged(self.schema)
@@ -98,6 +123,14 @@ class Dataset:
             raise validation_error(self.source or "dataset", problems)
         self.sha256 = dataset_sha256(self.feature_names, self.X, self.y, self.labels, self.label_column, self.task,
                                      window_shape=self.window_shape)
+
+    @cached_property
+    def warnings(self) -> list[DataWarning]:
+        """Constant and identical feature columns, and ``few_rows`` below :data:`MIN_ROWS` (see
+        :mod:`edgeloop.hub.datasets.data_warnings`); empty for clean data."""
+        found = column_warnings(self.feature_names, self.X, self.window_shape)
+        few = few_rows_warning(self.n_rows, MIN_ROWS, self.min_rows, "window" if self.is_windows else "row")
+        return found + ([few] if few is not None else [])
 
     @property
     def n_rows(self) -> int:
@@ -156,6 +189,7 @@ class Dataset:
             "class_counts": self.class_counts(),
             "y_stats": self.y_stats(),
             "ranges": schema.ranges(),
+            "warnings": [w.to_dict() for w in self.warnings],
         }
 
 

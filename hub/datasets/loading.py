@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgeloop.hub.datasets.csv_io import read_csv_cells, table_from_cells
-from edgeloop.hub.datasets.dataset import MIN_ROWS, Dataset
+from edgeloop.hub.datasets.dataset import MIN_ROWS, Dataset, check_min_rows
 from edgeloop.hub.datasets.npz_io import load_npz
 from edgeloop.hub.datasets.problems import Problem
 from edgeloop.hub.datasets.schema import Schema
@@ -34,13 +34,19 @@ def load_dataset(
     column and rule, raised as :class:`edgeloop.hub.errors.DataValidationError`)
     and carries the resolved schema in ``.schema``. Loading the same data twice
     gives the same ``sha256``.
-    ``min_rows`` is the fewest rows (windows) training accepts; ``training=False``
-    loads data to evaluate or fine-tune on: every cell, schema and window rule
-    still applies, the training-only rules (constant/duplicate columns, row and
+    ``min_rows`` is the fewest rows (windows) training accepts: default
+    :data:`~edgeloop.hub.datasets.MIN_ROWS` (30), at least
+    :data:`~edgeloop.hub.datasets.MIN_ROWS_FLOOR` (6); data with fewer than 30
+    rows that a lower ``min_rows`` lets in carry a ``few_rows`` warning.
+    Constant and identical columns are not refused either: they are listed in
+    the result's ``warnings`` (:mod:`edgeloop.hub.datasets.data_warnings`).
+    ``training=False`` loads data to evaluate or fine-tune on: every cell,
+    schema and window rule still applies, the training-only rules (row and
     class counts) do not -- check its classes with
     :func:`edgeloop.hub.datasets.validate_labels_known`.
     """
     path = Path(path)
+    check_min_rows(min_rows)  # before reading a large file
     suffix = path.suffix.lower()
     if suffix == ".npz":
         return load_npz(path, schema=schema, schema_file=schema_file, min_rows=min_rows, training=training)

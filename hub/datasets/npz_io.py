@@ -205,14 +205,12 @@ def load_npz(
 
     # Features: non-finite values and float32 overflow, cell by cell.
     lines = list(range(2, n + 2))
-    col_ok = [True] * len(names)
     with np.errstate(invalid="ignore", over="ignore"):
         bad_cells = ~np.isfinite(Xf) | (np.abs(Xf) >= FLOAT32_OVERFLOW)
     for r, c in zip(*np.nonzero(bad_cells), strict=True):
         v = Xf[r, c]
         rule = "missing_value" if np.isnan(v) else "non_finite"
         problems.append(Problem(int(r) + 2, names[c], rule, f"the value is {v}"))
-        col_ok[c] = False
         if len(problems) >= MAX_PROBLEMS:
             break
     Xf = np.where(bad_cells, np.nan, Xf)
@@ -275,7 +273,7 @@ def load_npz(
                     targets[i] = np.nan
     tab = ParsedTable(
         source=source, convention=ARRAY_ROW_CONVENTION, names=names, X=Xf.astype(np.float32), lines=lines,
-        col_ok=col_ok, label_column=label_column, task=task, label_dtype=label_dtype, texts=texts,
+        label_column=label_column, task=task, label_dtype=label_dtype, texts=texts,
         targets=targets, class_list=class_list, wide_shape=wide_shape, wide_order=wide_order,
         problems=problems, skip_label_rules=y.shape != (n,),
     )

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeloop.hub.datasets.dataset import Dataset, column_specs
+from edgeloop.hub.datasets.dataset import Dataset, check_min_rows, column_specs
 from edgeloop.hub.datasets.problems import Problem, validation_error
 from edgeloop.hub.datasets.schema import (
     DEFAULT_WINDOW_ID_COLUMN,
@@ -27,7 +27,7 @@ from edgeloop.hub.datasets.schema import (
     is_number,
     load_schema_file,
 )
-from edgeloop.hub.datasets.validation import column_problems, label_problems, spec_problems, target_problems
+from edgeloop.hub.datasets.validation import label_problems, spec_problems, target_problems
 from edgeloop.hub.datasets.windows import long_to_wide, window_feature_names
 
 __all__ = ["FLOAT32_OVERFLOW", "ParsedTable", "finish_table", "parse_cell", "schema_overrides"]
@@ -65,7 +65,6 @@ class ParsedTable:
     names: list[str]  # feature columns (long format: channel columns), file order
     X: np.ndarray  # float32 (n_rows, len(names)), the rows that could be parsed
     lines: list[int]  # file line of each row of X
-    col_ok: list[bool]  # no bad cell in the column
     label_column: str
     task: str
     label_dtype: str
@@ -80,7 +79,7 @@ class ParsedTable:
     time_column: str | None = None
     problems: list[Problem] = field(default_factory=list)
     n_rows_total: int | None = None  # rows in the file, including unparseable ones
-    skip_column_rules: bool = False  # rows with wrong cell counts: column-level rules are meaningless
+    skip_column_rules: bool = False  # rows with wrong cell counts: the long format's windows cannot be built
     skip_label_rules: bool = False  # no usable label column / y array
 
 
@@ -88,8 +87,11 @@ def finish_table(tab: ParsedTable, override: Schema, min_rows: int, training: bo
     """Apply column, schema, window and label rules to a parsed table; build the Dataset or raise.
 
     ``training=False`` (data to evaluate or predict on) skips the rules that only matter for
-    training: constant/duplicate columns and the row/class counts.
+    training: the row/class counts (``min_rows``: the fewest rows, checked by
+    :func:`~edgeloop.hub.datasets.dataset.check_min_rows`). Constant and identical columns
+    are not errors: they are the Dataset's ``warnings``.
     """
+    min_rows = check_min_rows(min_rows)
     problems = list(tab.problems)
     long = tab.window_ids is not None
     window_ids = tab.window_ids if tab.window_ids is not None else []
@@ -114,9 +116,6 @@ def finish_table(tab: ParsedTable, override: Schema, min_rows: int, training: bo
             problems.append(Problem(None, name, "unknown_feature",
                                     f"the schema names feature {name!r}, which is not in the data "
                                     f"(features: {shown}{' ...' if len(allowed) > 10 else ''})"))
-    if training and not tab.skip_column_rules and tab.X.shape[0]:
-        ok = [j for j, good in enumerate(tab.col_ok) if good]
-        problems += column_problems([tab.names[j] for j in ok], [tab.X[:, j] for j in ok])
     problems += spec_problems(tab.names, tab.X, tab.lines, specs)
 
     classification = tab.task == "classification"
@@ -209,5 +208,5 @@ def finish_table(tab: ParsedTable, override: Schema, min_rows: int, training: bo
     )
     return Dataset(names, np.asarray(X).reshape(n, len(names)), y, labels, label_column=tab.label_column,
                    task=tab.task, source=tab.source, window_shape=window_shape, schema=resolved,
-                   line_numbers=np.asarray(lines, dtype=np.int64))
+                   line_numbers=np.asarray(lines, dtype=np.int64), min_rows=min_rows)
 

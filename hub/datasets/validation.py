@@ -15,37 +15,18 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edgeloop.hub.datasets.dataset import MIN_CLASS_ROWS, MIN_ROWS, Dataset, column_specs, schema_feature_keys
+from edgeloop.hub.datasets.dataset import MIN_CLASS_ROWS, Dataset, check_min_rows, column_specs, schema_feature_keys
 from edgeloop.hub.datasets.problems import MAX_PROBLEMS, Problem, validation_error
 from edgeloop.hub.datasets.schema import FeatureSpec, Schema
 
 __all__ = [
     "align_labels",
-    "column_problems",
     "label_problems",
     "spec_problems",
     "target_problems",
     "validate_dataset",
     "validate_labels_known",
 ]
-
-
-def column_problems(names: Sequence[str], columns: Sequence[np.ndarray]) -> list[Problem]:
-    """Constant and duplicate-content columns among fully numeric feature columns."""
-    problems: list[Problem] = []
-    seen: dict[bytes, str] = {}
-    for name, col in zip(names, columns, strict=True):
-        if col.size and np.all(col == col[0]):
-            problems.append(Problem(None, name, "constant_column",
-                                    f"every value is {col[0]:g}; it carries no information -- drop the column"))
-            continue
-        key = np.ascontiguousarray(col, dtype="<f4").tobytes()
-        if key in seen:
-            problems.append(Problem(None, name, "duplicate_column",
-                                    f"has exactly the same values as column {seen[key]!r}; drop one of them"))
-        else:
-            seen[key] = name
-    return problems
 
 
 def spec_problems(names: Sequence[str], X: np.ndarray, lines: Sequence[int] | np.ndarray,
@@ -112,21 +93,23 @@ def _rows_of(ds: Dataset) -> np.ndarray:
     return ds.line_numbers if ds.line_numbers is not None else np.arange(ds.n_rows, dtype=np.int64) + 2
 
 
-def validate_dataset(dataset: Dataset, *, min_rows: int = MIN_ROWS, schema: Schema | None = None,
+def validate_dataset(dataset: Dataset, *, min_rows: int | None = None, schema: Schema | None = None,
                      training: bool = True) -> None:
     """Apply the value rules of the loaders to an in-memory :class:`Dataset`.
 
-    Non-finite features (and regression targets), constant and duplicate
-    columns, the schema's ranges and dtypes (``schema``, default
-    ``dataset.schema``: pass the training data's schema to check new data
-    against it), and the label rules (too few rows/classes/class rows; a
-    constant regression target; these last and the constant/duplicate column
-    rules are skipped with ``training=False``, for data to evaluate on). A
+    Non-finite features (and regression targets), the schema's ranges and
+    dtypes (``schema``, default ``dataset.schema``: pass the training data's
+    schema to check new data against it), and the label rules (fewer rows than
+    ``min_rows`` -- default ``dataset.min_rows``, what it was loaded with --,
+    too few classes/class rows, a constant regression target; these are
+    skipped with ``training=False``, for data to evaluate on). Constant and
+    identical columns are not errors: see ``dataset.warnings``. A
     schema for another task is ``task_mismatch``; a feature it names that the
     data lacks is ``unknown_feature``. Row numbers are ``dataset.line_numbers``
     when known, else the line the row would have in ``write_csv``'s output
     (row index 0 is line 2). Raises :class:`edgeloop.hub.errors.DataValidationError`.
     """
+    min_rows = dataset.min_rows if min_rows is None else check_min_rows(min_rows)
     problems: list[Problem] = []
     lines = _rows_of(dataset)
     bad = ~np.isfinite(dataset.X)
@@ -142,8 +125,6 @@ def validate_dataset(dataset: Dataset, *, min_rows: int = MIN_ROWS, schema: Sche
             v = dataset.y[r]
             rule = "missing_value" if np.isnan(v) else "non_finite"
             problems.append(Problem(int(lines[r]), dataset.label_column, rule, f"the target is {v}"))
-    ok_cols = [c for c in range(dataset.n_features) if not bad[:, c].any() and training]
-    problems += column_problems([dataset.feature_names[c] for c in ok_cols], [dataset.X[:, c] for c in ok_cols])
     schema = schema if schema is not None else dataset.schema
     if schema is not None and schema.task is not None and schema.task != dataset.task:
         problems.append(Problem(None, dataset.label_column, "task_mismatch",

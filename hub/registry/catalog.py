@@ -31,9 +31,11 @@ class Catalog(RegistryDatabase):
     # -- datasets ---------------------------------------------------------------------
     def add_dataset(
         self, sha256: str, name: str, source: str, rows: int, features: Sequence[str],
-        labels: Sequence[Any] | None = None, *, actor: str = "hub",
+        labels: Sequence[Any] | None = None, *, actor: str = "hub", warnings: Sequence[dict] | None = None,
     ) -> dict:
-        """Register a dataset by content hash; adding the same bytes again returns the existing row."""
+        """Register a dataset by content hash; adding the same bytes again returns the existing row.
+
+        ``warnings``: the findings that did not refuse it (``Dataset.warnings`` as dicts)."""
         sha = check_sha256(sha256, "dataset sha256")
         with self._write() as db:
             existing = self._first("datasets", "sha256 = ?", [sha])
@@ -44,6 +46,7 @@ class Catalog(RegistryDatabase):
                 "id": dataset_id, "sha256": sha, "name": name, "source": str(source),
                 "rows": int(rows), "features": dumps(list(features)),
                 "labels": dumps(list(labels)) if labels is not None else None,
+                "warnings": dumps(list(warnings)) if warnings else None,
                 "created_at": now(),
             })
             self._audit(db, actor, "dataset.add", dataset_id, name=name, sha256=sha, rows=int(rows))

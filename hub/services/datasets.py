@@ -9,14 +9,15 @@ from pathlib import Path
 
 from edgeloop.agent.errors import EdgeloopError
 from edgeloop.agent.fsutil import atomic_write_bytes
-from edgeloop.hub.datasets import Dataset, load_csv, load_dataset, write_csv
+from edgeloop.hub.datasets import MIN_ROWS, MIN_ROWS_FLOOR, Dataset, load_csv, load_dataset, write_csv
 from edgeloop.hub.errors import DataValidationError, NotFoundError
 from edgeloop.hub.services.core import HubCore
 
 
 class HubDatasets(HubCore):
     def register_dataset(self, dataset: Dataset, name: str | None = None) -> dict:
-        """Keep a canonical copy under the home and record it (idempotent by content hash).
+        """Keep a canonical copy under the home and record it (idempotent by content hash),
+        with its warnings (``dataset.warnings``: constant or identical columns, few rows).
 
         The copy is written before the registry row that points to it."""
         copy = self._stored_copy(dataset.sha256)
@@ -24,7 +25,8 @@ class HubDatasets(HubCore):
             copy = write_csv(dataset, self._dataset_copy(dataset.sha256))
         return self.registry.add_dataset(
             dataset.sha256, name or Path(dataset.source or "dataset").stem, dataset.source or str(copy),
-            dataset.n_rows, dataset.feature_names, dataset.labels, actor=self.actor)
+            dataset.n_rows, dataset.feature_names, dataset.labels, actor=self.actor,
+            warnings=[w.to_dict() for w in dataset.warnings])
 
     # The hub's copy of a dataset: <datasets>/<sha16>.csv (written by write_csv, or the
     # imported file's bytes) or <sha16>.npz, plus <sha16>.schema.json (the resolved schema)
@@ -42,18 +44,24 @@ class HubDatasets(HubCore):
         return self.home.datasets_dir / f"{sha[:16]}.schema.json"
 
     def import_dataset(self, path: Path | str, *, schema_file: Path | str | None = None,
-                       name: str | None = None) -> dict:
+                       name: str | None = None, min_rows: int = MIN_ROWS) -> dict:
         """Validate a data file and register it (idempotent by content hash).
 
         Uses :func:`edgeloop.hub.datasets.load_dataset` (CSV or NPZ, schema
-        inference, optional schema file). The hub keeps a copy under its home --
-        for a file loaded with a schema the original bytes plus the resolved
-        schema, so :meth:`load_dataset` rebuilds the identical dataset. Returns the
-        registry record plus ``"summary"`` (rows, features, task, classes...).
-        Raises :class:`edgeloop.hub.errors.DataValidationError` listing every problem.
+        inference, optional schema file). ``min_rows`` is the fewest rows (windows)
+        accepted: default 30, at least :data:`~edgeloop.hub.datasets.MIN_ROWS_FLOOR`
+        (6); fewer than 30 then import with a ``few_rows`` warning. The hub keeps a
+        copy under its home -- for a file loaded with a schema the original bytes
+        plus the resolved schema, so :meth:`load_dataset` rebuilds the identical
+        dataset. Returns the registry record -- ``"warnings"`` lists what did not
+        refuse the data (constant or identical columns, few rows; see
+        :mod:`edgeloop.hub.datasets.data_warnings`) -- plus ``"summary"`` (rows,
+        features, task, classes, warnings...). Raises
+        :class:`edgeloop.hub.errors.DataValidationError` listing every problem.
         """
         path = Path(path)
-        ds = load_dataset(path, schema_file=Path(schema_file) if schema_file is not None else None)
+        ds = load_dataset(path, schema_file=Path(schema_file) if schema_file is not None else None,
+                          min_rows=min_rows)
         if self._stored_copy(ds.sha256) is None:
             self._keep_schema_copy(ds, path, schema_file)
         record = self.register_dataset(ds, name or path.stem)
@@ -105,8 +113,13 @@ class HubDatasets(HubCore):
             summary = {"error": str(exc)}
         return {"dataset": rec, "summary": summary, "runs": runs, "versions": versions}
 
-    def load_dataset(self, ref: str) -> Dataset:
-        """The registered dataset ``ref``, loaded from the hub's copy (its sha256 is checked)."""
+    def load_dataset(self, ref: str, *, training: bool = True) -> Dataset:
+        """The registered dataset ``ref``, loaded from the hub's copy (its sha256 is checked).
+        ``training=False``: as data to evaluate on (see :func:`edgeloop.hub.datasets.load_dataset`).
+
+        It was validated when imported, so the reload applies the same rules but the
+        row count only down to :data:`~edgeloop.hub.datasets.MIN_ROWS_FLOOR` (it may
+        have been imported with a lower ``min_rows``): what imports, trains."""
         rec = self.registry.get_dataset(ref)
         copy = self._stored_copy(rec["sha256"])
         if copy is None:
@@ -114,9 +127,10 @@ class HubDatasets(HubCore):
                                 f"import the file again (edgeloop data import {rec.get('source') or 'FILE'})")
         schema_copy = self._schema_copy(rec["sha256"])
         if schema_copy.exists():
-            ds = load_dataset(copy, schema_file=schema_copy)
+            ds = load_dataset(copy, schema_file=schema_copy, min_rows=MIN_ROWS_FLOOR, training=training)
         else:
-            ds = load_csv(copy, _label_column_of(copy), labels=rec.get("labels"))
+            ds = load_csv(copy, _label_column_of(copy), labels=rec.get("labels"), min_rows=MIN_ROWS_FLOOR,
+                          training=training)
         if ds.sha256 != rec["sha256"]:
             raise DataValidationError(
                 f"the hub's copy of dataset {rec['id']} ({copy}) no longer matches its sha256 "
