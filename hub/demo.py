@@ -127,7 +127,7 @@ class Demo:
         self.done(st)
 
         st = self.step("train_export", "Train the MLP (seed 0), export ONNX, quantize int8")
-        bar = TerminalProgress(stream=self.out)
+        bar = TerminalProgress()  # progress goes to stderr, like every command's
         try:
             build = self.hub.build_version(ds, ds_rec, MODEL, TrainParams(epochs=self.opts.epochs, seed=0),
                                            progress=bar)
@@ -306,7 +306,7 @@ class Demo:
 
     def _second_version_and_rollback(self, ds, ds_rec, b1) -> None:
         st = self.step("rollback", "Deploy a second version, then a signed rollback (and a forged and a replayed one)")
-        bar = TerminalProgress(stream=self.out)
+        bar = TerminalProgress()  # progress goes to stderr, like every command's
         try:
             v2 = self.hub.build_version(ds, ds_rec, MODEL, TrainParams(epochs=max(5, self.opts.epochs // 2),
                                                                        hidden=(32,), seed=1), progress=bar,

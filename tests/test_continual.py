@@ -25,7 +25,7 @@ from edgeloop.hub.datasets import (
     generate_sensor_data,
     split_dataset,
 )
-from edgeloop.hub.errors import TrainingError
+from edgeloop.hub.errors import DataValidationError, TrainingError
 from edgeloop.hub.pipeline import ParentSpec, build_bundle, build_version
 from edgeloop.hub.registry import Registry
 from edgeloop.hub.training import (
@@ -120,8 +120,9 @@ def test_fine_tune_refuses_mismatched_data(parent):
     with pytest.raises(TrainingError, match="feature names"):
         fine_tune(base.model, data, splits, other, FINE)
     relabeled = Dataset(data.feature_names, data.X, data.y, ["a", "b", "c"])
-    with pytest.raises(TrainingError, match="classes"):
+    with pytest.raises(DataValidationError, match="unseen in training") as exc:  # classes the parent never saw
         fine_tune(base.model, data, splits, relabeled, FINE)
+    assert {p.rule for p in exc.value.problems} == {"unseen_label"}
 
 
 # --------------------------------------------------------------------------

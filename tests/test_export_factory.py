@@ -113,7 +113,7 @@ def test_dynamic_quantization_is_for_mlps_only(windows, cnn_fp32):
     ds, splits, _ = windows
     with pytest.raises(ExportError, match="dynamic quantization is for MLPs"):
         quantize_dynamic_int8(cnn_fp32)
-    mlp = train_model(ds, splits, TrainParams(epochs=8, hidden=(64, 32), seed=0))
+    mlp = train_model(ds, splits, TrainParams(arch="mlp", epochs=8, hidden=(64, 32), seed=0))
     fp32 = export_onnx(mlp.model)
     q = quantize_dynamic_int8(fp32)
     ops = {n.op_type for n in onnx.load_from_string(q).graph.node}

@@ -17,6 +17,7 @@ from edgeloop.hub.export.parity import evaluate_onnx, make_session
 
 __all__ = [
     "LATENCY_BATCHES",
+    "MIN_DECISION_ROWS",
     "QuantDecision",
     "choose_model",
     "compare_fp32_int8",
@@ -26,6 +27,9 @@ __all__ = [
 ]
 
 LATENCY_BATCHES = (1, 32)
+# A metric change judged on fewer rows than this is mostly noise (one row of 29 is 3.4 points): the
+# decision is still made, with a warning in its record.
+MIN_DECISION_ROWS = 30
 
 
 def measure_latency_us(models: Sequence[bytes | ort.InferenceSession], X: np.ndarray, batch: int = 1, *,
@@ -127,9 +131,13 @@ class QuantDecision:
     chosen: str  # "int8" | "fp32"
     reason: str
     budget_points: float
+    warning: str | None = None  # e.g. judged on fewer than MIN_DECISION_ROWS rows
 
     def to_dict(self) -> dict:
-        return {"chosen": self.chosen, "reason": self.reason, "budget_points": self.budget_points}
+        d: dict[str, Any] = {"chosen": self.chosen, "reason": self.reason, "budget_points": self.budget_points}
+        if self.warning:
+            d["warning"] = self.warning
+        return d
 
 
 def decide_quantization(report: dict[str, Any], budget_points: float = 1.0) -> QuantDecision:
@@ -137,7 +145,10 @@ def decide_quantization(report: dict[str, Any], budget_points: float = 1.0) -> Q
 
     Classification: the budget is in accuracy points. Regression: in percent of
     the fp32 RMSE (``budget_points=1.0`` allows the int8 RMSE to be up to 1 %
-    higher). The reason string carries the numbers.
+    higher). The reason string carries the numbers. When the report's
+    ``n_test`` (the rows the metrics were measured on: the explicit test set
+    when one was given) is below :data:`MIN_DECISION_ROWS`, the decision
+    carries a ``warning`` saying so.
     """
     regression = report.get("metric") == "rmse"
     if "metric_drop_points" in report:
@@ -154,8 +165,14 @@ def decide_quantization(report: dict[str, Any], budget_points: float = 1.0) -> Q
         quality = f"accuracy drop {drop:.2f} pt {cmp} budget {budget_points:g} pt"
     speed = f"int8 {lat8:.1f} µs vs fp32 {lat32:.1f} µs at batch 1"
     chosen = "int8" if within and not_slower else "fp32"
-    reason = f"{quality}; {speed} ({'not slower' if not_slower else 'int8 slower'}) -> ship {chosen}"
-    return QuantDecision(chosen, reason, float(budget_points))
+    reason = f"{quality}; {speed} ({'not slower' if not_slower else 'int8 slower'})"
+    n = report.get("n_test")
+    warning = None
+    if n is not None and int(n) < MIN_DECISION_ROWS:
+        warning = (f"decided on {int(n)} test rows (< {MIN_DECISION_ROWS}): one row is "
+                   f"{100.0 / max(int(n), 1):.1f} points; use more test rows")
+        reason += f"; only {int(n)} test rows"
+    return QuantDecision(chosen, f"{reason} -> ship {chosen}", float(budget_points), warning)
 
 
 def choose_model(report: dict[str, Any], budget_points: float = 1.0) -> str:

@@ -62,19 +62,24 @@ class HubModels(HubDatasets):
     def build_version(self, dataset: Dataset, dataset_record: dict, model_name: str, params: TrainParams, *,
                       progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
                       quantize: bool = True, budget_points: float = 1.0,
-                      parent_version: str | None = None) -> VersionBuild:
+                      parent_version: str | None = None, split: Any = None,
+                      test_data: Dataset | None = None) -> VersionBuild:
         """Train, export and register a version on an already loaded dataset (see :meth:`train`)."""
         from edgeloop.hub.pipeline import build_version
+        from edgeloop.hub.pipeline.version import TestSet
 
         return build_version(self.registry, self.home.models_dir, dataset, dataset_record, model_name, params,
                              quantize=quantize, budget_points=budget_points, parent_version=parent_version,
-                             progress=progress, cancel=cancel, actor=self.actor)
+                             progress=progress, cancel=cancel, actor=self.actor,
+                             fractions=_fractions(split, explicit_test=test_data is not None),
+                             test=TestSet(test_data) if test_data is not None else None)
 
     def train(self, dataset_ref: str, model_name: str, params: Any = None, *,
               progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
               quantize: bool | str = True, budget_points: float = 1.0, parent: str | None = None,
               fine_tune: bool = True, replay_size: int | None = None,
-              ewc_lambda: float | None = None) -> VersionBuild:
+              ewc_lambda: float | None = None, split: Any = None,
+              test_data: str | None = None) -> VersionBuild:
         """Train, export and register the next version of ``model_name`` on a registered dataset.
 
         ``params`` is anything :meth:`train_params` takes. ``parent`` is any version
@@ -82,21 +87,41 @@ class HubModels(HubDatasets):
         ``fine_tune`` the parent's saved model is fine-tuned on the new data with
         replay of ``replay_size`` rows of the parent's data and EWC weight
         ``ewc_lambda``; otherwise training starts from scratch and the parent is
-        recorded as lineage only. Either way the new version's ``parent_version`` is
-        the parent. Returns the pipeline's ``VersionBuild`` (``.version``, ``.run``,
-        ``.metrics``, ``.quantization``, ``.folder``, ``.timings``, and ``.continual``
-        when fine-tuned). ``cancel`` stops training at the next epoch with
-        :class:`edgeloop.hub.errors.CancelledError` (the run is kept as cancelled).
+        recorded as lineage only -- the child still inherits the parent's architecture
+        (arch, layer widths, kernel size, standardization) and input contract (its
+        window shape) unless ``params`` names them. Either way the new version's
+        ``parent_version`` is the parent. A fine-tuned child keeps the parent's
+        classes; data lacking some of them are fine (named in the run's warnings).
+
+        ``split`` is the (train, val, test) ratios, as a sequence or ``"0.8,0.2,0"``
+        (default 0.7/0.15/0.15; a test ratio of 0 trains on all rows but the
+        validation rows). ``test_data`` is a registered dataset (id, name or sha256)
+        to test on instead of a test split: the split defaults to 0.85/0.15/0 and
+        the test metrics and the int8 decision are judged on it.
+
+        Returns the pipeline's ``VersionBuild`` (``.version``, ``.run``,
+        ``.metrics`` -- with ``n_train``/``n_val``/``n_test``, ``best_epoch``,
+        ``stop_reason`` --, ``.quantization``, ``.folder``, ``.timings``, ``.warnings``,
+        and ``.continual`` when fine-tuned). ``cancel`` stops training at the next
+        epoch with :class:`edgeloop.hub.errors.CancelledError` (the run is kept as
+        cancelled). Data that are refused raise before any run is recorded.
         """
         from edgeloop.hub import pipeline
+        from edgeloop.hub.pipeline.version import TestSet
 
+        given = _given_fields(params)
         params = self.train_params(params)
         record = self.registry.get_dataset(dataset_ref)
         dataset = self.load_dataset(record["id"])
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {"fractions": _fractions(split, explicit_test=test_data is not None)}
+        if test_data is not None:
+            test_record = self.registry.get_dataset(test_data)
+            extra["test"] = TestSet(self.load_dataset(test_record["id"]), test_record)
         if parent:
             pv = self.registry.get_version(parent)
             extra["parent_version"] = pv["id"]
+            if not fine_tune:
+                params, dataset = self._inherit_from(pv, params, given, dataset)
             if fine_tune:
                 parent_run = self.registry.get_run(pv["run_id"])
                 options: dict[str, Any] = {k: v for k, v in (("replay_size", replay_size),
@@ -107,6 +132,35 @@ class HubModels(HubDatasets):
         return pipeline.build_version(self.registry, self.home.models_dir, dataset, record, model_name, params,
                                       quantize=quantize, budget_points=budget_points, progress=progress,
                                       cancel=cancel, actor=self.actor, **extra)
+
+    def _inherit_from(self, pv: dict, params: TrainParams, given: set[str],
+                      dataset: Dataset) -> tuple[TrainParams, Dataset]:
+        """A from-scratch child of ``pv``: the parent's architecture fields (those not ``given``) and,
+        for a window model, its window shape on data with the same columns."""
+        import dataclasses
+
+        from edgeloop.hub.errors import TrainingError
+
+        meta_path = self.home.models_dir / pv["model_name"] / pv["version"] / "meta.json"
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        config = meta.get("model_config") or {}
+        run_params = self.registry.get_run(pv["run_id"]).get("params") or {}
+        inherited: dict[str, Any] = {}
+        arch = config.get("arch") or run_params.get("arch")
+        if arch in ("mlp", "cnn1d") and "arch" not in given:
+            inherited["arch"] = arch
+        for name in ("hidden", "channels", "kernel_size", "standardize"):
+            value = config.get(name, run_params.get(name))
+            if value is not None and name not in given:
+                inherited[name] = tuple(value) if isinstance(value, list) else value
+        params = dataclasses.replace(params, **inherited)
+        window = config.get("window_shape") or meta.get("window_shape")
+        if params.arch == "cnn1d" and dataset.window_shape is None and window:
+            if list(dataset.feature_names) != list(meta.get("feature_names") or []):
+                raise TrainingError(f"{pv['id']} is a 1D-CNN over windows {tuple(window)}; the new data are a table "
+                                    "with other columns. Import them as windows, or pass --arch mlp to train an MLP")
+            dataset = dataclasses.replace(dataset, window_shape=tuple(window), schema=None)
+        return params, dataset
 
     # --- export -----------------------------------------------------------------------------
     def export(self, version_ref: str, out_dir: Path | str, *,
@@ -172,3 +226,27 @@ class HubModels(HubDatasets):
             "lineage": {"ancestors": node["ancestors"], "descendants": node["descendants"],
                         "bundles": [b["sha256"] for b in node["bundles"]]},
         }
+
+
+def _given_fields(params: Any) -> set[str]:
+    """The TrainParams fields the caller chose: a mapping's keys, or a TrainParams' non-default fields."""
+    from edgeloop.hub.training import TrainParams
+
+    if isinstance(params, Mapping):
+        return set(params)
+    if isinstance(params, TrainParams):
+        default = TrainParams()
+        return {k for k, v in params.to_dict().items() if v != getattr(default, k)
+                and not (isinstance(v, list) and tuple(v) == getattr(default, k))}
+    return set()
+
+
+def _fractions(split: Any, *, explicit_test: bool = False) -> tuple[float, float, float] | None:
+    """``split`` ("0.8,0.2,0" or three numbers) as checked (train, val, test) ratios; None = the default."""
+    from edgeloop.hub.training import check_fractions, parse_split
+
+    if split is None:
+        return None
+    if isinstance(split, str):
+        return parse_split(split, explicit_test=explicit_test)
+    return check_fractions(split, explicit_test=explicit_test)

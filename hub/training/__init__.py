@@ -6,8 +6,16 @@ Modules: ``params`` (:class:`TrainParams`), ``models`` (the model factory, save/
 (reservoir, EWC), ``continual`` (:func:`fine_tune`), ``metrics``, ``provenance``.
 """
 
-from edgeloop.hub.training.continual import fine_tune
-from edgeloop.hub.training.data import dataset_task, dataset_window_shape, make_splits
+from edgeloop.hub.training.continual import adopt_parent_labels, fine_tune
+from edgeloop.hub.training.data import (
+    check_fractions,
+    check_splits,
+    dataset_task,
+    dataset_window_shape,
+    make_splits,
+    parse_split,
+    validate_for_training,
+)
 from edgeloop.hub.training.loop import TRAIN_THREADS, train_classifier, train_model
 from edgeloop.hub.training.metrics import confusion_matrix, macro_f1, regression_metrics
 from edgeloop.hub.training.models import (
@@ -21,13 +29,14 @@ from edgeloop.hub.training.models import (
     save_model,
     standardization_stats,
 )
-from edgeloop.hub.training.params import TrainParams
+from edgeloop.hub.training.params import TrainParams, default_arch
 from edgeloop.hub.training.provenance import code_version, library_versions
 from edgeloop.hub.training.replay import EWCPenalty, reservoir_sample
 
 __all__ = [
     "CNN1D", "TRAIN_THREADS", "EWCPenalty", "FactoryModel", "MLPClassifier", "MLPRegressor", "TrainParams",
-    "build_model", "code_version", "confusion_matrix", "dataset_task", "dataset_window_shape", "fine_tune",
-    "library_versions", "load_model", "macro_f1", "make_splits", "model_bytes", "regression_metrics",
-    "reservoir_sample", "save_model", "standardization_stats", "train_classifier", "train_model",
+    "adopt_parent_labels", "build_model", "check_fractions", "check_splits", "code_version", "confusion_matrix",
+    "dataset_task", "dataset_window_shape", "default_arch", "fine_tune", "library_versions", "load_model",
+    "macro_f1", "make_splits", "model_bytes", "parse_split", "regression_metrics", "reservoir_sample",
+    "save_model", "standardization_stats", "train_classifier", "train_model", "validate_for_training",
 ]

@@ -3,13 +3,19 @@ validity (regression target checks included) and train/validation/test splits.""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from edgeloop.hub.datasets import MIN_ROWS, Dataset, Splits, split_dataset, validate_dataset
 from edgeloop.hub.errors import DataValidationError, TrainingError
 from edgeloop.hub.training.params import TASKS
 
-__all__ = ["check_splits", "dataset_task", "dataset_window_shape", "make_splits", "validate_for_training"]
+__all__ = ["DEFAULT_FRACTIONS", "check_fractions", "check_splits", "dataset_task", "dataset_window_shape",
+           "make_splits", "parse_split", "validate_for_training"]
+
+DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)  # train, validation, test
+
 
 _CLASS_RULES = {"too_few_classes", "too_few_class_rows", "bad_label_index"}
 
@@ -75,17 +81,59 @@ def validate_for_training(dataset: Dataset, task: str) -> None:
         problems.append(f"line {r + 2}: the target value is {y[r]}")
     elif y.size and np.all(y == y[0]):
         problems.append(f"every target value is {y[0]:g}; there is nothing to learn")
-    if X.shape[0] < MIN_ROWS:
-        problems.append(f"{X.shape[0]} data row(s); at least {MIN_ROWS} are needed")
+    min_rows = getattr(dataset, "min_rows", MIN_ROWS)  # what the dataset was accepted with (data import --min-rows)
+    if X.shape[0] < min_rows:
+        problems.append(f"{X.shape[0]} data row(s); at least {min_rows} are needed")
     if problems:
         raise DataValidationError(f"{getattr(dataset, 'source', '') or 'dataset'} is not valid regression data: "
                                   + "; ".join(problems) + ". Fix the data and load it again; nothing was trained.")
 
 
-def check_splits(dataset: Dataset, splits: Splits) -> None:
+def check_fractions(fractions, *, explicit_test: bool = False) -> tuple[float, float, float]:
+    """``(train, val, test)`` split ratios, checked: three finite numbers >= 0 that sum to 1,
+    with training and validation rows (early stopping needs them); the test ratio may be 0.
+    With ``explicit_test`` (a separate test dataset) the test ratio must be 0."""
+    try:
+        fr = tuple(float(f) for f in fractions)
+    except (TypeError, ValueError):
+        raise TrainingError(f"split {fractions!r} is not three numbers TRAIN,VAL,TEST, e.g. 0.7,0.15,0.15") from None
+    if len(fr) != 3 or not all(math.isfinite(f) for f in fr):
+        raise TrainingError(f"split {fractions!r} needs three numbers TRAIN,VAL,TEST, e.g. 0.7,0.15,0.15 "
+                            "or 0.8,0.2,0 (no test split)")
+    if any(f < 0 for f in fr):
+        raise TrainingError(f"split {','.join(f'{f:g}' for f in fr)} has a negative ratio; use ratios >= 0")
+    if not math.isclose(sum(fr), 1.0, abs_tol=1e-6):
+        raise TrainingError(f"split ratios {','.join(f'{f:g}' for f in fr)} sum to {sum(fr):g}, not 1; "
+                            "e.g. 0.7,0.15,0.15 or 0.8,0.2,0")
+    if fr[0] <= 0:
+        raise TrainingError("the training ratio of the split is 0; give training rows, e.g. 0.8,0.2,0")
+    if fr[1] <= 0:
+        raise TrainingError("the validation ratio of the split is 0; early stopping needs validation rows, "
+                            "e.g. 0.8,0.2,0")
+    if explicit_test and fr[2] > 0:
+        raise TrainingError(f"split test ratio {fr[2]:g} with a separate test dataset: the test rows come from that "
+                            f"dataset, so give TRAIN,VAL,0 (e.g. {fr[0] + fr[2]:g},{fr[1]:g},0)")
+    return fr[0], fr[1], fr[2]
+
+
+def parse_split(text: str, *, explicit_test: bool = False) -> tuple[float, float, float]:
+    """``"0.8,0.2,0"`` -> ``(0.8, 0.2, 0.0)``, checked by :func:`check_fractions`."""
+    parts = [p for p in str(text).replace(" ", "").split(",") if p]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise TrainingError(f"split {text!r} is not three comma-separated numbers TRAIN,VAL,TEST, "
+                            "e.g. 0.7,0.15,0.15") from None
+    return check_fractions(values, explicit_test=explicit_test)
+
+
+def check_splits(dataset: Dataset, splits: Splits, *, need_test: bool = False) -> None:
+    """The split indices exist in ``dataset``; train and validation are not empty (nor test with ``need_test``)."""
     for name in ("train", "val", "test"):
         idx = getattr(splits, name)
         if idx.size == 0:
+            if name == "test" and not need_test:
+                continue
             raise TrainingError(f"the {name} split is empty; use more rows or other split fractions")
         if idx.min() < 0 or idx.max() >= dataset.n_rows:
             raise TrainingError(
@@ -94,13 +142,18 @@ def check_splits(dataset: Dataset, splits: Splits) -> None:
             )
 
 
-def make_splits(dataset: Dataset, seed: int, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)) -> Splits:
-    """:func:`edgeloop.hub.datasets.split_dataset`, also for regression datasets.
+def make_splits(dataset: Dataset, seed: int, fractions: tuple[float, float, float] = DEFAULT_FRACTIONS) -> Splits:
+    """:func:`edgeloop.hub.datasets.split_dataset`, also for regression datasets and a test ratio of 0.
 
     Classification splits are stratified by class. For a regression dataset
     that ``split_dataset`` cannot split (no classes to stratify by), the rows
     are permuted with ``numpy.random.default_rng(seed)`` and cut by ``fractions``.
+    With a test ratio of 0 (see :func:`check_fractions`) the test split is
+    empty and every row goes to train or validation (stratified the same way).
     """
+    fractions = check_fractions(fractions)
+    if fractions[2] == 0:
+        return _train_val_split(dataset, seed, fractions)
     if dataset_task(dataset) == "classification":
         return split_dataset(dataset, seed, fractions)
     try:
@@ -120,3 +173,24 @@ def make_splits(dataset: Dataset, seed: int, fractions: tuple[float, float, floa
     train, val, test = (np.sort(p).astype(np.int64) for p in parts)
     fr = (float(fractions[0]), float(fractions[1]), float(fractions[2]))
     return Splits(train, val, test, int(seed), fr, stratified=False)
+
+
+def _train_val_split(dataset: Dataset, seed: int, fr: tuple[float, float, float]) -> Splits:
+    """Every row in train or validation (none for test): per class for classification, else over all rows."""
+    rng = np.random.default_rng(seed)
+    classification = dataset_task(dataset) == "classification"
+    groups = ([np.nonzero(dataset.y == c)[0] for c in range(dataset.n_classes)] if classification
+              else [np.arange(dataset.n_rows)])
+    train: list[np.ndarray] = []
+    val: list[np.ndarray] = []
+    for idx in groups:
+        if idx.size == 0:
+            continue
+        if idx.size < 2:
+            raise TrainingError(f"{idx.size} row(s) cannot be split into train and validation; use more rows")
+        perm = rng.permutation(idx)
+        n_val = min(idx.size - 1, max(1, round(idx.size * fr[1])))
+        val.append(perm[:n_val])
+        train.append(perm[n_val:])
+    return Splits(np.sort(np.concatenate(train)).astype(np.int64), np.sort(np.concatenate(val)).astype(np.int64),
+                  np.zeros(0, np.int64), int(seed), fr, stratified=classification)

@@ -9,6 +9,7 @@ per-epoch history a run record needs.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -27,12 +28,15 @@ from edgeloop.hub.training.models import FactoryModel, build_model, standardizat
 from edgeloop.hub.training.params import TrainParams
 from edgeloop.hub.training.replay import EWCPenalty, ReplayData
 
-__all__ = ["TRAIN_THREADS", "TrainResult", "raw_outputs", "train_classifier", "train_model"]
+__all__ = ["STOP_REASONS", "TRAIN_THREADS", "TrainResult", "raw_outputs", "train_classifier", "train_model"]
 
 # One intra-op thread: fastest for models this small (batch 64 x 64 units) and
 # the same float summation order on every machine, hence bitwise-repeatable runs.
 TRAIN_THREADS = 1
 _EVAL_BATCH = 8192  # rows per forward pass when evaluating (bounds memory for CNNs)
+# Why training stopped (``metrics["stop_reason"]`` of a run): no better validation loss for
+# ``patience`` epochs, the ``epochs`` ceiling reached, or cancelled (recorded by the pipeline).
+STOP_REASONS = ("early_stop", "max_epochs", "cancelled")
 
 
 @dataclass
@@ -53,6 +57,11 @@ class TrainResult:
     window_shape: tuple[int, int] | None = None
     samples_per_s: float = 0.0  # training rows (replayed rows included) per second of the epoch loops
 
+    @property
+    def stop_reason(self) -> str:
+        """``"early_stop"`` or ``"max_epochs"`` (see :data:`STOP_REASONS`)."""
+        return "early_stop" if self.stopped_early else "max_epochs"
+
     def to_dict(self) -> dict:
         """JSON-ready record (everything but the model itself)."""
         return {
@@ -64,6 +73,7 @@ class TrainResult:
             "threads": TRAIN_THREADS,
             "best_epoch": self.best_epoch,
             "stopped_early": self.stopped_early,
+            "stop_reason": self.stop_reason,
             "feature_names": list(self.feature_names),
             "labels": list(self.labels),
             "task": self.task,
@@ -94,6 +104,17 @@ def _evaluate(model: FactoryModel, X: torch.Tensor, y: torch.Tensor) -> tuple[fl
     return float(loss), model.output(raw)[:, 0].cpu().numpy()
 
 
+def _check_test(test: tuple[np.ndarray, np.ndarray], dataset: Dataset, task: str) -> tuple[np.ndarray, np.ndarray]:
+    X, y = np.asarray(test[0], dtype=np.float32), np.asarray(test[1])
+    if X.ndim != 2 or X.shape[1] != dataset.n_features or y.shape != (X.shape[0],) or X.shape[0] == 0:
+        raise TrainingError(f"the test set must be rows (n, {dataset.n_features}) with n labels, got X {X.shape} "
+                            f"and y {y.shape}; give a test dataset with the training data's columns")
+    if task == "classification" and (y.min() < 0 or y.max() >= dataset.n_classes):
+        raise TrainingError("the test labels are not indices into the training data's classes; "
+                            "align the test dataset to them first (edgeloop.hub.datasets.align_labels)")
+    return X, y
+
+
 def _check_init_model(model: FactoryModel, dataset: Dataset, task: str) -> None:
     if getattr(model, "task", None) != task:
         raise TrainingError(f"init_model is a {getattr(model, 'task', '?')} model but the dataset is {task}")
@@ -113,6 +134,7 @@ def train_model(
     init_model: FactoryModel | None = None,
     replay: ReplayData | tuple[np.ndarray, np.ndarray] | None = None,
     ewc: EWCPenalty | None = None,
+    test: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> TrainResult:
     """Train the model ``params`` describes on ``dataset`` (classification or regression).
 
@@ -120,20 +142,30 @@ def train_model(
     ``(channels, steps)`` from ``dataset.window_shape``) with the
     standardization statistics of the training rows, or is a copy of
     ``init_model`` (fine-tuning: its standardization and target scale are kept).
+    ``params.arch="auto"`` means the 1D-CNN for window datasets and the MLP for
+    tables (the result's ``params`` name the architecture that was trained).
     Loss: cross-entropy on the logits, or mean squared error on the
     standardized target; AdamW. ``replay`` rows are added to every epoch's
     training rows (shuffled together); ``ewc`` adds its penalty to the loss.
 
     After each epoch the validation loss is computed; the weights of the best
     epoch are restored at the end, and training stops once ``params.patience``
-    epochs pass without improvement. Progress is reported once per epoch
-    (stage ``"train"``, ``done`` = epoch, ``total`` = ``params.epochs``) and
-    ``cancel`` is checked before every batch (raising
+    epochs pass without improvement (``stop_reason`` ``"early_stop"``) or at
+    the ``params.epochs`` ceiling (``"max_epochs"``). Progress is reported once
+    per epoch (stage ``"train"``, ``done`` = epoch, ``total`` = ``params.epochs``,
+    the message names the best epoch so far; an early stop ends with one more
+    event at the total) and ``cancel`` is checked before every batch (raising
     :class:`edgeloop.hub.errors.CancelledError`).
 
+    ``test`` (rows ``X``, ``y`` with ``y`` in the dataset's label order) is an
+    explicit test set that replaces ``splits.test``; without either (an empty
+    test split) the result has no ``test_*`` metrics.
+
     Metrics: classification -- test/val accuracy, test macro-F1, confusion
-    matrix, losses; regression -- test/val MAE, RMSE, R², losses. ``history``
-    holds one row per epoch (train/val loss and val accuracy, or val MAE/RMSE).
+    matrix, losses; regression -- test/val MAE, RMSE, R², losses; both --
+    ``best_epoch``, ``epochs_run``, ``stop_reason`` and the split sizes
+    ``n_train``, ``n_val``, ``n_test``. ``history`` holds one row per epoch
+    (train/val loss and val accuracy, or val MAE/RMSE).
 
     Runs are bitwise repeatable on CPU for a fixed ``params.seed``: the global
     RNG state is forked (the caller's is left untouched), shuffling uses its own
@@ -149,10 +181,13 @@ def train_model(
     window_shape = dataset_window_shape(dataset)
     if init_model is not None:
         _check_init_model(init_model, dataset, task)
-    if replay is not None and not isinstance(replay, ReplayData):
-        replay = ReplayData(*replay)
-    if replay is not None and replay.X.shape[1] != dataset.n_features:
-        raise TrainingError(f"replay rows have {replay.X.shape[1]} features, the dataset {dataset.n_features}")
+        params = dataclasses.replace(params, arch=init_model.arch)  # a fine-tune keeps the model it continues
+    params = params.resolved(window_shape)
+    if test is not None:
+        test = _check_test(test, dataset, task)
+    replay_rows = replay if replay is None or isinstance(replay, ReplayData) else ReplayData(*replay)
+    if replay_rows is not None and replay_rows.X.shape[1] != dataset.n_features:
+        raise TrainingError(f"replay rows have {replay_rows.X.shape[1]} features, the dataset {dataset.n_features}")
 
     device = _pick_device()
     saved_threads = torch.get_num_threads()
@@ -167,7 +202,7 @@ def train_model(
         with torch.random.fork_rng(devices=[] if device.type == "cpu" else [torch.cuda.current_device()]):
             torch.manual_seed(params.seed)
             return _train(dataset, splits, params, task, window_shape, device, progress, cancel,
-                          init_model, replay, ewc)
+                          init_model, replay_rows, ewc, test)
     finally:
         torch.set_num_threads(saved_threads)
         torch.use_deterministic_algorithms(saved_det, warn_only=saved_warn)
@@ -217,6 +252,7 @@ def _train(
     init_model: FactoryModel | None,
     replay: ReplayData | None,
     ewc: EWCPenalty | None,
+    test: tuple[np.ndarray, np.ndarray] | None,
 ) -> TrainResult:
     start = time.perf_counter()
     regression = task == "regression"
@@ -237,8 +273,9 @@ def _train(
         y_fit = np.concatenate([np.asarray(y_fit, dtype=y_dtype), replay.y.astype(y_dtype)])
     X_tr, y_tr = tensors(X_fit, y_fit)
     X_va, y_va = tensors(dataset.X[splits.val], dataset.y[splits.val])
-    X_te, y_te = tensors(dataset.X[splits.test], dataset.y[splits.test])
-    y_val_np, y_test_np = np.asarray(dataset.y[splits.val]), np.asarray(dataset.y[splits.test])
+    X_test_np, y_test_np = test if test is not None else (dataset.X[splits.test], dataset.y[splits.test])
+    X_te, y_te = tensors(X_test_np, y_test_np)
+    y_val_np, y_test_np = np.asarray(dataset.y[splits.val]), np.asarray(y_test_np)
     if regression:
         t_mean, t_std = model.target.mean[0, 0], model.target.std[0, 0]
         y_tr = (y_tr - t_mean) / t_std  # the loss works on the standardized target
@@ -301,38 +338,42 @@ def _train(
             best_state = copy.deepcopy(model.state_dict())
         else:
             stale += 1
-        progress(ProgressEvent("train", epoch, params.epochs,
-                               f"epoch {epoch}/{params.epochs}", {k: v for k, v in row.items() if k != "epoch"}))
+        message = f"epoch {epoch}/{params.epochs} (best {best_epoch})"
+        if epoch == params.epochs:
+            message += f"; stopped: max_epochs reached, restoring best epoch {best_epoch}"
+        progress(ProgressEvent("train", epoch, params.epochs, message,
+                               {k: v for k, v in row.items() if k != "epoch"}))
         if stale >= params.patience:
             break
 
     stopped_early = len(history) < params.epochs
     if stopped_early:
         progress(ProgressEvent("train", params.epochs, params.epochs,
-                               f"stopped early after epoch {len(history)}: no better validation loss "
-                               f"for {params.patience} epochs; using epoch {best_epoch}", {}))
+                               f"stopped early (early_stop) after epoch {len(history)}: no better validation "
+                               f"loss for {params.patience} epochs; restoring best epoch {best_epoch}", {}))
     model.load_state_dict(best_state)
     model.eval()
 
     val_loss, val_pred = _evaluate(model, X_va, y_va)
-    test_loss, test_pred = _evaluate(model, X_te, y_te)
+    metrics: dict[str, Any] = {}
+    has_test = X_te.shape[0] > 0
+    if has_test:
+        test_loss, test_pred = _evaluate(model, X_te, y_te)
     if regression:
-        te, va = regression_metrics(y_test_np, test_pred), regression_metrics(y_val_np, val_pred)
-        metrics: dict[str, Any] = {
-            "test_mae": te["mae"], "test_rmse": te["rmse"], "test_r2": te["r2"], "test_loss": test_loss,
-            "val_mae": va["mae"], "val_rmse": va["rmse"], "val_r2": va["r2"], "val_loss": val_loss,
-        }
+        va = regression_metrics(y_val_np, val_pred)
+        if has_test:
+            te = regression_metrics(y_test_np, test_pred)
+            metrics.update(test_mae=te["mae"], test_rmse=te["rmse"], test_r2=te["r2"], test_loss=test_loss)
+        metrics.update(val_mae=va["mae"], val_rmse=va["rmse"], val_r2=va["r2"], val_loss=val_loss)
     else:
-        cm = confusion_matrix(y_test_np, test_pred, dataset.n_classes)
-        metrics = {
-            "test_accuracy": float((test_pred == y_test_np).mean()),
-            "test_macro_f1": macro_f1(cm),
-            "test_loss": test_loss,
-            "confusion_matrix": cm.tolist(),
-            "val_accuracy": float((val_pred == y_val_np).mean()),
-            "val_loss": val_loss,
-        }
-    metrics.update(best_epoch=best_epoch, epochs_run=len(history))
+        if has_test:
+            cm = confusion_matrix(y_test_np, test_pred, dataset.n_classes)
+            metrics.update(test_accuracy=float((test_pred == y_test_np).mean()), test_macro_f1=macro_f1(cm),
+                           test_loss=test_loss, confusion_matrix=cm.tolist())
+        metrics.update(val_accuracy=float((val_pred == y_val_np).mean()), val_loss=val_loss)
+    metrics.update(best_epoch=best_epoch, epochs_run=len(history), max_epochs=params.epochs,
+                   stop_reason="early_stop" if stopped_early else "max_epochs",
+                   n_train=int(splits.train.size), n_val=int(splits.val.size), n_test=int(X_te.shape[0]))
     model = model.cpu()
     return TrainResult(
         model=model,

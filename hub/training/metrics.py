@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeloop.hub.errors import TrainingError
+from edgeloop.hub.evaluation.scoring import score_regression
 
 __all__ = ["confusion_matrix", "macro_f1", "regression_metrics"]
 
@@ -42,11 +43,5 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
     p = np.asarray(y_pred, dtype=np.float64).ravel()
     if t.size == 0 or t.size != p.size:
         raise TrainingError(f"regression metrics need equally long non-empty arrays, got {t.size} and {p.size}")
-    err = p - t
-    sst = float(np.sum((t - t.mean()) ** 2))
-    sse = float(np.sum(err ** 2))
-    return {
-        "mae": float(np.mean(np.abs(err))),
-        "rmse": float(np.sqrt(np.mean(err ** 2))),
-        "r2": float(1.0 - sse / sst) if sst > 0 else 0.0,
-    }
+    scores = score_regression(t, p)  # the same numbers `edgeloop eval` reports
+    return {k: scores[k] for k in ("mae", "rmse", "r2")}

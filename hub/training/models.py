@@ -55,8 +55,8 @@ class Standardize(nn.Module):
         super().__init__()
         mean_t = torch.as_tensor(np.asarray(mean, dtype=np.float32))
         std_t = torch.as_tensor(np.asarray(std, dtype=np.float32))
-        # A (near-)constant column would divide by ~0; validation rejects constant
-        # columns, this only guards against tiny spreads blowing up the inputs.
+        # standardization_stats gives a constant column std 1; this only guards
+        # against tiny spreads blowing up the inputs.
         std_t = torch.clamp(std_t, min=1e-6)
         self.register_buffer("mean", mean_t.reshape(1, -1).clone())
         self.register_buffer("std", std_t.reshape(1, -1).clone())
@@ -350,7 +350,9 @@ def standardization_stats(
     ``per="channel"`` pools each sensor channel of a window dataset over all
     its time steps (rows stored flat, channel-major) and repeats the channel's
     statistics over its steps, so the graph's standardization stays a plain
-    per-column ``(x - mean) / std``.
+    per-column ``(x - mean) / std``. A column (channel) with one value in every
+    row gets std 1, not 0: it enters the model as zeros, and a different value
+    met later stays a finite, unscaled offset.
     """
     X = np.asarray(X, dtype=np.float64)
     if per == "channel":
@@ -360,9 +362,12 @@ def standardization_stats(
         W = X.reshape(X.shape[0], c, t)
         mean = np.repeat(W.mean(axis=(0, 2)), t)
         std = np.repeat(W.std(axis=(0, 2)), t)
+        constant = np.repeat(np.ptp(W, axis=(0, 2)) == 0, t) if X.shape[0] else np.zeros(c * t, bool)
     elif per == "feature":
         mean, std = X.mean(axis=0), X.std(axis=0)
+        constant = np.ptp(X, axis=0) == 0 if X.shape[0] else np.zeros(X.shape[1], bool)
     else:
         raise TrainingError(f"standardize per {per!r}; use 'feature' or 'channel'")
+    std = np.where(constant, 1.0, std)
     return mean.astype(np.float32), std.astype(np.float32)
 

@@ -19,16 +19,18 @@ from typing import Any
 
 from edgeloop.hub.errors import TrainingError
 
-__all__ = ["ARCHS", "STANDARDIZE", "TASKS", "TrainParams"]
+__all__ = ["ARCHS", "DEFAULT_EPOCHS", "DEFAULT_PATIENCE", "STANDARDIZE", "TASKS", "TrainParams", "default_arch"]
 
 TASKS = ("classification", "regression")
-ARCHS = ("mlp", "cnn1d")
+ARCHS = ("mlp", "cnn1d")  # concrete architectures (build_model); TrainParams.arch may also be "auto"
+DEFAULT_EPOCHS = 200  # a ceiling: the validation loss decides when training stops (patience)
+DEFAULT_PATIENCE = 20
 STANDARDIZE = ("auto", "feature", "channel")
 
 _INT_FIELDS = ("epochs", "batch_size", "patience", "seed", "kernel_size")
 _FLOAT_FIELDS = ("lr", "weight_decay")
 _TUPLE_FIELDS = ("hidden", "channels")
-_STR_FIELDS = {"arch": ARCHS, "standardize": STANDARDIZE}
+_STR_FIELDS = {"arch": ("auto", *ARCHS), "standardize": STANDARDIZE}
 # Spellings other tools use for these parameters (named in the unknown-key error).
 _ALIASES = {"learning_rate": "lr", "max_epochs": "epochs", "n_epochs": "epochs", "batch": "batch_size",
             "hidden_sizes": "hidden", "hidden_layers": "hidden", "layers": "hidden", "random_seed": "seed",
@@ -36,26 +38,36 @@ _ALIASES = {"learning_rate": "lr", "max_epochs": "epochs", "n_epochs": "epochs",
             "conv_channels": "channels", "filters": "channels", "kernel": "kernel_size", "model": "arch"}
 
 
+def default_arch(window_shape: tuple[int, int] | None) -> str:
+    """The architecture ``arch="auto"`` means: ``"cnn1d"`` for sensor windows, ``"mlp"`` for tables."""
+    return "cnn1d" if window_shape is not None else "mlp"
+
+
 @dataclass
 class TrainParams:
     """Hyper-parameters of :func:`train_model` (recorded with every run).
 
-    ``arch`` picks the model (``"mlp"`` or ``"cnn1d"``); ``hidden`` are the MLP
+    ``arch`` picks the model: ``"mlp"``, ``"cnn1d"`` or ``"auto"`` (the default:
+    the 1D-CNN for window datasets, the MLP for tables; see :meth:`resolved`,
+    which training applies before it records the run); ``hidden`` are the MLP
     layer widths, ``channels`` the CNN's Conv1d widths (one block each) with
     ``kernel_size``. ``standardize`` is ``"feature"`` (one mean/std per input
     column), ``"channel"`` (one per sensor channel of a window dataset) or
-    ``"auto"`` (channel for the CNN, feature for the MLP). Fields after
-    ``seed`` were added later, so positional construction still works.
+    ``"auto"`` (channel for the CNN, feature for the MLP). ``epochs`` is a
+    ceiling (default 200): training stops once ``patience`` (default 20) epochs
+    pass without a better validation loss, and the best epoch's weights are
+    restored. Fields after ``seed`` were added later, so positional
+    construction still works.
     """
 
     hidden: tuple[int, ...] = (64, 32)
-    epochs: int = 40
+    epochs: int = DEFAULT_EPOCHS
     lr: float = 3e-3
     batch_size: int = 64
     weight_decay: float = 1e-4
-    patience: int = 8  # epochs without a better validation loss before stopping
+    patience: int = DEFAULT_PATIENCE  # epochs without a better validation loss before stopping
     seed: int = 0
-    arch: str = "mlp"
+    arch: str = "auto"
     channels: tuple[int, ...] = (16, 32)
     kernel_size: int = 5
     standardize: str = "auto"
@@ -90,6 +102,12 @@ class TrainParams:
                 bad.append(f"{name}={getattr(self, name)!r} (need one of {', '.join(map(repr, allowed))})")
         if bad:
             raise TrainingError("invalid training parameters: " + "; ".join(bad) + ". Correct them and start again.")
+
+    def resolved(self, window_shape: tuple[int, int] | None) -> TrainParams:
+        """These parameters with ``arch="auto"`` replaced by :func:`default_arch` for the data."""
+        if self.arch != "auto":
+            return self
+        return dataclasses.replace(self, arch=default_arch(window_shape))
 
     def to_dict(self) -> dict:
         d = asdict(self)
