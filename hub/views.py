@@ -2,7 +2,8 @@
 
 Each ``*_table`` returns a :class:`Table` (column names and one list of cells per row);
 the CLI prints it aligned, the GUI puts it in a table model. ``gate_text`` and
-``drift_lines`` give the one-line gate verdict and the drift summary as text. Keeping the
+``drift_lines`` give the one-line gate verdict and the drift summary as text;
+``drift_overview_lines`` the fleet's drift per model and agent (``edgeloop drift``). Keeping the
 formatting here means the terminal and the window never disagree about what a column says.
 """
 
@@ -168,16 +169,185 @@ def gate_text(check: Mapping[str, Any]) -> str:
     return ("passed" if check["passed"] else "FAILED") + " (" + "; ".join(parts) + ")"
 
 
-def drift_lines(summary: Iterable[Mapping[str, Any]], now: float | None = None) -> list[str]:
-    """Per (agent, model, version) drift summary entry: a headline and one line per flagged feature."""
+EVALUATION_COLUMNS = ["eval", "version", "model", "dataset", "rows", "scores", "when"]
+_EVAL_SCORES = ("accuracy", "macro_f1", "mae", "rmse", "r2")
+
+
+def evaluation_table(evaluations: Iterable[Mapping[str, Any]], chosen: Mapping[str, str] | None = None) -> Table:
+    """One row per evaluation record (``edgeloop eval``); ``chosen`` (version id -> the artifact it
+    ships) marks the shipped model with ``*``."""
+    rows, keys = [], []
+    for e in evaluations:
+        keys.append(str(e["id"]))
+        m = e.get("metrics") or {}
+        shipped = "*" if chosen and chosen.get(str(e["version_id"])) == e["artifact"] else ""
+        rows.append([str(e["id"]), str(e["version_id"]), f"{e['artifact']}{shipped}",
+                     f"{e.get('dataset_name') or '-'} ({e.get('dataset_id') or str(e['dataset_sha256'])[:12]})",
+                     str(e["rows"]), "  ".join(f"{k} {num(m[k])}" for k in _EVAL_SCORES if k in m),
+                     when(e.get("created_at"))])
+    return Table(list(EVALUATION_COLUMNS), rows, keys)
+
+
+DRIFT_GROUPS_SHOWN = 12  # flagged channels (features) listed per entry; --json has all of them
+DRIFT_MEMBERS_SHOWN = 6  # flagged summaries (older references: time steps) named per channel
+
+
+def _member_key(group: str, name: str, natural_key: Any) -> tuple:
+    """A channel's summaries in their own order (mean, std, min, max, energy, values), other names naturally."""
+    from edgeloop.agent.wire.manifest import DRIFT_SUMMARIES
+
+    tail = name[len(group) + 1:] if name.startswith(group + ".") else None
+    if tail in DRIFT_SUMMARIES:
+        return (0, DRIFT_SUMMARIES.index(tail))
+    return (1, natural_key(name))
+
+
+def drift_lines(summary: Iterable[Mapping[str, Any]], now: float | None = None,
+                limit: int = DRIFT_GROUPS_SHOWN) -> list[str]:
+    """Per (agent, model, version) drift summary entry: a headline and one line per flagged channel
+    (windows: ``ch0.mean`` ... grouped by channel) or feature (tables), in natural order
+    (``ch2`` before ``ch10``), at most ``limit`` of them, then how many more were flagged."""
+    from edgeloop.agent.drift import feature_group, natural_key
+
     lines = []
     for s in summary:
         flagged = s.get("drifted_features") or {}
+        max_psi = s.get("max_psi") or {}
         lines.append(f"{s['agent_id']}  {s['model']}:{s['version']}  {s['windows']} windows, {s['rows']} rows, "
                      f"{'DRIFTING' if s.get('drifting_now') else 'stable'} (last window "
                      f"{ago(s.get('last_received_at'), now)})")
-        for name, n in flagged.items():
-            lines.append(f"    {name:<16} flagged in {n} window(s), max PSI {s['max_psi'].get(name, 0):.2f}")
+        groups: dict[str, list[str]] = {}
+        for name in flagged:
+            groups.setdefault(feature_group(name), []).append(name)
+        for group in sorted(groups, key=natural_key)[:limit]:
+            names = sorted(groups[group], key=lambda n: _member_key(group, n, natural_key))
+            windows = max(flagged[n] for n in names)
+            worst = max(float(max_psi.get(n, 0.0)) for n in names)
+            parts = [f"{n[len(group) + 1:] if n.startswith(group + '.') else n} {flagged[n]}" for n in names]
+            if len(parts) > DRIFT_MEMBERS_SHOWN:
+                parts = [*parts[:DRIFT_MEMBERS_SHOWN], f"+{len(parts) - DRIFT_MEMBERS_SHOWN} more"]
+            detail = "" if names == [group] else f" ({', '.join(parts)})"
+            lines.append(f"    {group:<16} flagged in {windows} window(s), max PSI {worst:.2f}{detail}")
+        if len(groups) > limit:
+            lines.append(f"    ... and {len(groups) - limit} more flagged (see --json)")
         if not flagged:
             lines.append("    no feature flagged")
     return lines
+
+
+def _grouped(names: Iterable[str], limit: int = DRIFT_GROUPS_SHOWN) -> str:
+    """Features by channel (``ch1 (mean, values)``), natural order; tables: the names; at most ``limit`` groups."""
+    from edgeloop.agent.drift import feature_group, natural_key
+
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(feature_group(name), []).append(name)
+    parts = []
+    for group in sorted(groups, key=natural_key)[:limit]:
+        members = sorted(groups[group], key=lambda n: _member_key(group, n, natural_key))
+        tails = [n[len(group) + 1:] if n.startswith(group + ".") else n for n in members]
+        parts.append(group if members == [group] else f"{group} ({', '.join(tails[:DRIFT_MEMBERS_SHOWN])}"
+                     f"{', ...' if len(tails) > DRIFT_MEMBERS_SHOWN else ''})")
+    more = len(groups) - limit
+    return ", ".join(parts) + (f", +{more} more" if more > 0 else "")
+
+
+def _trend(entry: Mapping[str, Any]) -> str:
+    """Features flagged per window, oldest first; ``-`` for a window with too few rows to judge."""
+    return " ".join("-" if st != "ok" else str(n)
+                    for n, st in zip(entry.get("trend", []), entry.get("trend_status", []), strict=False))
+
+
+def _stat_text(f: Mapping[str, Any]) -> str:
+    p = f.get("p_value")
+    return f"PSI {f['psi']:.3f} KS {f['ks']:.3f}" + (f" p {p:.1e}" if p is not None else "")
+
+
+def drift_controls_text(controls: Mapping[str, Any]) -> str:
+    """The false-alarm controls an agent judged its windows with, in words."""
+    alpha, k, min_rows = controls.get("alpha"), controls.get("consecutive") or 1, controls.get("min_rows")
+    parts = [f"alpha {alpha:g} per window over {controls.get('features_tested', 0)} features (Holm)"
+             if alpha is not None else "no family-wise control (older agent)",
+             f"drifted after {k} flagged window{'s' if k != 1 else ''} in a row"]
+    if min_rows:
+        parts.append(f"windows under {min_rows} rows not judged")
+    return "false alarms: " + ", ".join(parts)
+
+
+def drift_overview_lines(overview: Iterable[Mapping[str, Any]], now: float | None = None, *,
+                         detail: bool = False) -> list[str]:
+    """``Hub.drift_overview`` as text: per model a headline and its controls, per agent a summary
+    (drifted and flagged features by channel, worst statistic, trend); ``detail`` adds a line per feature."""
+    lines = []
+    for model in overview:
+        agents = model["agents"]
+        lines.append(f"{model['model']}: {len(agents)} agent(s), {model['agents_drifting']} drifting")
+        controls = {drift_controls_text(a["controls"]) for a in agents}
+        lines.extend(f"  {c}" for c in sorted(controls))
+        for a in agents:
+            state = "DRIFTING" if a["alarm"] else ("flagged" if a["flagged"] else "stable")
+            few = f" ({a['too_few_rows']} with too few rows)" if a["too_few_rows"] else ""
+            lines.append(f"  {a['agent_id']}  v{a['version']}  {state}  {a['windows']} windows{few}, {a['rows']} rows, "
+                         f"last {ago(a.get('last_received_at'), now)}")
+            if a["drifting"]:
+                lines.append(f"    drifted: {_grouped(a['drifting'])}")
+            newly = [n for n in a["flagged"] if n not in a["drifting"]]
+            if newly:
+                lines.append(f"    flagged in the last window only: {_grouped(newly)}")
+            if a["worst"] is not None:
+                lines.append(f"    worst: {a['worst']['name']} {_stat_text(a['worst'])}")
+            if a["output"] is not None:
+                o = a["output"]
+                verdict = "DRIFTED" if o["drifted"] else ("flagged" if o["flagged"] else "stable")
+                lines.append(f"    output (prediction): {verdict}, {_stat_text(o)}, mean {num(o.get('mean'))}")
+            elif a.get("output_js") is not None:
+                lines.append(f"    predicted classes: JS {a['output_js']:.3f} from the reference shares")
+            if a["missing"] or a["out_of_range"]:
+                lines.append(f"    last window: {a['missing']} missing, {a['out_of_range']} out-of-range values")
+            lines.append(f"    trend (features flagged per window, oldest first): {_trend(a)}")
+            if detail:
+                lines.extend(_feature_lines(a["features"]))
+    return lines
+
+
+def _feature_lines(features: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """One line per feature, in the reference's order (channel by channel)."""
+    out = []
+    for name, f in features.items():
+        mark = "DRIFTED" if f["drifted"] else ("flagged" if f["flagged"] else "-")
+        extra = "".join(f", {f[k]} {k.replace('_', '-')}" for k in ("missing", "out_of_range") if f.get(k))
+        out.append(f"      {name:<16} {mark:<8} {_stat_text(f)}, streak {f.get('streak') or 0}, "
+                   f"drifted in {f['windows_drifted']} window(s){extra}")
+    return out
+
+
+def window_grid(names: Sequence[str]) -> tuple[int, int] | None:
+    """``(channels, steps)`` when ``names`` are exactly the ``ch{c}_t{t}`` names of a complete window grid."""
+    from edgeloop.hub.datasets.windows import parse_window_column, window_feature_names
+
+    parsed = [parse_window_column(str(n)) for n in names]
+    if not parsed or any(p is None for p in parsed):
+        return None
+    channels = max(p[0] for p in parsed if p is not None) + 1
+    steps = max(p[1] for p in parsed if p is not None) + 1
+    wanted = window_feature_names(channels, steps)
+    return (channels, steps) if len(names) == len(wanted) and set(map(str, names)) == set(wanted) else None
+
+
+def feature_summary(names: Sequence[str], window_shape: Sequence[int] | None = None, *, limit: int = 8) -> str:
+    """Features for a person to read: window data (``window_shape``, else detected from
+    ``ch{c}_t{t}`` names) as ``windows of 3 channels × 32 steps (ch0, ch1, ch2; 96 values)``,
+    a table as ``6: temp, vibration, ...``. ``--json`` output keeps the full list."""
+    shape = tuple(int(v) for v in window_shape) if window_shape else window_grid(names)
+    if shape is not None and len(shape) == 2:
+        channels, steps = shape
+        chans = [f"ch{c}" for c in range(channels)]
+        shown = ", ".join(chans) if channels <= limit else f"{', '.join(chans[:limit - 1])}, ..., {chans[-1]}"
+        return (f"windows of {channels} channel{'s' if channels != 1 else ''} × {steps} steps "
+                f"({shown}; {channels * steps} values)")
+    return f"{len(names)}: {', '.join(map(str, names))}"
+
+
+def warning_lines(warnings: Iterable[Mapping[str, Any]] | None, indent: str = "  ") -> list[str]:
+    """A dataset's warnings (``{"rule", "detail", ...}`` records) as ``warning [rule] detail`` lines."""
+    return [f"{indent}warning  [{w.get('rule', '?')}] {w.get('detail', '')}" for w in warnings or ()]

@@ -3,7 +3,7 @@
 Every command is a thin face over :class:`edgeloop.hub.services.Hub`: it turns its
 options into a Hub call and prints the plain records that come back, formatted by
 :mod:`edgeloop.hub.views` and :mod:`edgeloop.hub.cli.render`. The commands live in
-one module per group (data, train, registry, bundles, fleet, hub, keys, demo, app, agent).
+one module per group (data, train, evaluate, registry, bundles, fleet, hub, keys, demo, app, agent).
 
 Heavy libraries (torch, onnx, Qt) are imported only by the commands that need
 them, so ``edgeloop agent run`` works on a device with only the agent extras.
@@ -18,7 +18,7 @@ import logging
 import sys
 
 from edgeloop.agent.errors import EdgeloopError
-from edgeloop.hub.cli import agent, app, bundles, data, demo, fleet, hub, keys, registry, train
+from edgeloop.hub.cli import agent, app, bundles, data, demo, evaluate, fleet, hub, keys, registry, train
 from edgeloop.hub.cli.common import UsageError, make_parents
 
 __all__ = ["EPILOG", "UsageError", "build_parser", "main"]
@@ -27,6 +27,7 @@ EPILOG = """\
 The loop:  edgeloop demo                      run everything end to end on embedded defaults
 Data:      edgeloop data sample|import|list|show
 Train:     edgeloop train --data REF --model NAME [--epochs N ...]
+Evaluate:  edgeloop eval VERSION --data TEST,  edgeloop predict VERSION --data FILE --out CSV
 Registry:  edgeloop registry list|show|compare|lineage|audit
 Promote:   edgeloop registry gate|alias|aliases|unalias
 Export:    edgeloop export VERSION --out DIR,  edgeloop bundle build|inspect|verify
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_commands(sub, parents)
     data.add_commands(sub, parents)
     train.add_commands(sub, parents)
+    evaluate.add_commands(sub, parents)
     registry.add_commands(sub, parents)
     bundles.add_export_command(sub, parents)
     fleet.add_commands(sub, parents)

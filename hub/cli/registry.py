@@ -8,7 +8,7 @@ import math
 
 from edgeloop.hub.cli.common import Parents, UsageError, command, open_hub
 from edgeloop.hub.cli.render import emit, show, table_lines, text_table
-from edgeloop.hub.views import ago, audit_table, gate_text, num, version_table, when
+from edgeloop.hub.views import ago, audit_table, evaluation_table, gate_text, num, version_table, when
 
 
 # --- versions, comparisons, lineage, audit ------------------------------------------------------
@@ -22,6 +22,7 @@ def cmd_registry_list(args) -> int:
 def cmd_registry_show(args) -> int:
     with open_hub(args) as hub:
         doc = hub.version_detail(args.ref)
+        doc["evaluations"] = hub.list_evaluations(doc["version"]["id"])
     v, run, gate = doc["version"], doc["run"], doc["gate"]
     split = v.get("split") or {}
     lines = [f"{v['id']}  (run {run['id']}, dataset {run['dataset_id']}, ships {v['chosen']})",
@@ -35,8 +36,12 @@ def cmd_registry_show(args) -> int:
              f"code: {run.get('code_version') or '?'}; libraries: "
              + ", ".join(f"{k} {val}" for k, val in (run.get("library_versions") or {}).items() if val),
              "quantization: " + str((v.get("quantization") or {}).get("reason", "-")),
+             *[f"warning: {w}" for w in (run.get("metrics") or {}).get("warnings") or []],
              "gate: " + (gate_text(gate) if gate["has_gate"] else "none (set one with edgeloop registry gate)")]
     lines += [f"bundle {b['sha256'][:16]}…  {b['size']} B  {b['path']}" for b in doc["bundles"]]
+    evaluations = table_lines(evaluation_table(doc["evaluations"], {v["id"]: v["chosen"]}))
+    lines += (["evaluations on test sets (* = the model it ships):"] + [f"  {line}" for line in evaluations]
+              if evaluations else [f"evaluations: none (score it on a test set: edgeloop eval {v['id']} --data FILE)"])
     emit(args, doc, lines)
     return 0
 
@@ -176,23 +181,35 @@ def metric_specs(groups: list[list[str]] | None, option: str) -> dict[str, float
 def cmd_registry_gate(args) -> int:
     mins = metric_specs(args.min, "--min")
     maxs = metric_specs(args.max, "--max")
-    if args.clear and (mins or maxs):
-        raise UsageError("give either --clear or --min/--max, not both")
-    changed = bool(args.clear or mins or maxs)
+    if args.clear and (mins or maxs or args.eval_data):
+        raise UsageError("give either --clear or --min/--max/--eval-data, not both")
+    changed = bool(args.clear or mins or maxs or args.eval_data)
     with open_hub(args) as hub:
-        if changed:
-            hub.set_gate(args.model, None if args.clear else {"min": mins, "max": maxs})
+        if args.clear:
+            hub.set_gate(args.model, None)
+        elif changed:
+            gate: dict = {"min": mins, "max": maxs} if mins or maxs else dict(hub.registry.get_gate(args.model))
+            if args.eval_data:
+                gate["eval_data"] = args.eval_data
+            hub.set_gate(args.model, gate)
         report = hub.gate_report(args.model)
     gate, checks = report["gate"], report["versions"]
     doc = {"model": report["model"], "gate": gate, "has_gate": report["has_gate"], "changed": changed,
-           "versions": checks, "task": report["task"]}
+           "versions": checks, "task": report["task"], "metric_names": report["metric_names"]}
     if not doc["has_gate"]:
+        names = report["metric_names"]
         lines = [f"model {args.model} has no evaluation gate" + (" (cleared)" if args.clear else "")
-                 + f"; set one with: edgeloop registry gate {args.model} --min test_accuracy=0.9"]
+                 + f"; set one with: edgeloop registry gate {args.model} --min test_accuracy=0.9",
+                 "  metrics its training runs record: " + (", ".join(names["runs"]) or "none yet"),
+                 "  metrics of evaluations on a test set (edgeloop eval): " + ", ".join(names["evaluations"])]
     else:
         lines = [f"evaluation gate of {args.model}" + (" (updated)" if changed else "") + ":"]
         lines += [f"  {m} >= {num(t)}" for m, t in gate["min"].items()]
         lines += [f"  {m} <= {num(t)}" for m, t in gate["max"].items()]
+        on = gate.get("eval_data")
+        if any(m.startswith("eval.") for bound in ("min", "max") for m in gate[bound]) or on:
+            lines.append("  eval. metrics read on: " + (f"{on.get('name') or '?'} ({on.get('id') or on['sha256'][:12]})"
+                                                        if on else "the newest evaluation, on any test set"))
         if checks:
             lines.append("versions:")
             lines += [f"  {c['version']:<20} {gate_text(c)}" for c in checks]
@@ -257,6 +274,13 @@ def add_commands(sub: argparse._SubParsersAction, parents: Parents) -> None:
                             "can be aliased or deployed, e.g.\n"
                             "  edgeloop registry gate sensor-mlp --min test_accuracy=0.9 --min test_macro_f1=0.85\n"
                             "  edgeloop registry gate my-regressor --max test_rmse=3.0\n"
+                            "  edgeloop registry gate sensor-mlp --min eval.accuracy=0.9 --eval-data plant-test\n"
+                            "Metrics are those the training runs record (test_accuracy, test_macro_f1, "
+                            "test_loss, test_mae, test_rmse, test_r2, continual.forgetting...) and, with the "
+                            "eval. prefix, those of `edgeloop eval` on your own test set: eval.accuracy, "
+                            "eval.macro_f1, eval.mae, eval.rmse, eval.r2 read the evaluation of the model the "
+                            "version ships, eval.fp32.accuracy / eval.int8.accuracy that of one artifact. "
+                            "An unknown name is refused with the names that exist.\n"
                             "Setting --min/--max replaces the whole gate; without options the gate and how "
                             "each version fares are shown.")
     x.add_argument("model", help="model name")
@@ -264,6 +288,9 @@ def add_commands(sub: argparse._SubParsersAction, parents: Parents) -> None:
                    help="lowest acceptable value of a metric (higher is better), e.g. test_accuracy=0.9")
     x.add_argument("--max", action="append", nargs="+", metavar="METRIC=VALUE", default=None,
                    help="highest acceptable value of a metric (lower is better), e.g. test_rmse=3.0")
+    x.add_argument("--eval-data", default=None, metavar="DATASET",
+                   help="read eval. metrics on this test set only (dataset name, id or sha256, as edgeloop eval "
+                        "registered it); default: the newest evaluation on any test set")
     x.add_argument("--clear", action="store_true", help="remove the gate")
     x.set_defaults(func=cmd_registry_gate)
 

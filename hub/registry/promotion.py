@@ -7,6 +7,15 @@ failing its gate cannot be aliased (:meth:`Promotion.set_alias`) or deployed
 (``Hub.check_deployable``) unless the gate is overridden with a reason, which is
 recorded; :class:`GateError` lists each failing metric. Aliases (``production``,
 ``staging``...) move with a full history (:meth:`Promotion.alias_history`).
+
+A gate reads the metrics the version's training run recorded (``test_accuracy``,
+``test_rmse``, ``continual.forgetting``...) and, under the ``eval.`` prefix, those of
+its evaluations on separate test data (``edgeloop eval``; ``eval.accuracy`` is the
+newest evaluation of the artifact the version ships, ``eval.int8.accuracy`` of its
+int8 model -- see :mod:`edgeloop.hub.evaluation.names`). A gate may name the test set
+its ``eval.`` metrics come from (``"eval_data"``); without one they come from the
+newest evaluation on any dataset, and each check says which one it read.
+:meth:`Promotion.metric_names` lists the names a model's gate can use.
 """
 
 from __future__ import annotations
@@ -16,13 +25,15 @@ import re
 from typing import Any
 
 from edgeloop.hub.errors import RegistryError
-from edgeloop.hub.registry.catalog import Catalog
-from edgeloop.hub.registry.fields import check_model_name, dumps, is_number, iso, now
+from edgeloop.hub.evaluation.names import close_match, eval_metric_names, parse_eval_metric
+from edgeloop.hub.registry.evaluations import Evaluations
+from edgeloop.hub.registry.fields import check_model_name, check_sha256, dumps, is_number, iso, now
 
 GATE_BOUNDS = ("min", "max")
 RESERVED_ALIASES = ("latest",)  # ``model@latest`` always means the newest version
 _ALIAS_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 GATE_EXAMPLE = '{"test_accuracy": 0.9, "test_macro_f1": 0.85, "max": {"test_rmse": 3.0}}'
+EVAL_DATA = "eval_data"  # the gate key naming the test set its eval.* metrics are read on
 
 # Metric entries that are references or tables, not scores (left out of gates and comparisons).
 _NOT_SCORES = ("prediction_reference", "confusion_matrix")
@@ -38,11 +49,14 @@ def normalize_gate(gate: Any, model: str = "the model") -> dict:
         {"test_accuracy": 0.9, "test_macro_f1": 0.85}          # minima
         {"max": {"test_rmse": 3.0}, "min": {"test_r2": 0.8}}   # explicit bounds
         {"test_accuracy": 0.9, "max": {"test_loss": 0.4}}      # both
+        {"eval.accuracy": 0.9, "eval_data": {"sha256": "3fa1..."}}  # on one test set
 
     ``None`` or ``{}`` means no gate. Thresholds must be finite numbers; a metric
-    may have both bounds if the minimum is not above the maximum.
+    may have both bounds if the minimum is not above the maximum. ``"eval_data"``
+    (a dataset sha256, or ``{"sha256", "id", "name"}``) names the test set ``eval.``
+    metrics are read on; the stored form keeps it only when given.
     """
-    out: dict[str, dict[str, float]] = {"min": {}, "max": {}}
+    out: dict[str, Any] = {"min": {}, "max": {}}
     if gate is None:
         return out
     if not isinstance(gate, dict):
@@ -58,7 +72,10 @@ def normalize_gate(gate: Any, model: str = "the model") -> dict:
             out[bound][metric.strip()] = float(value)
 
     for key, value in gate.items():
-        if key in GATE_BOUNDS:
+        if key == EVAL_DATA:
+            if value is not None:
+                out[EVAL_DATA] = _eval_data(value, problems)
+        elif key in GATE_BOUNDS:
             if not isinstance(value, dict):
                 problems.append(f"{key!r} must map metric names to numbers, got {value!r}")
                 continue
@@ -73,6 +90,20 @@ def normalize_gate(gate: Any, model: str = "the model") -> dict:
         raise RegistryError(f"invalid evaluation gate for {model}: " + "; ".join(problems)
                             + f". A gate looks like {GATE_EXAMPLE}")
     return out
+
+
+def _eval_data(value: Any, problems: list[str]) -> dict | None:
+    """A gate's ``eval_data``: ``{"sha256", "id", "name"}`` from a sha256 or such a mapping."""
+    data = {"sha256": value} if isinstance(value, str) else value
+    if not isinstance(data, dict) or "sha256" not in data:
+        problems.append(f"{EVAL_DATA} must be a dataset sha256 or {{'sha256': ...}}, got {value!r}")
+        return None
+    try:
+        sha = check_sha256(data["sha256"], f"{EVAL_DATA}.sha256")
+    except RegistryError as exc:
+        problems.append(str(exc))
+        return None
+    return {"sha256": sha, "id": data.get("id"), "name": data.get("name")}
 
 
 def _fmt(value: Any) -> str:
@@ -125,26 +156,58 @@ class GateError(RegistryError):
 
     code = "gate_failed"
 
-    def __init__(self, check: dict, action: str = "be used") -> None:
+    def __init__(self, check: dict, action: str = "be used", override_hint: str | None = None) -> None:
         self.check = check
         self.version = check.get("version")
         self.failures = list(check.get("failures", []))
-        lines = [(f"{self.version} does not pass the evaluation gate of model {check.get('model')}, "
+        model = check.get("model")
+        lines = [(f"{self.version} does not pass the evaluation gate of model {model}, "
                   f"so it cannot {action}:")]
         for f in self.failures:
             limit = "minimum" if f["bound"] == "min" else "maximum"
             if f["value"] is None:
-                lines.append(f"  {f['metric']}: {f['problem']} ({limit} {_fmt(f['threshold'])})")
+                lines.append(f"  {f['metric']}: {f['problem']} (gate {limit} {_fmt(f['threshold'])})")
             else:
                 lines.append(f"  {f['metric']} = {_fmt(f['value'])}, {limit} {_fmt(f['threshold'])} "
-                             f"({f['problem']})")
-        lines.append("Override only with a recorded reason: `edgeloop registry alias ... --override-gate "
-                     "--reason WHY`, `edgeloop deploy ... --override-gate WHY` (API: override_gate=True "
-                     "with reason=..., or check_deployable(..., override_reason=WHY)).")
+                             f"({f['problem']}{_evaluated_on(f)})")
+        lines.append(f"See the gate with `edgeloop registry gate {model}`; change it there, or go ahead with "
+                     "a recorded reason: " + (override_hint or "`edgeloop registry alias MODEL ALIAS VERSION "
+                                              "--override-gate --reason WHY` or `edgeloop deploy VERSION ... "
+                                              "--override-gate WHY`."))
         super().__init__("\n".join(lines))
 
 
-class Promotion(Catalog):
+class UnknownMetricError(RegistryError):
+    """A gate names a metric that neither the model's runs nor evaluations record.
+
+    ``.metric`` is the name, ``.suggestion`` the closest known name (or None) and
+    ``.known`` the names that exist (``{"runs": [...], "evaluations": [...]}``).
+    """
+
+    code = "unknown_metric"
+
+    def __init__(self, model: str, metric: str, known: dict[str, list[str]]) -> None:
+        self.metric, self.known = metric, known
+        self.suggestion = close_match(metric, known["runs"] + known["evaluations"])
+        hint = f" -- did you mean {self.suggestion}?" if self.suggestion else ""
+        runs = ", ".join(known["runs"]) or "none yet (train a version first)"
+        super().__init__(
+            f"model {model} records no metric {metric!r}{hint} Nothing was changed.\n"
+            f"  metrics its training runs record: {runs}\n"
+            f"  metrics of evaluations on your own test set (edgeloop eval): {', '.join(known['evaluations'])}\n"
+            f"Use --min for higher-is-better metrics and --max for errors and losses, e.g. "
+            f"edgeloop registry gate {model} --min {self.suggestion or 'test_accuracy'}=0.9")
+
+
+def _evaluated_on(check: dict) -> str:
+    """`` on test.csv (400 rows, int8)`` for a check read from an evaluation, else ""."""
+    ev = check.get("evaluation")
+    if not ev:
+        return ""
+    return f"; {ev['artifact']} model on {ev.get('dataset_name') or ev['dataset_sha256'][:12]}, {ev['rows']} rows"
+
+
+class Promotion(Evaluations):
     """Aliases and their history, evaluation gates, and version comparison."""
 
     # -- aliases -------------------------------------------------------------------------------
@@ -179,7 +242,8 @@ class Promotion(Catalog):
             check = self.check_gate(version["id"])
             overridden = not check["passed"]
             if overridden and not override_gate:
-                raise GateError(check, action=f"become {model}@{alias}")
+                raise GateError(check, action=f"become {model}@{alias}", override_hint=(
+                    f"`edgeloop registry alias {model} {alias} {version['id']} --override-gate --reason WHY`."))
             at = now()
             db.table("aliases").upsert({"model_name": model, "alias": alias, "version_id": version["id"],
                                         "updated_at": at, "updated_by": str(actor), "reason": reason},
@@ -260,8 +324,26 @@ class Promotion(Catalog):
         return self.get_model(model)
 
     def get_gate(self, model: str) -> dict:
-        """The gate of ``model`` as ``{"min": {...}, "max": {...}}`` (both empty: no gate)."""
+        """The gate of ``model`` as ``{"min": {...}, "max": {...}}`` (both empty: no gate), plus
+        ``"eval_data"`` when it names the test set of its ``eval.`` metrics."""
         return normalize_gate(self.get_model(model).get("gate"), repr(model))
+
+    def metric_names(self, model: str) -> dict[str, list[str]]:
+        """The metric names a gate of ``model`` can use: ``{"runs": [...], "evaluations": [...]}``.
+
+        ``runs``: every numeric metric its versions and their training runs record
+        (nested ones flattened, ``continual.forgetting``); ``evaluations``: the ``eval.``
+        names of its task (:func:`edgeloop.hub.evaluation.names.eval_metric_names`),
+        known before any evaluation ran.
+        """
+        with self._snapshot():
+            record = self.get_model(model)
+            versions = self._rows("versions", "model_name = ?", [model])
+            runs = self._rows("runs", "model_name = ?", [model])
+        names: set[str] = set()
+        for row in versions + runs:
+            names.update(_numeric_metrics(row.get("metrics")))
+        return {"runs": sorted(names), "evaluations": eval_metric_names(record.get("task"))}
 
     def check_gate(self, version_ref: str) -> dict:
         """Check a version's metrics against its model's gate.
@@ -270,19 +352,29 @@ class Promotion(Catalog):
         "failures"}``; each check is ``{"metric", "bound": "min"|"max", "threshold",
         "value", "passed", "problem"}`` (``problem`` is "" when it passed). A metric
         the version does not have (or that is not a finite number) fails. A model
-        without a gate passes every version.
+        without a gate passes every version. A check of an ``eval.`` metric also
+        carries ``"evaluation"``: the evaluation it read (``id, artifact, dataset_id,
+        dataset_sha256, dataset_name, rows``), None when there is none yet.
         """
         with self._snapshot():
             version = self.get_version(version_ref)
             gate = self.get_gate(version["model_name"])
             run = self.get_run(version["run_id"])
+            evaluations = {m: self._gate_evaluation(version, m, gate)
+                           for b in GATE_BOUNDS for m in gate[b] if parse_eval_metric(m)}
         metrics = _numeric_metrics(version.get("metrics"), run.get("metrics"))
         checks = []
         for bound in GATE_BOUNDS:
             for metric, threshold in sorted(gate[bound].items()):
-                value = metrics.get(metric)
+                extra: dict[str, Any] = {}
+                if metric in evaluations:
+                    value, missing, extra["evaluation"] = evaluations[metric]
+                else:
+                    value = metrics.get(metric)
+                    hint = close_match(metric, metrics)
+                    missing = "missing from the version's metrics" + (f" (did you mean {hint}?)" if hint else "")
                 if value is None:
-                    ok, problem = False, "missing from the version's metrics"
+                    ok, problem = False, missing
                 elif not math.isfinite(value):
                     ok, problem = False, "not a finite number"
                 elif bound == "min":
@@ -290,10 +382,30 @@ class Promotion(Catalog):
                 else:
                     ok, problem = value <= threshold, "" if value <= threshold else "above the maximum"
                 checks.append({"metric": metric, "bound": bound, "threshold": threshold,
-                               "value": value, "passed": ok, "problem": problem})
+                               "value": value, "passed": ok, "problem": problem, **extra})
         failures = [c for c in checks if not c["passed"]]
         return {"version": version["id"], "model": version["model_name"], "gate": gate,
                 "has_gate": bool(checks), "passed": not failures, "checks": checks, "failures": failures}
+
+    def _gate_evaluation(self, version: dict, metric: str, gate: dict) -> tuple[float | None, str, dict | None]:
+        """An ``eval.`` gate metric of a version: (value, why it is missing, the evaluation read)."""
+        parsed = parse_eval_metric(metric)
+        assert parsed is not None  # only eval. names come here
+        artifact, name = parsed[0] or version["chosen"], parsed[1]
+        on = gate.get(EVAL_DATA)
+        where = f" on {on.get('name') or on['sha256'][:12]}" if on else ""
+        if artifact == "int8" and not version.get("int8_sha256"):
+            return None, "the version has no int8 model (it was not quantized)", None
+        row = self.latest_evaluation(version["id"], artifact, on["sha256"] if on else None)
+        if row is None:
+            return None, (f"no evaluation of its {artifact} model{where} yet: run "
+                          f"`edgeloop eval {version['id']} --data TEST_SET`"), None
+        summary = {k: row[k] for k in ("id", "artifact", "dataset_id", "dataset_sha256", "dataset_name", "rows")}
+        value = (row.get("metrics") or {}).get(name)
+        if value is None or not is_number(value):
+            known = ", ".join(k for k, v in (row.get("metrics") or {}).items() if is_number(v))
+            return None, f"evaluation {row['id']} records no {name!r} (it records {known})", summary
+        return float(value), "", summary
 
     # -- compare --------------------------------------------------------------------------------
     def compare(self, a_ref: str, b_ref: str) -> dict:

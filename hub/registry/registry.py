@@ -35,6 +35,7 @@ deployments     ``dep-<n>``                   ``dep-12`` (also unique by command
 agents          the agent id                  ``edge-1``
 listeners       the hub runtime's client id   ``edgeloop-hub-3fa1c09e77d2b4a1``
 drift_reports   integer                       ``41``
+evaluations     integer                       ``3``
 audit           integer                       ``1208``
 aliases         (model, alias)                ``iris`` + ``production``
 alias_history   integer                       ``17``
@@ -65,13 +66,14 @@ row keeps ``target_sha256`` (the sha256 its command names) and ``bundle_sha256``
 from __future__ import annotations
 
 from edgeloop.hub.registry.agents import FleetAgents
+from edgeloop.hub.registry.evaluations import Evaluations
 from edgeloop.hub.registry.fleet_log import FleetLog
 from edgeloop.hub.registry.lineage import Lineage
 from edgeloop.hub.registry.listeners import Listeners
 from edgeloop.hub.registry.promotion import Promotion
 
 
-class Registry(Promotion, FleetLog, FleetAgents, Listeners, Lineage):
+class Registry(Promotion, Evaluations, FleetLog, FleetAgents, Listeners, Lineage):
     """The hub's registry in the SQLite file ``path`` (created and migrated on open).
 
     Composed of its parts, each a module of this package over the common base
@@ -82,6 +84,8 @@ class Registry(Promotion, FleetLog, FleetAgents, Listeners, Lineage):
       and version references;
     * :class:`~edgeloop.hub.registry.promotion.Promotion` -- aliases and their history,
       evaluation gates, compare;
+    * :class:`~edgeloop.hub.registry.evaluations.Evaluations` -- evaluations of versions'
+      shipped artifacts on separate test data (what ``eval.`` gate metrics read);
     * :class:`~edgeloop.hub.registry.fleet_log.FleetLog` -- bundles, deployments, drift reports;
     * :class:`~edgeloop.hub.registry.agents.FleetAgents` -- agents: state, status, fleet
       membership, the audit of their changes;

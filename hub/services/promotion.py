@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 
 from edgeloop.hub.errors import HubError
-from edgeloop.hub.registry import GateError
+from edgeloop.hub.registry import GateError, UnknownMetricError, normalize_gate
 from edgeloop.hub.services.models import HubModels
 
 
@@ -52,8 +52,26 @@ class HubPromotion(HubModels):
         return out
 
     # --- evaluation gates -------------------------------------------------------------------
-    def set_gate(self, model: str, gate: dict | None) -> dict:
-        """Store (None or {}: clear) the evaluation gate of ``model``; returns the model record."""
+    def set_gate(self, model: str, gate: dict | None, *, check_names: bool = True) -> dict:
+        """Store (None or {}: clear) the evaluation gate of ``model``; returns the model record.
+
+        ``gate`` is what :func:`edgeloop.hub.registry.normalize_gate` takes; its ``"eval_data"``
+        may also be any dataset reference (id, name, sha256 prefix), resolved here. With
+        ``check_names`` (the default) a metric name that neither the model's runs record nor
+        evaluations give (:meth:`Registry.metric_names`) is refused at once with
+        :class:`UnknownMetricError`, naming the closest known name -- before anything is stored.
+        """
+        if gate and isinstance(gate, dict) and isinstance(gate.get("eval_data"), str):
+            record = self.registry.get_dataset(gate["eval_data"])
+            gate = {**gate, "eval_data": {k: record[k] for k in ("sha256", "id", "name")}}
+        if check_names and gate:
+            normalized = normalize_gate(gate, repr(model))
+            known = self.registry.metric_names(model)
+            allowed = set(known["runs"]) | set(known["evaluations"])
+            for bound in ("min", "max"):
+                for metric in normalized[bound]:
+                    if metric not in allowed:
+                        raise UnknownMetricError(model, metric, known)
         return self.registry.set_gate(model, gate, actor=self.actor)
 
     def check_gate(self, version_ref: str) -> dict:
@@ -65,6 +83,7 @@ class HubPromotion(HubModels):
         record = self.registry.get_model(model)
         gate = self.registry.get_gate(model)
         return {"model": model, "gate": gate, "has_gate": bool(gate["min"] or gate["max"]),
+                "metric_names": self.registry.metric_names(model),
                 "versions": [self.registry.check_gate(v["id"]) for v in self.registry.list_versions(model)],
                 "task": record.get("task")}
 
@@ -78,7 +97,8 @@ class HubPromotion(HubModels):
             return {**check, "overridden": False}
         reason = str(override_reason or "").strip()
         if not reason:
-            raise GateError(check, action="be deployed")
+            raise GateError(check, action="be deployed", override_hint=(
+                f"`edgeloop deploy {check['version']} --agent ID ... --override-gate WHY`."))
         self.registry.audit(self.actor, "gate.override", check["version"], purpose="deploy",
                             reason=reason, failures=check["failures"])
         return {**check, "overridden": True, "reason": reason}
