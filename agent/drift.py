@@ -1,19 +1,25 @@
 """Input and output drift over fixed bins, with numpy only (it runs on the device).
 
 The hub builds a :class:`~edgeloop.agent.wire.manifest.DriftReference` from the training data
-(:func:`build_reference`): per feature, interior bin ``edges`` from quantiles and
-the reference ``counts`` over the bins ``(-inf, e0], (e0, e1], ..., (e_last, +inf)``.
-On the device, :class:`DriftMonitor` counts served rows over the same bins in
-tumbling windows and, for each completed window, emits a
-:class:`~edgeloop.agent.wire.messages.DriftReport` carrying the raw window counts (histograms
-over fixed edges merge by addition, so the hub can aggregate across devices and
-time and recompute any statistic) plus PSI, binned KS and a drift flag.
+(:func:`build_reference`): per drift feature, interior bin ``edges`` from quantiles and the
+reference ``counts`` over the bins ``(-inf, e0], (e0, e1], ..., (e_last, +inf)``. For tables a
+drift feature is an input column. For sensor windows (``ch{c}_t{t}``, ``C x T`` values per row) it
+is a per-channel *window summary* (:class:`~edgeloop.agent.wire.manifest.WindowLayout`): each
+row's ``mean``, ``std``, ``min``, ``max`` and ``energy`` (mean of squares) of the channel, plus
+``values`` -- the channel's samples pooled into one histogram -- named ``ch0.mean`` ...
+(:func:`window_summaries`, the same code on the hub and on the device). Hundreds of per-step
+features from a few dozen rows flagged half of all features on unshifted recordings; a few
+summaries per channel, tested together, do not. Building references lives in
+:mod:`edgeloop.agent.drift_reference` (its names are re-exported here).
 
-Why the flag needs two statistics and a window-aware PSI cutoff: PSI on small
-windows is biased upward -- under no drift ``PSI / (1/N + 1/M)`` is roughly
-chi-square with ``B - 1`` degrees of freedom -- so a fixed 0.1 or 0.2 flags
-many 200-row windows drawn from the reference itself. See :func:`psi_cutoff`
-and :class:`DriftMonitor`.
+On the device, :class:`DriftMonitor` counts served rows over the same bins in tumbling windows,
+closed by row count or time (:class:`WindowPolicy`), and, for each closed window, emits a
+:class:`~edgeloop.agent.wire.messages.DriftReport` carrying the raw window counts (histograms
+over fixed edges merge by addition, so the hub can aggregate across devices and time and
+recompute any statistic) plus PSI, binned KS, its p-value and drift flags. The flag accounts for
+the window size (PSI is biased upward on small windows, see :func:`psi_cutoff`) and for the number
+of features tested together (Holm's correction of the KS p-values at the reference's ``alpha`` per
+window); a feature is reported drifted after ``consecutive`` flagged windows; see :class:`DriftMonitor`.
 """
 
 from __future__ import annotations
@@ -21,264 +27,166 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from statistics import NormalDist
 
 import numpy as np
 
+from edgeloop.agent.drift_reference import (
+    DEFAULT_ALPHA,
+    DEFAULT_CONSECUTIVE,
+    DEFAULT_WINDOW_SECONDS,
+    RECOMMENDED_REFERENCE_ROWS,
+    DriftReferenceError,
+    build_reference,
+    feature_group,
+    layout_sources,
+    natural_key,
+    pooled_values,
+    reference_bins,
+    window_layout,
+    window_summaries,
+)
+from edgeloop.agent.drift_stats import (
+    PSI_CONFIDENCE,
+    PSI_EPS,
+    bin_counts,
+    chi2_quantile,
+    holm_reject,
+    js_distance,
+    ks_binned,
+    ks_pvalue,
+    psi,
+    psi_cutoff,
+    quantile_edges,
+)
 from edgeloop.agent.errors import BundleFormatError, EdgeloopError, InputShapeError, InputValueError
-from edgeloop.agent.wire.manifest import DriftReference, FeatureReference
+from edgeloop.agent.wire.manifest import DRIFT_SUMMARIES, DriftReference, FeatureReference, WindowLayout
 from edgeloop.agent.wire.messages import DriftReport, FeatureDrift
-
-PSI_EPS = 1e-4
-PSI_CONFIDENCE = 0.99  # quantile of the no-drift PSI distribution used as cutoff
-
-
-class DriftReferenceError(EdgeloopError):
-    """The data given to :func:`build_reference` cannot make a drift reference."""
-
-    code = "bad_drift_reference"
-
-
-# --- bins ---------------------------------------------------------------------------
-def quantile_edges(values: np.ndarray | Sequence[float], n_bins: int = 20) -> list[float]:
-    """Interior edges of about ``n_bins`` equal-frequency bins of ``values``.
-
-    Non-finite values are ignored. Edges are actual data values (``inverted_cdf``
-    quantiles), so a discrete feature gets one bin per value instead of edges
-    falling between values; ties collapse, so fewer bins may come back. An
-    empty or all-NaN input gives ``[]`` (a single bin).
-    """
-    if n_bins < 1:
-        raise ValueError(f"n_bins must be at least 1, got {n_bins}")
-    v = np.asarray(values, dtype=np.float64).ravel()
-    v = v[np.isfinite(v)]
-    if v.size == 0 or n_bins == 1:
-        return []
-    qs = np.linspace(0.0, 1.0, n_bins + 1)[1:-1]
-    edges = np.unique(np.quantile(v, qs, method="inverted_cdf"))
-    # an edge at the maximum would only open an always-empty last bin
-    edges = edges[edges < v.max()] if edges.size > 1 else edges
-    return [float(e) for e in edges]
-
-
-def bin_counts(values: np.ndarray | Sequence[float], edges: Sequence[float]) -> np.ndarray:
-    """Counts of ``values`` in the ``len(edges) + 1`` bins; NaN values are not counted."""
-    v = np.asarray(values, dtype=np.float64).ravel()
-    v = v[~np.isnan(v)]
-    idx = np.searchsorted(np.asarray(edges, dtype=np.float64), v, side="left")
-    return np.bincount(idx, minlength=len(edges) + 1).astype(np.int64)
-
-
-# --- statistics ------------------------------------------------------------------------
-def _proportions(counts: np.ndarray | Sequence[float], what: str) -> np.ndarray:
-    c = np.asarray(counts, dtype=np.float64).ravel()
-    total = c.sum()
-    if c.size == 0 or not np.isfinite(total) or total <= 0 or (c < 0).any():
-        raise ValueError(f"{what} must be non-negative with a positive total, got {c.tolist()}")
-    return c / total
-
-
-def _same_bins(a: np.ndarray, b: np.ndarray) -> None:
-    if a.shape != b.shape:
-        raise ValueError(f"reference has {a.size} bins but the window has {b.size}")
-
-
-def psi(ref_counts: np.ndarray | Sequence[float], cur_counts: np.ndarray | Sequence[float],
-        eps: float = PSI_EPS) -> float:
-    """Population stability index ``sum((q'-p') * ln(q'/p'))`` over bin proportions.
-
-    ``p' = max(p, eps)`` and ``q' = max(q, eps)`` keep empty bins finite (ε = 1e-4,
-    as Evidently does); the result is >= 0.
-    """
-    p = _proportions(ref_counts, "reference counts")
-    q = _proportions(cur_counts, "window counts")
-    _same_bins(p, q)
-    p = np.maximum(p, eps)
-    q = np.maximum(q, eps)
-    return float(max(0.0, np.sum((q - p) * np.log(q / p))))
-
-
-def ks_binned(ref_counts: np.ndarray | Sequence[float], cur_counts: np.ndarray | Sequence[float]) -> float:
-    """Kolmogorov-Smirnov distance ``max |CDF_ref - CDF_cur|`` evaluated at the bin edges.
-
-    On shared edges this equals ``ks_2samp`` of the bin indices, a lower bound of
-    the KS distance of the raw data.
-    """
-    p = _proportions(ref_counts, "reference counts")
-    q = _proportions(cur_counts, "window counts")
-    _same_bins(p, q)
-    return float(min(1.0, np.max(np.abs(np.cumsum(p) - np.cumsum(q)))))
-
-
-def js_distance(p: np.ndarray | Sequence[float], q: np.ndarray | Sequence[float]) -> float:
-    """Jensen-Shannon distance with base-2 logs (0 = same, 1 = disjoint).
-
-    ``p`` and ``q`` are counts or shares over the same classes; both are
-    normalised first (like ``scipy.spatial.distance.jensenshannon``).
-    """
-    pp = _proportions(p, "first distribution")
-    qq = _proportions(q, "second distribution")
-    _same_bins(pp, qq)
-    m = 0.5 * (pp + qq)
-
-    def _kl(a: np.ndarray) -> float:
-        nz = a > 0
-        return float(np.sum(a[nz] * np.log2(a[nz] / m[nz])))
-
-    div = 0.5 * _kl(pp) + 0.5 * _kl(qq)
-    return float(min(1.0, math.sqrt(max(0.0, div))))
-
-
-def chi2_quantile(prob: float, df: int) -> float:
-    """Quantile of the chi-square distribution without scipy.
-
-    Exact for ``df`` 1 and 2 (``z_{(1+p)/2}^2`` and ``-2 ln(1-p)``); the
-    Wilson-Hilferty cube approximation above that (within 2% of
-    ``scipy.stats.chi2.ppf`` for 0.9 <= p <= 0.999).
-    """
-    if not 0.0 < prob < 1.0:
-        raise ValueError(f"prob must be in (0, 1), got {prob}")
-    if df < 1:
-        raise ValueError(f"df must be at least 1, got {df}")
-    if df == 1:
-        return NormalDist().inv_cdf((1.0 + prob) / 2.0) ** 2
-    if df == 2:
-        return -2.0 * math.log1p(-prob)
-    z = NormalDist().inv_cdf(prob)
-    a = 2.0 / (9.0 * df)
-    return df * max(0.0, 1.0 - a + z * math.sqrt(a)) ** 3
-
-
-def psi_cutoff(base: float, n_bins: int, n_ref: int, n_cur: int, confidence: float = PSI_CONFIDENCE) -> float:
-    """Window-size-aware PSI threshold: ``max(base, chi2_{confidence, B-1} * (1/N + 1/M))``.
-
-    Under no drift, ``PSI / (1/N + 1/M)`` is approximately chi-square with ``B - 1``
-    degrees of freedom (``N`` reference rows, ``M`` window rows, ``B`` bins), so
-    the second term is the PSI that only ``1 - confidence`` of drift-free windows
-    exceed. With 20 bins and 200-row windows it is about 0.2.
-    """
-    if n_bins < 2 or n_ref <= 0 or n_cur <= 0:
-        return float(base)
-    return float(max(base, chi2_quantile(confidence, n_bins - 1) * (1.0 / n_ref + 1.0 / n_cur)))
-
-
-# --- building a reference (hub side, numpy only) ------------------------------------------
-def build_reference(
-    X: np.ndarray,
-    feature_names: Sequence[str],
-    *,
-    n_bins: int = 20,
-    labels: Sequence[str] = (),
-    predicted: np.ndarray | None = None,
-    window: int = 200,
-    min_rows: int = 100,
-    psi_threshold: float = 0.2,
-    ks_threshold: float = 0.15,
-) -> DriftReference:
-    """Drift reference of the rows ``X`` (n, f): quantile edges, counts, mean and std per feature.
-
-    ``predicted`` are the model's predicted class indices on ``X``; with
-    ``labels`` they give the reference class shares for output drift (without
-    labels, as for regression, ``predicted`` is ignored). Use data
-    the model was validated on (not only its training rows) for a realistic
-    reference; a few thousand rows give stable edges.
-    """
-    X = np.asarray(X, dtype=np.float64)
-    names = list(feature_names)
-    if X.ndim != 2 or X.shape[0] == 0:
-        raise DriftReferenceError(f"reference data must be a non-empty 2-D array (rows, features), got shape {X.shape}")
-    if X.shape[1] != len(names):
-        raise DriftReferenceError(f"reference data has {X.shape[1]} columns but {len(names)} feature names were given")
-    if not 0 < min_rows <= window:
-        raise DriftReferenceError(f"need 0 < min_rows <= window, got min_rows={min_rows}, window={window}")
-    features = []
-    for j, name in enumerate(names):
-        col = X[:, j]
-        finite = col[np.isfinite(col)]
-        if finite.size == 0:
-            raise DriftReferenceError(f"feature {name!r} has no finite values in the reference data")
-        edges = quantile_edges(finite, n_bins)
-        features.append(FeatureReference(
-            name=name, edges=edges, counts=[int(c) for c in bin_counts(finite, edges)],
-            mean=float(finite.mean()), std=float(finite.std()),
-        ))
-    ref = DriftReference(features=features, window=int(window), min_rows=int(min_rows),
-                         psi_threshold=float(psi_threshold), ks_threshold=float(ks_threshold))
-    if labels:  # without labels (regression) there are no classes, and ``predicted`` is ignored
-        ref.output_labels = [str(x) for x in labels]
-        if predicted is not None:
-            ref.output_shares = _class_shares(predicted, len(labels), X.shape[0])
-    return ref
-
-
-def _class_shares(predicted: np.ndarray, n_classes: int, n_rows: int) -> list[float]:
-    pred = np.asarray(predicted).ravel()
-    if pred.size != n_rows:
-        raise DriftReferenceError(f"predicted has {pred.size} entries for {n_rows} reference rows")
-    if not np.issubdtype(pred.dtype, np.integer) or pred.min() < 0 or pred.max() >= n_classes:
-        raise DriftReferenceError(f"predicted must hold class indices in 0..{n_classes - 1}")
-    counts = np.bincount(pred.astype(np.int64), minlength=n_classes)
-    return [float(s) for s in counts / counts.sum()]
 
 
 # --- the on-device monitor ------------------------------------------------------------------
+class DriftConfigError(EdgeloopError):
+    """A drift window setting (agent config ``[drift]`` or the reference's defaults) is out of range."""
+
+    code = "bad_drift_config"
+
+
+@dataclass(frozen=True)
+class WindowPolicy:
+    """When a drift window closes and when its verdict counts.
+
+    A window closes after ``rows`` rows or ``seconds`` after its first row (0: by rows only),
+    whichever comes first. A window closed with fewer than ``min_rows`` rows is reported with
+    status ``too_few_rows`` (its counts, not judged). A feature is reported ``drifted`` once it
+    was flagged in ``consecutive`` judged windows in a row.
+    """
+
+    rows: int
+    seconds: float
+    min_rows: int
+    consecutive: int
+
+    @classmethod
+    def of(cls, ref: DriftReference, *, rows: int | None = None, seconds: float | None = None,
+           min_rows: int | None = None, consecutive: int | None = None) -> WindowPolicy:
+        """The reference's defaults (the hub's), each overridden where given (the agent config's ``[drift]``).
+
+        ``min_rows`` above ``rows`` is lowered to ``rows`` (a full window is always judged).
+        """
+        r = int(rows if rows is not None else ref.window)
+        s = float(seconds if seconds is not None else ref.window_seconds)
+        m = int(min_rows if min_rows is not None else ref.min_rows)
+        k = int(consecutive if consecutive is not None else ref.consecutive)
+        if r < 1 or s < 0 or m < 1 or k < 1:
+            raise DriftConfigError(f"drift windows need rows >= 1, seconds >= 0, min_rows >= 1 and consecutive >= 1, "
+                                   f"got rows={r}, seconds={s}, min_rows={m}, consecutive={k}; fix [drift] in the "
+                                   "agent config")
+        return cls(rows=r, seconds=s, min_rows=min(m, r), consecutive=k)
+
+
 @dataclass
 class _Window:
-    """Counts of the window being filled."""
+    """Counts of the window being filled (the last bin of each feature's counts: missing values)."""
 
     counts: list[np.ndarray]
     sums: np.ndarray
-    outputs: np.ndarray
+    finite: np.ndarray
+    out_of_range: np.ndarray
+    outputs: np.ndarray  # class counts (classification) or prediction bins + missing (regression)
+    output_sum: float = 0.0  # regression: sum of the finite predictions ...
+    output_out_of_range: int = 0  # ... and how many lie beyond the reference's range
     rows: int = 0
     started_at: float | None = None
 
     @classmethod
-    def empty(cls, ref: DriftReference) -> _Window:
-        return cls(
-            counts=[np.zeros(len(f.edges) + 1, dtype=np.int64) for f in ref.features],
-            sums=np.zeros(len(ref.features), dtype=np.float64),
-            outputs=np.zeros(len(ref.output_labels), dtype=np.int64),
-        )
+    def empty(cls, bins: list[_FeatureBins], n_outputs: int) -> _Window:
+        k = len(bins)
+        return cls(counts=[np.zeros(b.edges.size + 2, dtype=np.int64) for b in bins],
+                   sums=np.zeros(k), finite=np.zeros(k, dtype=np.int64), out_of_range=np.zeros(k, dtype=np.int64),
+                   outputs=np.zeros(n_outputs, dtype=np.int64))
 
 
 @dataclass
 class _FeatureBins:
     edges: np.ndarray
     ref_counts: np.ndarray
-    n_ref: int
+    n_ref: int  # reference rows (not samples: a pooled ``values`` feature has steps samples per row)
+    channel: int | None = None  # ``values`` features: the channel whose samples are binned
+    per_row: int = 1  # values binned per row (``values``: the steps)
+    lo: float = -math.inf  # reference range; beyond it a value counts as out of range
+    hi: float = math.inf
     cutoffs: dict[int, float] = field(default_factory=dict)  # window rows -> PSI cutoff
+    ref_cdf: np.ndarray = field(init=False)  # the reference side of ks_binned and psi, computed once
+    ref_eps: np.ndarray = field(init=False)
+    ref_log: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        p = self.ref_counts / self.ref_counts.sum()
+        self.ref_cdf = np.cumsum(p)
+        self.ref_eps = np.maximum(p, PSI_EPS)
+        self.ref_log = np.log(self.ref_eps)
 
 
 class DriftMonitor:
     """Tumbling-window drift monitor of one served model. Thread-safe.
 
-    Rows arrive through :meth:`observe`; every ``reference.window`` rows close a
-    window (a large batch is split exactly at window boundaries, so windows are
-    always the same size) and produce a :class:`DriftReport` numbered 1, 2, 3...
+    Rows arrive through :meth:`observe`. A window closes after ``policy.rows`` rows (a large
+    batch is split exactly at window boundaries) or, with ``policy.seconds`` > 0, that long after
+    its first row -- on the next :meth:`observe` or :meth:`tick` (the agent ticks twice a second,
+    so a window closes on time even when no request follows) -- whichever comes first, and
+    produces a :class:`DriftReport` numbered 1, 2, 3... (``closed_by`` ``rows``, ``time`` or
+    ``flush``). A window of fewer than ``policy.min_rows`` rows gets status ``too_few_rows``: its
+    raw counts are reported (the hub aggregates them) but nothing in it is judged. With a window
+    layout in the reference, each row is first reduced to its per-channel summaries
+    (:func:`window_summaries`), the drift features.
 
-    **Drift rule.** A feature is ``drifted`` in a window of ``M`` rows when both
+    **Drift rule.** Of the ``K`` drift features tested in a judged window of ``M`` rows (``N``
+    reference rows), feature ``j`` is ``flagged`` when all three hold:
 
-    * ``PSI > psi_cutoff(reference.psi_threshold, B, N, M)``, i.e. above the
-      configured threshold *and* above the 99th percentile of PSI under no drift
-      (``chi2_{0.99, B-1} * (1/N + 1/M)``), and
-    * binned ``KS > reference.ks_threshold``.
+    * its binned KS distance's p-value (:func:`ks_pvalue`, ``n = N*M/(N+M)``) is
+      rejected by Holm's procedure at ``reference.alpha`` over all ``K`` p-values
+      (:func:`holm_reject`): under no drift, at most ``alpha`` of windows flag
+      anything, however many features there are;
+    * ``PSI > max(reference.psi_threshold, chi2_{1 - alpha/K, B-1} * (1/N + 1/M))``
+      (:func:`psi_cutoff`): above the configured threshold *and* above what
+      ``K`` drift-free features reach by chance on windows of this size;
+    * binned ``KS > reference.ks_threshold``: a shift of probability mass big
+      enough to matter (on large windows a p-value flags tiny differences).
 
-    Alone, PSI exceeds its cutoff in about 2-4% of drift-free 200-row windows
-    (the chi-square approximation is a little optimistic at this size) and KS
-    exceeds 0.15 in about 0.1% or less (N >= 1000 reference rows); requiring both
-    keeps 200-row windows drawn from the reference almost never flagged, while
-    a mean shift of one standard deviation (PSI ~ 1, KS ~ 0.38 for a normal
-    feature) is flagged in practically every window. PSI measures how far the
-    whole histogram moved; KS demands a real shift of probability mass, which
-    PSI's small-sample noise in sparse bins cannot fake. (A change that keeps
-    the CDF within 0.15 everywhere, e.g. a modest change of spread, shows in PSI
-    and the raw counts but is not flagged.)
+    and ``drifted`` once it was flagged in ``policy.consecutive`` judged windows in a row
+    (``streak``). For a pooled ``values`` feature ``M`` and ``N`` count rows, not samples
+    (samples of one row are not independent), which keeps the test conservative. A format-1
+    reference (one feature per column, written by older hubs) is judged by the same rule.
 
-    Output drift (classification): predicted class counts of the window and
-    their Jensen-Shannon distance (base 2) to the reference class shares.
-    These are reported, not flagged: class shares move with the world.
+    Per feature the window also counts ``missing`` (non-finite) values, which are not binned,
+    and ``out_of_range`` values (beyond the reference's min and max, where the reference has them).
+
+    Output drift. Classification: predicted class counts of the window and their Jensen-Shannon
+    distance (base 2) to the reference class shares, reported, not flagged (class shares move
+    with the world). Regression (a reference with an ``output`` histogram): the predictions are
+    binned and judged like one more feature, on their own (``alpha``, not shared with the inputs),
+    as the report's ``output``.
     """
 
     def __init__(
@@ -289,23 +197,38 @@ class DriftMonitor:
         model: str,
         version: str,
         bundle_sha256: str,
+        policy: WindowPolicy | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.reference = reference
+        self.policy = policy if policy is not None else WindowPolicy.of(reference)
         self.agent_id = agent_id
         self.model = model
         self.version = version
         self.bundle_sha256 = bundle_sha256
         self._clock = clock
-        self._bins = [_feature_bins(f) for f in reference.features]
+        self._layout = _check_layout(reference)
+        sources = layout_sources(self._layout) if self._layout is not None else [None] * len(reference.features)
+        steps = self._layout.steps if self._layout is not None else 1
+        self._bins = [_feature_bins(f, reference, src, steps) for f, src in zip(reference.features, sources,
+                                                                                strict=True)]
         self._ref_shares = _reference_shares(reference)
+        self._out = _feature_bins(reference.output, reference, None, 1) if reference.output is not None else None
+        self._n_outputs = self._out.edges.size + 2 if self._out is not None else len(reference.output_labels)
+        self._confidence = 1.0 - reference.alpha / max(1, len(self._bins))
+        self._lo = np.array([b.lo for b in self._bins])
+        self._hi = np.array([b.hi for b in self._bins])
+        self._streak = np.zeros(len(self._bins), dtype=np.int64)
+        self._out_streak = 0
         self._lock = threading.Lock()
-        self._win = _Window.empty(reference)
+        self._win = _Window.empty(self._bins, self._n_outputs)
         self._number = 0
 
     @property
     def n_features(self) -> int:
-        return len(self._bins)
+        """Values per served row (the model's input features)."""
+        lay = self._layout
+        return lay.channels * lay.steps if lay is not None else len(self._bins)
 
     @property
     def pending_rows(self) -> int:
@@ -318,67 +241,156 @@ class DriftMonitor:
         with self._lock:
             return self._number
 
-    def observe(self, X: np.ndarray, predicted: np.ndarray | None = None) -> list[DriftReport]:
-        """Add served rows ``X`` (n, f) and their predicted class indices; return completed windows.
+    def now(self) -> float:
+        """The monitor's clock (window start and end times)."""
+        return float(self._clock())
 
-        Rows must be finite (the serving path validates them before inference).
+    def observe(self, X: np.ndarray, predicted: np.ndarray | None = None, *,
+                at: float | None = None) -> list[DriftReport]:
+        """Add served rows ``X`` (n, f) and the model's answers; return the windows that closed.
+
+        ``predicted``: class indices (classification) or predicted values (regression). Non-finite
+        values are counted as missing, not binned. A window whose time was up when the rows arrived
+        (``at``, default now) closes before they are added.
         """
         X = self._check_rows(X)
         n = X.shape[0]
         pred = self._check_predicted(predicted, n)
         if n == 0:
             return []
-        idx = [np.searchsorted(b.edges, X[:, j], side="left") for j, b in enumerate(self._bins)]
+        V = window_summaries(X, self._layout) if self._layout is not None else X  # one value per row and feature
+        finite = bool(np.isfinite(X).all())
+        idx = [self._bin_index(self._binned(X, V, j, b), b, finite) for j, b in enumerate(self._bins)]
+        out_idx = self._bin_index(pred, self._out, False) if self._out is not None and pred is not None else pred
+        oor = self._out_of_range(X, V)
         reports = []
         with self._lock:
+            if self._due(float(self._clock()) if at is None else at):
+                reports.append(self._close_window("time"))
             start = 0
             while start < n:
-                take = min(self.reference.window - self._win.rows, n - start)
-                self._add(X, idx, pred, start, start + take)
+                take = min(self.policy.rows - self._win.rows, n - start)
+                self._add(V, idx, out_idx, oor, pred if self._out is not None else None, start, start + take)
                 start += take
-                if self._win.rows >= self.reference.window:
-                    reports.append(self._close_window())
+                if self._win.rows >= self.policy.rows:
+                    reports.append(self._close_window("rows"))
         return reports
 
+    def tick(self) -> DriftReport | None:
+        """Close the window if its time is up (``policy.seconds`` after its first row); else None."""
+        with self._lock:
+            return self._close_window("time") if self._due(float(self._clock())) else None
+
+    def seconds_left(self) -> float | None:
+        """Seconds until the open window's time is up; None when it is empty or windows close by rows only."""
+        with self._lock:
+            w = self._win
+            if not self.policy.seconds or w.rows == 0 or w.started_at is None:
+                return None
+            return max(0.0, w.started_at + self.policy.seconds - float(self._clock()))
+
     def flush(self) -> DriftReport | None:
-        """Close the partial window if it has at least ``reference.min_rows`` rows.
+        """Close the partial window if it has at least ``policy.min_rows`` rows.
 
         With fewer rows nothing is emitted and the rows stay for the next window.
         """
         with self._lock:
-            if self._win.rows < self.reference.min_rows:
+            if self._win.rows < self.policy.min_rows:
                 return None
-            return self._close_window()
+            return self._close_window("flush")
+
+    def _binned(self, X: np.ndarray, V: np.ndarray, j: int, b: _FeatureBins) -> np.ndarray:
+        """What feature ``j`` bins: its column of ``V``, or for ``values`` the channel's samples (n, steps)."""
+        if self._layout is not None and b.channel is not None:
+            return pooled_values(X, self._layout, b.channel)
+        return V[:, j]
+
+    @staticmethod
+    def _bin_index(values: np.ndarray, b: _FeatureBins, finite: bool) -> np.ndarray:
+        """Bin of each value; non-finite values go to the extra last bin (missing). ``finite``: known finite."""
+        idx = np.searchsorted(b.edges, values, side="left")
+        if finite:
+            return idx
+        bad = ~np.isfinite(values)
+        if bad.any():
+            idx[bad] = b.edges.size + 1
+        return idx
+
+    def _out_of_range(self, X: np.ndarray, V: np.ndarray) -> np.ndarray:
+        """Per row and feature: values beyond the reference's range (n, K)."""
+        if self._layout is None:
+            return ((V < self._lo) | (V > self._hi)).astype(np.int64)
+        oor = ((V < self._lo) | (V > self._hi)).astype(np.int64)
+        for j, b in enumerate(self._bins):
+            if b.channel is not None:
+                s = pooled_values(X, self._layout, b.channel)
+                oor[:, j] = ((s < b.lo) | (s > b.hi)).sum(axis=1)
+        return oor
 
     # --- internals (called with the lock held) -----------------------------------------------
-    def _add(self, X: np.ndarray, idx: list[np.ndarray], pred: np.ndarray | None, lo: int, hi: int) -> None:
+    def _due(self, now: float) -> bool:
+        w = self._win
+        return bool(self.policy.seconds and w.rows and w.started_at is not None
+                    and now - w.started_at >= self.policy.seconds)
+
+    def _add(self, V: np.ndarray, idx: list[np.ndarray], pred: np.ndarray | None, oor: np.ndarray,
+             values: np.ndarray | None, lo: int, hi: int) -> None:
         w = self._win
         if w.rows == 0:
             w.started_at = float(self._clock())
         for j, b in enumerate(self._bins):
-            w.counts[j] += np.bincount(idx[j][lo:hi], minlength=b.edges.size + 1)
-        w.sums += X[lo:hi].sum(axis=0)
+            w.counts[j] += np.bincount(idx[j][lo:hi].ravel(), minlength=b.edges.size + 2)
+        part = V[lo:hi]
+        ok = np.isfinite(part)
+        w.sums += np.where(ok, part, 0.0).sum(axis=0)
+        w.finite += ok.sum(axis=0)
+        w.out_of_range += oor[lo:hi].sum(axis=0)
         if pred is not None and w.outputs.size:
             w.outputs += np.bincount(pred[lo:hi], minlength=w.outputs.size)[: w.outputs.size]
+        if values is not None and self._out is not None:
+            v = values[lo:hi]
+            w.output_sum += float(v[np.isfinite(v)].sum())
+            w.output_out_of_range += int(((v < self._out.lo) | (v > self._out.hi)).sum())
         w.rows += hi - lo
 
-    def _close_window(self) -> DriftReport:
+    def _judge(self, b: _FeatureBins, counts: np.ndarray) -> tuple[float, float, float, float, int]:
+        """PSI, KS, its p-value, the PSI cutoff and the rows of one feature's window counts (no missing)."""
+        total = int(counts.sum())
+        m = total // b.per_row
+        if m <= 0:
+            return 0.0, 0.0, 1.0, math.inf, 0
+        # psi() and ks_binned() with the reference side computed once (the same numbers, see tests)
+        q = counts / total
+        k = float(min(1.0, np.max(np.abs(b.ref_cdf - np.cumsum(q)))))
+        qe = np.maximum(q, PSI_EPS)
+        p = float(max(0.0, np.sum((qe - b.ref_eps) * (np.log(qe) - b.ref_log))))
+        cutoff = b.cutoffs.get(m)
+        if cutoff is None:
+            cutoff = b.cutoffs.setdefault(m, psi_cutoff(self.reference.psi_threshold, b.ref_counts.size, b.n_ref, m,
+                                                        confidence=self._confidence))
+        return p, k, ks_pvalue(k, b.n_ref * m / (b.n_ref + m)), cutoff, m
+
+    def _close_window(self, closed_by: str) -> DriftReport:
         w = self._win
         self._number += 1
-        ref = self.reference
+        ref, policy = self.reference, self.policy
+        judged = w.rows >= policy.min_rows
+        stats = [self._judge(b, w.counts[j][:-1]) for j, b in enumerate(self._bins)]
+        rejected = holm_reject([s[2] for s in stats], ref.alpha) if stats and judged else [False] * len(stats)
         features = []
-        for j, (fref, b) in enumerate(zip(ref.features, self._bins, strict=True)):
-            counts = w.counts[j]
-            p = psi(b.ref_counts, counts)
-            k = ks_binned(b.ref_counts, counts)
-            cutoff = b.cutoffs.get(w.rows)
-            if cutoff is None:
-                cutoff = b.cutoffs.setdefault(w.rows, psi_cutoff(ref.psi_threshold, counts.size, b.n_ref, w.rows))
+        for j, fref in enumerate(ref.features):
+            p, k, pv, cutoff, _ = stats[j]
+            flagged = bool(judged and rejected[j] and k > ref.ks_threshold and p > cutoff)
+            if judged:
+                self._streak[j] = self._streak[j] + 1 if flagged else 0
             features.append(FeatureDrift(
-                name=fref.name, counts=[int(c) for c in counts], psi=_finite(p), ks=_finite(k),
-                mean=_finite(w.sums[j] / w.rows), drifted=bool(p > cutoff and k > ref.ks_threshold),
+                name=fref.name, counts=[int(c) for c in w.counts[j][:-1]], psi=_finite(p), ks=_finite(k),
+                mean=_finite(w.sums[j] / w.finite[j]) if w.finite[j] else 0.0, p_value=_finite(pv),
+                drifted=bool(judged and flagged and self._streak[j] >= policy.consecutive),
+                flagged=flagged, streak=int(self._streak[j]), missing=int(w.counts[j][-1]),
+                out_of_range=int(w.out_of_range[j]),
             ))
-        output_counts = [int(c) for c in w.outputs]
+        output_counts = [int(c) for c in w.outputs] if self._out is None else []
         output_js = None
         if self._ref_shares is not None and sum(output_counts) > 0:
             output_js = _finite(js_distance(self._ref_shares, w.outputs))
@@ -390,10 +402,31 @@ class DriftMonitor:
             psi_threshold=float(ref.psi_threshold), ks_threshold=float(ref.ks_threshold),
             features=features,
             output_counts=output_counts if sum(output_counts) > 0 else [],
-            output_js=output_js,
+            output_js=output_js, alpha=float(ref.alpha),
+            status="ok" if judged else "too_few_rows", closed_by=closed_by, min_rows=policy.min_rows,
+            consecutive=policy.consecutive, output=self._output_drift(w, judged),
         )
-        self._win = _Window.empty(ref)
+        self._win = _Window.empty(self._bins, self._n_outputs)
         return report
+
+    def _output_drift(self, w: _Window, judged: bool) -> FeatureDrift | None:
+        """Regression: the window's prediction histogram judged alone (KS at ``alpha``, PSI and KS floors)."""
+        b = self._out
+        if b is None or w.outputs[:-1].sum() == 0:
+            return None
+        counts = w.outputs[:-1]
+        p, k, pv, _, m = self._judge(b, counts)
+        cutoff = psi_cutoff(self.reference.psi_threshold, b.ref_counts.size, b.n_ref, m,
+                            confidence=1.0 - self.reference.alpha)
+        flagged = bool(judged and pv <= self.reference.alpha and k > self.reference.ks_threshold and p > cutoff)
+        if judged:
+            self._out_streak = self._out_streak + 1 if flagged else 0
+        mean = w.output_sum / float(counts.sum())
+        return FeatureDrift(name="prediction", counts=[int(c) for c in counts], psi=_finite(p), ks=_finite(k),
+                            mean=_finite(mean), p_value=_finite(pv),
+                            drifted=bool(flagged and self._out_streak >= self.policy.consecutive), flagged=flagged,
+                            streak=self._out_streak, missing=int(w.outputs[-1]),
+                            out_of_range=w.output_out_of_range)
 
     def _check_rows(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64)
@@ -402,8 +435,6 @@ class DriftMonitor:
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise InputShapeError(
                 f"drift monitor expects rows of {self.n_features} features, got an array of shape {X.shape}")
-        if not np.isfinite(X).all():
-            raise InputValueError("drift monitor was given non-finite values; validate rows before observing them")
         return X
 
     def _check_predicted(self, predicted: np.ndarray | None, n: int) -> np.ndarray | None:
@@ -411,7 +442,9 @@ class DriftMonitor:
             return None
         pred = np.asarray(predicted).ravel()
         if pred.size != n:
-            raise InputShapeError(f"drift monitor got {pred.size} predicted classes for {n} rows")
+            raise InputShapeError(f"drift monitor got {pred.size} predicted values for {n} rows")
+        if self._out is not None:  # regression: predicted values
+            return pred.astype(np.float64, copy=False)
         if pred.size and not np.issubdtype(pred.dtype, np.integer):
             raise InputValueError("predicted classes must be integer class indices")
         pred = pred.astype(np.int64, copy=False)
@@ -420,7 +453,21 @@ class DriftMonitor:
         return pred
 
 
-def _feature_bins(f: FeatureReference) -> _FeatureBins:
+def _check_layout(ref: DriftReference) -> WindowLayout | None:
+    lay = ref.layout
+    if lay is None:
+        return None
+    if [f.name for f in ref.features] != lay.feature_names():
+        raise BundleFormatError("drift reference features are not its window layout's channel summaries in order; "
+                                "rebuild the bundle")
+    unknown = [s for s in lay.summaries if s not in DRIFT_SUMMARIES]
+    if unknown:
+        raise BundleFormatError(f"drift reference uses window summaries {unknown} this agent does not compute; "
+                                "upgrade the agent")
+    return lay
+
+
+def _feature_bins(f: FeatureReference, ref: DriftReference, channel: int | None, steps: int) -> _FeatureBins:
     edges = np.asarray(f.edges, dtype=np.float64)
     counts = np.asarray(f.counts, dtype=np.float64)
     if counts.size != edges.size + 1:
@@ -430,7 +477,11 @@ def _feature_bins(f: FeatureReference) -> _FeatureBins:
     if (counts < 0).any() or counts.sum() <= 0:
         raise BundleFormatError(
             f"drift reference of feature {f.name!r} has no reference rows in its counts; rebuild the bundle")
-    return _FeatureBins(edges=edges, ref_counts=counts, n_ref=int(counts.sum()))
+    n_ref = ref.rows if ref.rows > 0 else int(counts.sum())  # format 1: one count per row
+    lo = f.min if f.min is not None else -math.inf
+    hi = f.max if f.max is not None else math.inf
+    return _FeatureBins(edges=edges, ref_counts=counts, n_ref=int(n_ref), channel=channel,
+                        per_row=steps if channel is not None else 1, lo=float(lo), hi=float(hi))
 
 
 def _reference_shares(ref: DriftReference) -> np.ndarray | None:
@@ -452,6 +503,10 @@ def _finite(x: float) -> float:
 
 
 __all__ = [
-    "DriftMonitor", "DriftReferenceError", "build_reference", "quantile_edges", "bin_counts",
-    "psi", "ks_binned", "js_distance", "chi2_quantile", "psi_cutoff", "PSI_EPS",
+    "DEFAULT_ALPHA", "DEFAULT_CONSECUTIVE", "DEFAULT_WINDOW_SECONDS", "PSI_CONFIDENCE", "PSI_EPS",
+    "RECOMMENDED_REFERENCE_ROWS", "DriftConfigError", "DriftMonitor", "DriftReferenceError", "WindowPolicy",
+    "layout_sources",
+    "bin_counts", "build_reference", "chi2_quantile", "feature_group", "holm_reject", "js_distance", "ks_binned",
+    "ks_pvalue", "natural_key", "pooled_values", "psi", "psi_cutoff", "quantile_edges", "reference_bins",
+    "window_layout", "window_summaries",
 ]

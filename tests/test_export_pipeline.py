@@ -61,7 +61,8 @@ def test_cnn_window_version_and_bundle(tmp_path):
         assert [(o.name, o.shape) for o in m.outputs] == [("probabilities", [-1, 3])] and m.labels == ds.labels
         assert m.inputs[0].shape == [-1, 144] and m.quantization["chosen"] == q["chosen"]
         assert m.quantization["report"]["int8_latency_us_batch32"] == rep["int8_latency_us_batch32"]
-        assert len(m.drift.features) == 144 and len(m.drift.output_shares) == 3
+        assert len(m.drift.features) == 3 * 6 and len(m.drift.output_shares) == 3  # per-channel summaries
+        assert (m.drift.layout.channels, m.drift.layout.steps, m.drift.rows) == (3, 48, ds.n_rows)
         out = runner.infer(ds.X[:5].tolist())
         assert len(out["label"]) == 5
 

@@ -86,10 +86,12 @@ class FeatureReference:
     counts: list[int]
     mean: float
     std: float
+    min: float | None = None  # smallest and largest reference value: beyond them a served value is
+    max: float | None = None  # counted as out of range (absent from older references: not counted)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "edges": list(self.edges), "counts": list(self.counts),
-                "mean": self.mean, "std": self.std}
+                "mean": self.mean, "std": self.std, "min": self.min, "max": self.max}
 
     @classmethod
     def from_dict(cls, d: dict, where: str) -> FeatureReference:
@@ -100,6 +102,8 @@ class FeatureReference:
             counts=list_of(d, "counts", int, where),
             mean=req(d, "mean", float, where),
             std=req(d, "std", float, where),
+            min=opt(d, "min", float, where),
+            max=opt(d, "max", float, where),
         )
         if len(ref.counts) != len(ref.edges) + 1:
             raise MessageFormatError(
@@ -114,8 +118,64 @@ class FeatureReference:
         return ref
 
 
+REFERENCE_FORMAT = 2  # drift reference format written by this release; 1 (no "format" field) is still read
+DRIFT_SUMMARIES = ("mean", "std", "min", "max", "energy", "values")  # per-channel window summaries
+
+
+@dataclass
+class WindowLayout:
+    """How a window input (``ch{c}_t{t}``, channel-major, ``channels x steps``) is summarised for drift.
+
+    Every served row gives, per channel, the scalar ``summaries`` (``mean``, ``std``, ``min``, ``max``,
+    ``energy`` = mean of squares) plus ``values`` (the channel's samples pooled into one histogram);
+    the drift features are ``f"{channel_name}.{summary}"``, channel by channel (:meth:`feature_names`).
+    """
+
+    channels: int
+    steps: int
+    channel_names: list[str]
+    summaries: list[str] = field(default_factory=lambda: list(DRIFT_SUMMARIES))
+
+    def feature_names(self) -> list[str]:
+        return [f"{ch}.{s}" for ch in self.channel_names for s in self.summaries]
+
+    def to_dict(self) -> dict:
+        return {"channels": self.channels, "steps": self.steps, "channel_names": list(self.channel_names),
+                "summaries": list(self.summaries)}
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str) -> WindowLayout:
+        obj(d, where)
+        lay = cls(channels=req(d, "channels", int, where), steps=req(d, "steps", int, where),
+                  channel_names=list_of(d, "channel_names", str, where),
+                  summaries=list_of(d, "summaries", str, where))
+        if lay.channels <= 0 or lay.steps <= 0:
+            raise MessageFormatError(f"{where}: channels and steps must be positive")
+        names = lay.channel_names
+        if len(names) != lay.channels or len(set(names)) != len(names) or not all(names):
+            raise MessageFormatError(f"{where}: channel_names must be {lay.channels} distinct non-empty names")
+        unknown = [s for s in lay.summaries if s not in DRIFT_SUMMARIES]
+        if unknown:
+            raise UnsupportedSchemaError(
+                f"{where}: window summaries {unknown} are unknown to this agent (it computes "
+                f"{list(DRIFT_SUMMARIES)}); upgrade the agent")
+        if not lay.summaries or len(set(lay.summaries)) != len(lay.summaries):
+            raise MessageFormatError(f"{where}: summaries must be a non-empty list without repeats")
+        return lay
+
+
 @dataclass
 class DriftReference:
+    """What the agent's drift monitor compares served rows with (built by ``edgeloop.agent.drift.build_reference``).
+
+    ``format`` 1 (references written before window summaries, where the field is absent): one
+    feature per input column, judged with the default ``alpha``. ``format`` 2 adds ``rows``
+    (reference rows, required), ``alpha`` (the false-alarm rate per drift window, shared by all
+    features tested) and, for window inputs, ``layout``: the features are then per-channel window
+    summaries (:class:`WindowLayout`), not input columns. A format newer than
+    ``REFERENCE_FORMAT`` is refused with a message saying to upgrade the agent.
+    """
+
     features: list[FeatureReference]
     output_labels: list[str] = field(default_factory=list)
     output_shares: list[float] = field(default_factory=list)
@@ -123,6 +183,13 @@ class DriftReference:
     min_rows: int = 100  # no statistics on fewer rows than this
     psi_threshold: float = 0.2
     ks_threshold: float = 0.15
+    format: int = 1  # reference format version (absent = 1)
+    rows: int = 0  # reference rows (format 2); 0 = unknown, taken from each feature's counts
+    alpha: float = 0.01  # family-wise false-alarm rate per drift window
+    layout: WindowLayout | None = None  # window inputs: features are per-channel summaries (format 2)
+    window_seconds: float = 0.0  # a window also closes this long after its first row (0: by rows only)
+    consecutive: int = 2  # a feature is reported drifted after this many flagged windows in a row
+    output: FeatureReference | None = None  # regression: the reference histogram of the model's predictions
 
     def to_dict(self) -> dict:
         return {
@@ -133,11 +200,24 @@ class DriftReference:
             "min_rows": self.min_rows,
             "psi_threshold": self.psi_threshold,
             "ks_threshold": self.ks_threshold,
+            "format": self.format,
+            "rows": self.rows,
+            "alpha": self.alpha,
+            "layout": self.layout.to_dict() if self.layout is not None else None,
+            "window_seconds": self.window_seconds,
+            "consecutive": self.consecutive,
+            "output": self.output.to_dict() if self.output is not None else None,
         }
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "drift") -> DriftReference:
         obj(d, where)
+        fmt = opt(d, "format", int, where, 1)
+        if fmt < 1 or fmt > REFERENCE_FORMAT:
+            raise UnsupportedSchemaError(
+                f"{where}: drift reference format {fmt} is not read by this agent (it reads formats 1 to "
+                f"{REFERENCE_FORMAT}); upgrade the agent, or build the bundle with a hub of the agent's release")
+        layout = opt(d, "layout", dict, where)
         ref = cls(
             features=[FeatureReference.from_dict(f, w) for f, w in objects(d, "features", where)],
             output_labels=list_of(d, "output_labels", str, where, []),
@@ -146,9 +226,29 @@ class DriftReference:
             min_rows=opt(d, "min_rows", int, where, 100),
             psi_threshold=opt(d, "psi_threshold", float, where, 0.2),
             ks_threshold=opt(d, "ks_threshold", float, where, 0.15),
+            format=fmt,
+            rows=opt(d, "rows", int, where, 0),
+            alpha=opt(d, "alpha", float, where, 0.01),
+            layout=WindowLayout.from_dict(layout, f"{where}.layout") if layout is not None else None,
+            window_seconds=opt(d, "window_seconds", float, where, 0.0),
+            consecutive=opt(d, "consecutive", int, where, 2),
+            output=FeatureReference.from_dict(out, f"{where}.output") if (out := opt(d, "output", dict, where))
+            else None,
         )
+        if ref.window_seconds < 0 or ref.consecutive < 1:
+            raise MessageFormatError(f"{where}: need window_seconds >= 0 and consecutive >= 1")
         if ref.window <= 0 or ref.min_rows <= 0 or ref.min_rows > ref.window:
             raise MessageFormatError(f"{where}: need 0 < min_rows <= window")
+        if ref.layout is not None and fmt < 2:
+            raise MessageFormatError(f"{where}: a window layout needs format 2 or later, got format {fmt}")
+        if ref.rows < 0 or (fmt >= 2 and ref.rows == 0):
+            raise MessageFormatError(f"{where}: rows (reference rows) must be positive in format {fmt}")
+        if not 0.0 < ref.alpha < 1.0:
+            raise MessageFormatError(f"{where}: alpha must be in (0, 1), got {ref.alpha}")
+        if ref.layout is not None and [f.name for f in ref.features] != ref.layout.feature_names():
+            raise MessageFormatError(
+                f"{where}: features must be the layout's channel summaries "
+                f"({', '.join(ref.layout.feature_names()[:3])}, ...) in order")
         return ref
 
 
@@ -274,7 +374,12 @@ class Manifest:
             raise MessageFormatError(f"{w}: exactly one input tensor is supported, got {len(self.inputs)}")
         if not self.outputs:
             raise MessageFormatError(f"{w}: at least one output tensor is needed")
-        if self.drift is not None and [f.name for f in self.drift.features] != list(self.feature_names):
+        layout = self.drift.layout if self.drift is not None else None
+        if layout is not None and layout.channels * layout.steps != len(self.feature_names):
+            raise MessageFormatError(f"{w}: drift layout {layout.channels} x {layout.steps} does not cover the "
+                                     f"{len(self.feature_names)} input features")
+        if layout is None and self.drift is not None and [f.name for f in self.drift.features] != list(
+                self.feature_names):
             raise MessageFormatError(f"{w}: drift reference features must match feature_names in order")
 
     @classmethod

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgeloop.hub.cli.common import Parents, add_broker_options, command, open_hub
 from edgeloop.hub.cli.render import emit, table_lines, text_table
-from edgeloop.hub.views import drift_lines, fleet_table, freshness_line
+from edgeloop.hub.views import drift_overview_lines, fleet_table, freshness_line
 
 if TYPE_CHECKING:
     from edgeloop.agent.connection import BrokerSettings
@@ -37,7 +37,8 @@ def cmd_fleet(args) -> int:
 
 
 def cmd_drift(args) -> int:
-    return _fresh_read(args, lambda hub: hub.drift_summary(args.agent), drift_lines, "(no drift reports yet)")
+    return _fresh_read(args, lambda hub: hub.drift_overview(args.agent, args.model),
+                       lambda overview: drift_overview_lines(overview, detail=args.detail), "(no drift reports yet)")
 
 
 def _on_known_agents(hub: Hub, broker: BrokerSettings, agent_ids: list[str], act: Callable[[Fleet], list[dict]],
@@ -93,8 +94,14 @@ def add_commands(sub: argparse._SubParsersAction, parents: Parents) -> None:
     f.add_argument("--all", action="store_true",
                    help="also list agents on the broker that do not trust this hub's key (other hubs' fleets)")
     f.set_defaults(func=cmd_fleet)
-    f = command(sub, "drift", "drift windows and flagged features per agent and model", parents=hub_opts)
+    f = command(sub, "drift", "drift per model and agent: drifted features, worst statistic, trend", parents=hub_opts,
+                description="The drift the agents judged on their devices, per model and agent (the version it "
+                            "reported last): features reported drifted (flagged in enough windows in a row) and "
+                            "flagged in the last window, grouped by channel for window inputs, the worst "
+                            "statistic, the trend over the last windows, and the false-alarm controls used.")
     f.add_argument("--agent", default=None, help="only this agent")
+    f.add_argument("--model", default=None, help="only this model")
+    f.add_argument("--detail", action="store_true", help="also a line per feature (PSI, KS, p-value, streak)")
     f.set_defaults(func=cmd_drift)
 
     x = command(sub, "deploy", "push a version's signed bundle to agents over MQTT", parents=hub_opts,

@@ -2,9 +2,9 @@
 
 The manifest's output spec follows the agent's ONNX contract: classification
 ``probabilities`` FP32 [-1, C] with the class labels; regression ``prediction``
-FP32 [-1, 1] with no labels (and a drift reference without output shares: a
-regression model's prediction reference stays in the version's meta.json and
-registry record, as the manifest has no field for it).
+FP32 [-1, 1] with no labels (and a drift reference without output shares, but with
+the histogram of the model's predictions as its ``output``, which the agent judges
+for output drift).
 """
 
 from __future__ import annotations

@@ -13,13 +13,13 @@ registry row exists -- see :mod:`edgeloop.hub.pipeline.files`): ``model.fp32.onn
 ``reference.json`` (the input drift reference) and ``meta.json`` (features,
 labels, task, architecture, smoke test, lineage; for regression also the
 ``prediction_reference`` -- quantile edges and counts of the model's
-predictions on the reference rows. The bundle manifest has no field for a
-regression output reference, so it stays in meta.json and in the registry
-version's ``metrics``).
+predictions on the reference rows, also in the drift reference as its
+``output`` histogram, which the agent judges for output drift).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -28,11 +28,17 @@ from typing import Any
 
 import numpy as np
 
-from edgeloop.agent.drift import bin_counts, build_reference, quantile_edges
+from edgeloop.agent.drift import (
+    RECOMMENDED_REFERENCE_ROWS,
+    bin_counts,
+    build_reference,
+    quantile_edges,
+    window_layout,
+)
 from edgeloop.agent.fsutil import atomic_write_bytes
 from edgeloop.agent.wire.bundle import sha256
-from edgeloop.hub.datasets import Dataset, Splits
-from edgeloop.hub.errors import CancelledError, ExportError, NotFoundError, TrainingError
+from edgeloop.hub.datasets import Dataset, Splits, align_labels
+from edgeloop.hub.errors import CancelledError, DataValidationError, ExportError, NotFoundError, TrainingError
 from edgeloop.hub.export import (
     check_parity,
     decide_quantization,
@@ -42,11 +48,15 @@ from edgeloop.hub.export import (
     quantize_dynamic_int8,
     quantize_static_int8,
 )
+from edgeloop.hub.export.policy import MIN_DECISION_ROWS
 from edgeloop.hub.pipeline.files import discard, install_folder, stage_files
 from edgeloop.hub.progress import CancelToken, ProgressCallback, ProgressEvent
 from edgeloop.hub.training import (
     FactoryModel,
     TrainParams,
+    adopt_parent_labels,
+    check_fractions,
+    check_splits,
     code_version,
     dataset_task,
     dataset_window_shape,
@@ -56,7 +66,12 @@ from edgeloop.hub.training import (
     make_splits,
     model_bytes,
     train_model,
+    validate_for_training,
 )
+from edgeloop.hub.training.data import DEFAULT_FRACTIONS
+
+# Split when a separate test dataset is given: every row of the training data trains or validates.
+EXPLICIT_TEST_FRACTIONS = (0.85, 0.15, 0.0)
 
 CALIBRATION_ROWS = 400
 SMOKE_ROWS = 4
@@ -99,6 +114,26 @@ class VersionBuild:
     def id(self) -> str:
         return self.version["id"]
 
+    @property
+    def warnings(self) -> list[str]:
+        """What the run record warns about (few decision rows, classes missing from the data, ...)."""
+        return list(self.metrics.get("warnings") or [])
+
+
+@dataclass
+class TestSet:
+    """An explicit test dataset for :func:`build_version` (instead of a test split of the training data):
+    its metrics and the int8 decision are judged on it. ``record`` is its registry record, if any."""
+
+    __test__ = False  # not a pytest class
+
+    dataset: Dataset
+    record: dict | None = None
+
+    def to_dict(self) -> dict:
+        return {"dataset_id": (self.record or {}).get("id"), "sha256": self.dataset.sha256,
+                "rows": self.dataset.n_rows, "source": self.dataset.source}
+
 
 def _emit(progress: ProgressCallback | None, stage: str, message: str, done: float = 0, total: float | None = None):
     if progress is not None:
@@ -134,12 +169,24 @@ def _resolve_parent(registry, models_dir: Path, parent: ParentSpec, parent_versi
         raise TrainingError(f"the parent dataset given (sha256 {parent.dataset.sha256[:16]}…) is not the one "
                             f"{pv['id']} was trained on ({want_sha[:16]}…); load that dataset")
     split = (run.get("params") or {}).get("split") or {}
-    fractions = tuple(split.get("fractions", (0.7, 0.15, 0.15)))
+    fractions = tuple(split.get("fractions", DEFAULT_FRACTIONS))
+    labels = _saved_labels(folder)
+    if task == "classification" and labels and list(parent.dataset.labels) != labels:
+        # the parent was itself fine-tuned on data lacking a class: it trained on them in its label order
+        parent = dataclasses.replace(parent, dataset=adopt_parent_labels(labels, parent.dataset)[0])
     splits = make_splits(parent.dataset, int(split.get("seed", 0)), fractions)
     if split.get("sha256") and splits.sha256() != split["sha256"]:
         raise TrainingError(f"re-splitting the parent dataset does not reproduce the split of {run['id']}; "
                             "the data library changed how it splits -- fine-tuning would leak test rows")
     return _Parent(parent, pv, model, splits)
+
+
+def _saved_labels(folder: Path) -> list[str]:
+    """The class names a version's model predicts (its meta.json), or [] when unknown."""
+    try:
+        return [str(x) for x in json.loads((folder / "meta.json").read_text()).get("labels") or []]
+    except (OSError, ValueError):
+        return []
 
 
 def build_version(
@@ -158,6 +205,8 @@ def build_version(
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
     parent: ParentSpec | None = None,
+    fractions: tuple[float, float, float] | None = None,
+    test: TestSet | None = None,
 ) -> VersionBuild:
     """Train (or fine-tune), export, quantize, evaluate and register one model version.
 
@@ -174,6 +223,16 @@ def build_version(
     scratch; the new version records it as ``parent_version`` and its metrics
     carry the forgetting numbers under ``"continual"``. ``parent_version``
     alone only records lineage (e.g. a retrain on new data).
+
+    ``fractions`` are the (train, val, test) split ratios (default 0.7/0.15/0.15;
+    a test ratio of 0 trains on every row but the validation rows). ``test``
+    is a separate test dataset: the split then defaults to 0.85/0.15/0 and the
+    test metrics and the int8 decision are judged on it. Without test rows the
+    int8 decision is judged on the validation rows. A decision on fewer than
+    ``MIN_DECISION_ROWS`` rows is warned about (``metrics["warnings"]``).
+
+    Data that are refused (validation, splits, a test set that does not match)
+    raise before the run is opened: a run that never started is not recorded.
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -182,14 +241,25 @@ def build_version(
     method = QUANT_METHODS.get(quantize) if quantize is not False else None
     if quantize is not False and method is None:
         raise ExportError(f"quantize={quantize!r}; use True/'static', 'dynamic' or False")
-    if method == "dynamic" and params.arch == "cnn1d" and parent is None:
-        raise ExportError("dynamic quantization is for MLPs; use quantize='static' for a CNN")
+    # Everything that can refuse the data happens before the run is opened.
+    validate_for_training(dataset, task)
     resolved = None
     if parent is not None:
         resolved = _resolve_parent(registry, models_dir, parent, parent_version, task)
         parent_version = resolved.record["id"]
-    splits = make_splits(dataset, split_seed)
+        dataset = adopt_parent_labels(list(resolved.spec.dataset.labels), dataset)[0]
+        params = _with_config(params, resolved.model.config())  # the parent's architecture is kept
+    params = params.resolved(window_shape)
+    if method == "dynamic" and params.arch == "cnn1d" and parent is None:
+        raise ExportError("dynamic quantization is for MLPs; use quantize='static' for a CNN")
+    test_rows = _test_rows(dataset, test) if test is not None else None
+    fractions = check_fractions(fractions or (EXPLICIT_TEST_FRACTIONS if test is not None else DEFAULT_FRACTIONS),
+                                explicit_test=test is not None)
+    splits = make_splits(dataset, split_seed, fractions)
+    check_splits(dataset, splits)
     run_params: dict[str, Any] = {**params.to_dict(), "split": splits.to_dict()}
+    if test is not None:
+        run_params["test_data"] = test.to_dict()
     if resolved is not None:
         spec = resolved.spec
         run_params["continual"] = {"parent_version": parent_version, "replay_size": spec.replay_size,
@@ -198,28 +268,48 @@ def build_version(
     run = registry.start_run(dataset_record["id"], model_name, run_params,
                              code_version=code_version(), library_versions=library_versions(), actor=actor)
     continual = None
+    epochs_seen = _EpochCounter(progress)
     try:
         if resolved is not None:
             spec = resolved.spec
             cres = fine_tune(resolved.model, spec.dataset, resolved.splits, dataset, params, new_splits=splits,
                              replay_size=spec.replay_size, ewc_lambda=spec.ewc_lambda, seed=params.seed,
-                             progress=progress, cancel=cancel)
+                             progress=epochs_seen, cancel=cancel, test=test_rows)
             result, continual = cres.train, cres.summary()
         else:
-            result = train_model(dataset, splits, params, progress=progress, cancel=cancel)
+            result = train_model(dataset, splits, params, progress=epochs_seen, cancel=cancel, test=test_rows)
     except CancelledError:
-        registry.finish_run(run["id"], "cancelled", actor=actor)
+        registry.finish_run(run["id"], "cancelled", metrics={"stop_reason": "cancelled",
+                                                             "epochs_run": epochs_seen.epochs}, actor=actor)
         raise
     except BaseException:
         registry.finish_run(run["id"], "failed", actor=actor)
         raise
     timings["train_s"] = time.perf_counter() - t0
+    # The rows the int8 decision (and the smoke test) use: the explicit test set, the test split, or
+    # -- with a test ratio of 0 -- the validation split.
+    if test_rows is not None:
+        X_test, y_test, decided_on = test_rows[0], test_rows[1], "test_data"
+    elif splits.test.size:
+        X_test, y_test, decided_on = dataset.X[splits.test], dataset.y[splits.test], "test"
+    else:
+        X_test, y_test, decided_on = dataset.X[splits.val], dataset.y[splits.val], "val"
+    warnings = list(result.metrics.get("warnings") or [])
+    if decided_on == "val":
+        warnings.append("no test rows (split test ratio 0 and no --test-data): there are no test metrics, and "
+                        f"the int8 decision is judged on the {len(X_test)} validation rows")
+    if method is not None and len(X_test) < MIN_DECISION_ROWS:
+        warnings.append(f"the int8 decision rests on {len(X_test)} {decided_on} rows (< {MIN_DECISION_ROWS}); "
+                        "give more rows or a separate test dataset (--test-data) before trusting it")
+    if warnings:
+        result.metrics["warnings"] = warnings
+    result.metrics["decision_rows"] = {"split": decided_on, "rows": int(len(X_test))}
     registry.finish_run(run["id"], "succeeded", metrics=_jsonable(result.metrics), history=result.history,
                         actor=actor)
 
     t1 = time.perf_counter()
     _emit(progress, "export", "exporting ONNX and checking parity with torch")
-    X_train, X_test, y_test = dataset.X[splits.train], dataset.X[splits.test], dataset.y[splits.test]
+    X_train = dataset.X[splits.train]
     fp32 = export_onnx(result.model, dataset.n_features, parity_X=X_test[:PARITY_ROWS])
     parity = check_parity(result.model, fp32, X_test[:PARITY_ROWS])
     quant: dict[str, Any] = {"parity": parity, "chosen": "fp32"}
@@ -249,20 +339,25 @@ def build_version(
     else:
         quant.update({"report": _fp32_numbers(evaluate_onnx(fp32, X_test, y_test), task),
                       "reason": "quantization skipped"})
+    quant["decided_on"] = {"split": decided_on, "rows": int(len(X_test))}
     timings["export_s"] = time.perf_counter() - t1
     chosen_bytes = int8 if quant["chosen"] == "int8" and int8 is not None else fp32
 
-    # drift reference: training + validation rows, and the chosen model's outputs on them
-    ref_idx = np.concatenate([splits.train, splits.val])
-    ref_rows = dataset.X[ref_idx]
-    ref_out = evaluate_onnx(chosen_bytes, ref_rows, dataset.y[ref_idx])
+    # drift reference: every row of the training data (more rows, more power; see build_reference), per-channel
+    # window summaries for windows, and the chosen model's outputs on those rows
+    ref_rows = dataset.X
+    ref_out = evaluate_onnx(chosen_bytes, ref_rows, dataset.y)
+    layout = window_layout(*window_shape) if window_shape else None
+    if len(ref_rows) < RECOMMENDED_REFERENCE_ROWS:
+        _emit(progress, "drift", f"drift reference from {len(ref_rows)} rows (fewer than "
+                                 f"{RECOMMENDED_REFERENCE_ROWS}): only large shifts will be flagged")
     prediction_reference = None
     if task == "classification":
-        reference = build_reference(ref_rows, dataset.feature_names, labels=dataset.labels,
+        reference = build_reference(ref_rows, dataset.feature_names, labels=dataset.labels, layout=layout,
                                     predicted=np.asarray(ref_out["predictions"], dtype=np.int64))
     else:
-        reference = build_reference(ref_rows, dataset.feature_names)
         preds = np.asarray(ref_out["predictions"], dtype=np.float64)
+        reference = build_reference(ref_rows, dataset.feature_names, layout=layout, predicted=preds)  # + output
         edges = quantile_edges(preds, PREDICTION_BINS)
         prediction_reference = {"edges": edges, "counts": [int(c) for c in bin_counts(preds, edges)],
                                 "mean": float(preds.mean()), "std": float(preds.std()), "rows": int(preds.size)}
@@ -319,6 +414,45 @@ def build_version(
     return VersionBuild(version=version, run=registry.get_run(run["id"]), metrics=result.metrics,
                         quantization=quant, folder=model_dir / version["version"], timings=timings,
                         continual=continual)
+
+
+class _EpochCounter:
+    """A progress callback that passes events on and remembers the last training epoch reported."""
+
+    def __init__(self, progress: ProgressCallback | None) -> None:
+        self.progress = progress
+        self.epochs = 0
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if event.stage == "train" and not event.message.startswith("stopped"):
+            self.epochs = int(event.done)
+        if self.progress is not None:
+            self.progress(event)
+
+
+def _with_config(params: TrainParams, config: dict) -> TrainParams:
+    """``params`` describing the architecture ``config`` (a ``model.config()``) -- what a fine-tune trains."""
+    fields: dict[str, Any] = {"arch": config.get("arch", "mlp")}
+    for name in ("hidden", "channels", "kernel_size"):
+        if name in config:
+            fields[name] = tuple(config[name]) if name != "kernel_size" else int(config[name])
+    return dataclasses.replace(params, **fields)
+
+
+def _test_rows(dataset: Dataset, test: TestSet) -> tuple[np.ndarray, np.ndarray]:
+    """The explicit test set's rows, its classes numbered as the training data's; refused when it does not fit."""
+    t = test.dataset
+    name = t.source or (test.record or {}).get("name") or "the test dataset"
+    if dataset_task(t) != dataset_task(dataset):
+        raise DataValidationError(f"{name} is {dataset_task(t)} data but the training data are "
+                                  f"{dataset_task(dataset)}; give a test dataset of the same task. "
+                                  "Nothing was trained.")
+    if list(t.feature_names) != list(dataset.feature_names):
+        diff = sorted(set(t.feature_names) ^ set(dataset.feature_names))[:6]
+        raise DataValidationError(f"{name} has other columns than the training data (differing: {diff or 'order'}); "
+                                  "give a test dataset with the training data's columns. Nothing was trained.")
+    aligned = align_labels(t, list(dataset.labels)) if dataset_task(t) == "classification" else t
+    return aligned.X, aligned.y
 
 
 def _undo_files(registry, staging: Path, placing: list[tuple[str, Path]]) -> None:
