@@ -4,7 +4,8 @@ Routes (``{v}`` segments are optional: ``/v2/models/{name}/versions/{v}/...``)::
 
     GET  /v2                          server metadata
     GET  /v2/health/live              200 while the process runs
-    GET  /v2/health/ready             200 when a model is active, else 503
+    GET  /v2/health/ready             200 when the agent is healthy (a model is active and not failing,
+                                      every worker thread runs), else 503 with the reasons
     GET  /v2/models/{name}            model metadata (404 if not served)
     GET  /v2/models/{name}/ready      200 ready, 404 another model is served, 503 none is
     POST /v2/models/{name}/infer      inference
@@ -22,6 +23,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -106,8 +108,12 @@ def _is_tensor(obj: Any) -> bool:
 def parse_infer_body(body: dict, manifest: Manifest, max_rows: int) -> InferCall:
     """Validate a v2 (or convenience) infer body against ``manifest``; return rows to coerce."""
     rid = body.get("id", "")
+    if isinstance(rid, float) and not math.isfinite(rid):
+        raise MessageFormatError("field 'id' must be a string")
     if isinstance(rid, (int, float)) and not isinstance(rid, bool):
-        rid = str(rid)
+        rid = str(rid) if not isinstance(rid, int) or abs(rid) < 10**64 else ""
+        if not rid:
+            raise MessageFormatError("field 'id' must be a string (or a number of at most 64 digits)")
     if not isinstance(rid, str):
         raise MessageFormatError("field 'id' must be a string")
     if "inputs" not in body:
@@ -220,9 +226,13 @@ class HttpApi:
 
     def __init__(self, serving: Serving, host: str = "127.0.0.1", port: int = 0, *,
                  max_body: int = DEFAULT_MAX_BODY, max_rows: int | None = None,
-                 request_timeout: float = 30.0, max_connections: int = 64) -> None:
+                 request_timeout: float = 30.0, max_connections: int = 64, head_timeout: float = 10.0,
+                 max_connections_per_ip: int | None = None, health: Callable[[], dict] | None = None) -> None:
         self.serving = serving
+        self.health = health  # the agent's health (AgentCore.health); None: the served model's alone
         self.max_connections = max_connections
+        self.head_timeout = head_timeout
+        self.max_connections_per_ip = max_connections_per_ip
         self.host = host
         self.max_body = max_body
         self.max_rows = max_rows if max_rows is not None else serving.max_rows
@@ -237,11 +247,25 @@ class HttpApi:
             return self
         self._server = JsonHttpServer((self.host, self._requested_port), self.respond, max_body=self.max_body,
                                       timeout_s=self.request_timeout, max_connections=self.max_connections,
+                                      head_timeout_s=self.head_timeout,
+                                      max_connections_per_ip=self.max_connections_per_ip,
                                       server_header=f"{SERVER_NAME}/{__version__}")
+        self._requested_port = self.port  # a restart binds the same port
         self._thread = threading.Thread(target=self._server.serve_forever, name="agent-http", daemon=True)
         self._thread.start()
         log.debug("HTTP API listening on %s", self.url)
         return self
+
+    def alive(self) -> bool:
+        """Whether the server thread runs (the agent's watchdog asks)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def restart(self) -> None:
+        """Serve again on the same port after the server thread ended (the agent's watchdog calls it)."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.stop(timeout=1.0)
+        self.start()
 
     def stop(self) -> None:
         server, self._server = self._server, None
@@ -324,11 +348,19 @@ class HttpApi:
         raise HttpError(404, "not_found", f"no route {method} {path}; see /v2 and /v2/models/<name>/infer")
 
     def _server_ready(self) -> tuple[int, dict]:
-        ready = self.serving.ready()
-        return (200 if ready else 503), {"ready": ready}
+        """200 ``{"ready": true, ...}`` or 503 ``{"ready": false, "reasons": [...], ...}`` (docs/protocol.md)."""
+        if self.health is not None:
+            doc = self.health()
+        else:
+            model, reasons = self.serving.health(), self.serving.problems()
+            doc = {"ready": not reasons, "reasons": reasons, "model": model.to_dict() if model else None}
+        return (200 if doc["ready"] else 503), doc
 
     def _model_ready(self, name: str, version: str | None) -> tuple[int, dict]:
         self.serving.lookup(name, version)
+        failing = self.serving.problems()
+        if failing:
+            raise HttpError(503, "model_failing", failing[0])
         return 200, {"name": name, "ready": True}
 
     def _infer(self, name: str, version: str | None, body: bytes) -> dict:

@@ -16,7 +16,12 @@ others wait tens of milliseconds. Here one thread waits on every socket with
 * limits: the head (64 KiB, 100 header lines), the body (``max_body``: 413, after
   reading and dropping up to :data:`DISCARD_LIMIT` so the client can read the answer),
   idle time (``timeout_s`` without a byte in either direction closes the connection),
-  open connections (``max_connections``: beyond it 503 with ``Retry-After`` at once);
+  the time to send a request head (``head_timeout_s`` from its first byte: then 408 and the
+  connection closes, so a client that trickles a byte at a time -- slowloris -- cannot hold a
+  connection by staying just short of the idle limit), open connections (``max_connections``:
+  beyond it 503 with ``Retry-After`` at once) and open connections per client address
+  (``max_connections_per_ip``, default three quarters of ``max_connections``: beyond it 429 with
+  ``Retry-After``, so one host cannot hold every slot);
 * every refusal is a JSON body ``{"error": "<code>: <message>"}``; a broken client only
   ever closes its own connection.
 
@@ -51,7 +56,7 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"}
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 _REASONS = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
 _RECV = 256 * 1024
-_SWEEP_S = 1.0  # how often idle connections are looked for
+_SWEEP_S = 1.0  # how often idle connections are looked for (more often when a limit is shorter)
 
 
 def error_body(code: str, message: str) -> bytes:
@@ -155,7 +160,8 @@ class _Date:
 class _Conn:
     """One client connection's state, touched only by the server thread."""
 
-    __slots__ = ("sock", "peer", "buf", "out", "request", "discard", "refused", "close_after", "last")
+    __slots__ = ("sock", "peer", "ip", "buf", "out", "request", "discard", "refused", "close_after", "last",
+                 "head_started")
 
     def __init__(self, sock: socket.socket, peer: object, now: float) -> None:
         self.sock = sock
@@ -167,18 +173,27 @@ class _Conn:
         self.refused: _Refusal | None = None  # the 413 to send once they are dropped
         self.close_after = False  # close once ``out`` has gone out
         self.last = now
+        self.ip = peer[0] if isinstance(peer, tuple) else str(peer)
+        self.head_started: float | None = None  # when the first byte of the head being read arrived
 
 
 class JsonHttpServer:
     """The event loop: ``serve_forever()`` on a thread of your own, ``stop()`` from any thread."""
 
     def __init__(self, addr: tuple[str, int], app: App, *, max_body: int, timeout_s: float = 30.0,
-                 max_connections: int = 64, server_header: str = "edgeloop") -> None:
+                 max_connections: int = 64, server_header: str = "edgeloop", head_timeout_s: float = 10.0,
+                 max_connections_per_ip: int | None = None) -> None:
         self._listener = _listen(addr)
         self.app = app
         self.max_body = max_body
         self.timeout_s = timeout_s
+        self.head_timeout_s = head_timeout_s
         self.max_connections = max_connections
+        self.max_connections_per_ip = max_connections_per_ip if max_connections_per_ip is not None else \
+            max(1, max_connections * 3 // 4)
+        self._per_ip: dict[str, int] = {}
+        self._refusals = 0
+        self._sweep_s = min(_SWEEP_S, timeout_s / 2, head_timeout_s / 2)
         self._server_line = b"\r\nServer: %s\r\nDate: " % server_header.encode("latin-1")
         self._date = _Date()
         self._sel = selectors.DefaultSelector()
@@ -203,21 +218,27 @@ class JsonHttpServer:
             if self._stopping:
                 return
             self._running = True
-        next_sweep = time.monotonic() + _SWEEP_S
+        next_sweep = time.monotonic() + self._sweep_s
         try:
             while not self._stopping:
-                for key, mask in self._sel.select(_SWEEP_S):
-                    data = key.data
-                    if data is _ACCEPT:
-                        self._accept()
-                    elif data is _WAKE:
-                        self._drain_waker()
-                    else:
-                        self._on_event(data, mask)
-                now = time.monotonic()
-                if now >= next_sweep:
-                    self._sweep(now)
-                    next_sweep = now + _SWEEP_S
+                try:
+                    for key, mask in self._sel.select(self._sweep_s):
+                        data = key.data
+                        if data is _ACCEPT:
+                            self._accept()
+                        elif data is _WAKE:
+                            self._drain_waker()
+                        else:
+                            self._on_event(data, mask)
+                    now = time.monotonic()
+                    if now >= next_sweep:
+                        self._sweep(now)
+                        next_sweep = now + self._sweep_s
+                except Exception:  # a bug: the server goes on (a second later, should it repeat)
+                    if self._stopping:
+                        break
+                    log.exception("HTTP server loop failed; serving on")
+                    time.sleep(self._sweep_s)
         finally:
             self._close_all()
             self._done.set()
@@ -267,32 +288,49 @@ class JsonHttpServer:
             except OSError as exc:  # out of file descriptors...: the client retries
                 log.warning("HTTP accept failed: %s", exc)
                 return
+            conn = _Conn(sock, peer, time.monotonic())
             if len(self._conns) >= self.max_connections:
-                self._refuse_connection(sock, peer)
+                self._refuse_connection(sock, 503, "overloaded", f"more than {self.max_connections} open "
+                                        "connections; retry shortly")
+                self._log_refusal("HTTP connection from %s refused: %d connections open", conn.ip,
+                                  self.max_connections)
                 continue
+            held = self._per_ip.get(conn.ip, 0)
+            if held >= self.max_connections_per_ip:
+                self._refuse_connection(sock, 429, "too_many_connections", f"{held} connections from {conn.ip} "
+                                        "are open; close some or reuse them (keep-alive), then retry")
+                self._log_refusal("HTTP connection from %s refused: it holds %d connections", conn.ip, held)
+                continue
+            self._per_ip[conn.ip] = held + 1
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = _Conn(sock, peer, time.monotonic())
             self._conns[sock] = conn
             self._sel.register(sock, selectors.EVENT_READ, conn)
 
-    def _refuse_connection(self, sock: socket.socket, peer: object) -> None:
-        """Beyond ``max_connections`` (a small device must not hold sockets without bound): 503 at once."""
-        body = error_body("overloaded", f"more than {self.max_connections} open connections; retry shortly")
+    def _log_refusal(self, fmt: str, *args: object) -> None:
+        """The first refused connection and every 100th at WARNING, the rest at DEBUG (a flood logs little)."""
+        self._refusals += 1
+        (log.warning if self._refusals % 100 == 1 else log.debug)(fmt + " (%d refused so far)", *args, self._refusals)
+
+    def _refuse_connection(self, sock: socket.socket, status: int, code: str, message: str) -> None:
+        """Beyond a connection limit (a small device must not hold sockets without bound): refused at once."""
+        body = error_body(code, message)
         try:
             sock.setblocking(False)
-            sock.send(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                      b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            sock.send(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+                      b"Connection: close\r\nContent-Length: %d\r\n\r\n%s"
+                      % (status, _REASONS.get(status, b"Unknown"), len(body), body))
             sock.shutdown(socket.SHUT_WR)
         except OSError:
             pass
         sock.close()
-        log.warning("HTTP connection from %s refused: %d connections open",
-                    peer[0] if isinstance(peer, tuple) else peer, self.max_connections)
 
     def _close(self, conn: _Conn) -> None:
         if self._conns.pop(conn.sock, None) is None:
             return
+        left = self._per_ip.pop(conn.ip, 1) - 1
+        if left > 0:
+            self._per_ip[conn.ip] = left
         try:
             self._sel.unregister(conn.sock)
         except (KeyError, ValueError):
@@ -304,6 +342,14 @@ class JsonHttpServer:
             if now - conn.last > self.timeout_s:
                 log.debug("HTTP connection from %s idle for %.0f s: closed", conn.peer, self.timeout_s)
                 self._close(conn)
+            elif conn.head_started is not None and now - conn.head_started > self.head_timeout_s and not conn.out:
+                log.info("HTTP connection from %s sent no complete request head within %.0f s: closed",
+                         conn.ip, self.head_timeout_s)
+                try:
+                    self._refuse(conn, _Refusal(408, "request_timeout", f"the request head did not arrive within "
+                                                f"{self.head_timeout_s:g} s of its first byte; send it at once"))
+                except OSError:
+                    self._close(conn)
 
     def _on_event(self, conn: _Conn, mask: int) -> None:
         try:
@@ -382,7 +428,10 @@ class JsonHttpServer:
                                             f"the request headers are longer than {MAX_HEAD} bytes"))
             return False
         if m is None:
+            if buf and conn.head_started is None:
+                conn.head_started = time.monotonic()
             return False
+        conn.head_started = None
         head = bytes(buf[:m.start()])
         del buf[:m.end()]
         method = "-"

@@ -29,6 +29,14 @@ saving the wake-up of the inference thread (measured through Mosquitto: agent/ec
 1.3-1.5x instead of 1.5-1.7x) while holding the network thread no longer than a packet's worth of
 work. HTTP requests do not pass here: the HTTP server's threads call the same
 :class:`~edgeloop.agent.serving.Serving`.
+
+**No message can end a thread**: both the network thread's callback and the inference loop catch
+every exception per message, also one raised while building or publishing the error answer (a
+payload nested too deeply to read, a ``reply_to`` that is not a publishable topic name: a lone
+surrogate, a wildcard, a control character or noncharacter -- Mosquitto would drop the agent's
+connection --, over 65,535 bytes); such an answer goes to ``infer/result`` instead, and an
+answer that cannot be published at all is logged and dropped. Should the inference thread end
+anyway, the agent's watchdog (:mod:`edgeloop.agent.watchdog`) restarts it and reports it.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -71,9 +80,20 @@ class InferJob:
         return expiry is not None and now - self.received > expiry
 
 
+MAX_TOPIC_BYTES = 65535  # MQTT's limit on a topic name's UTF-8 length
+# what a topic name must not hold: wildcards; NUL, control characters and noncharacters (Mosquitto drops the
+# connection of a client that publishes to such a topic: one request could disconnect the agent); surrogates
+_NOT_IN_TOPIC = re.compile("[+#\x00-\x1f\x7f-\x9f\ufdd0-\ufdef\ud800-\udfff"
+                           + "".join(f"{chr(p | 0xFFFE)}{chr(p | 0xFFFF)}" for p in range(0, 0x110000, 0x10000)) + "]")
+_NOT_IN_ASCII_TOPIC = re.compile("[+#\x00-\x1f\x7f]")
+
+
 def valid_topic(topic: str) -> bool:
-    """A topic an answer can be published to: non-empty, no wildcards, no NUL."""
-    return topic != "" and not any(c in topic for c in "+#\0")
+    """A topic an answer can be published to: non-empty, at most 65,535 bytes of UTF-8, no wildcards,
+    no NUL, control character, noncharacter or lone surrogate."""
+    if topic.isascii():  # the common case, checked with a small character class
+        return 0 < len(topic) <= MAX_TOPIC_BYTES and _NOT_IN_ASCII_TOPIC.search(topic) is None
+    return bool(topic) and _NOT_IN_TOPIC.search(topic) is None and len(topic.encode("utf-8")) <= MAX_TOPIC_BYTES
 
 
 class AgentInference(AgentCore):
@@ -85,9 +105,16 @@ class AgentInference(AgentCore):
 
     # --- network thread: answer a quick one at once, else queue; never wait ------------
     def _accept_infer(self, payload: bytes, msg: Any) -> None:
-        """Answer or queue a request (``msg``: the paho message it came in); ``overloaded`` when full."""
-        job = InferJob(payload, min(int(getattr(msg, "qos", 1)), 1),
-                       MessageProps.of(msg) if msg is not None else _NO_PROPS, time.monotonic())
+        """Answer or queue a request (``msg``: the paho message it came in); ``overloaded`` when full.
+        Runs on paho's network thread: never raises, never waits for a lock."""
+        try:
+            job = InferJob(payload, min(int(getattr(msg, "qos", 1)), 1),
+                           MessageProps.of(msg) if msg is not None else _NO_PROPS, time.monotonic())
+            self._accept_job(job)
+        except Exception:
+            log.exception("could not accept an inference request of %d bytes; it was dropped", len(payload))
+
+    def _accept_job(self, job: InferJob) -> None:
         if self._answer_here(job):
             try:
                 self._serve(job)
@@ -126,6 +153,7 @@ class AgentInference(AgentCore):
                 self._serve(job)
 
     def _serve(self, job: InferJob) -> None:
+        """Answer one request; never raises (an error answer that fails too is logged)."""
         try:
             self._handle_infer(job)
         except Exception:
@@ -145,6 +173,12 @@ class AgentInference(AgentCore):
             self._reply_error(job, exc.code, str(exc))
             return
         reply = job.props.response_topic or req.reply_to or self._topic(topics.INFER_RESULT)
+        if not valid_topic(reply):
+            self._reply_error(job, "bad_message", "reply_to must be a topic name the broker accepts: no "
+                              "wildcards, NUL, control characters or noncharacters, at most "
+                              f"{MAX_TOPIC_BYTES} bytes of UTF-8; send a plain topic such as plant/line1/answers",
+                              rid=req.id, reply=self._topic(topics.INFER_RESULT))
+            return
         runner = self.serving.active
         try:
             out = self.serving.infer(req.inputs, req.model, max_rows=self.cfg.max_rows)
@@ -171,26 +205,39 @@ class AgentInference(AgentCore):
 
     def _reply_error(self, job: InferJob, code: str, message: str, *, rid: str | None = None,
                      reply: str | None = None) -> None:
-        """Answer an error; ``rid``/``reply`` default to what can be read from a possibly malformed request."""
-        if rid is None:
-            rid = _peek_field(job.payload, "id")
-        if reply is None:
-            reply = self._error_destination(job)
-        self._answer(job, reply, InferError(id=rid, code=code, message=message).encode())
+        """Answer an error; ``rid``/``reply`` default to what can be read from a possibly malformed request
+        (read with one parse). Never raises: an answer that cannot be published is logged and dropped."""
+        try:
+            if rid is None or reply is None:
+                peeked_id, peeked_reply = _peek_fields(job.payload)
+                rid = peeked_id if rid is None else rid
+                reply = self._error_destination(job, peeked_reply) if reply is None else reply
+            self._answer(job, reply, InferError(id=rid, code=code, message=message).encode())
+        except Exception:
+            log.warning("could not answer an inference request with %s", code, exc_info=True)
 
-    def _error_destination(self, job: InferJob) -> str:
+    def _error_destination(self, job: InferJob, reply_to: str) -> str:
         """The Response Topic, else the payload's ``reply_to``, else ``infer/result``: the first usable."""
         if job.props.response_topic is not None and valid_topic(job.props.response_topic):
             return job.props.response_topic
-        reply_to = _peek_field(job.payload, "reply_to")
         return reply_to if valid_topic(reply_to) else self._topic(topics.INFER_RESULT)
 
 
-def _peek_field(payload: bytes, key: str) -> str:
-    """Best-effort read of a field from an untrusted, possibly malformed JSON message."""
+def _peek_fields(payload: bytes) -> tuple[str, str]:
+    """Best-effort read of ``id`` and ``reply_to`` from an untrusted, possibly malformed JSON message
+    ("" for what cannot be read). Never raises."""
     try:
         obj = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        return ""
-    val = obj.get(key) if isinstance(obj, dict) else None
-    return str(val) if isinstance(val, (str, int)) and not isinstance(val, bool) else ""
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, nested too deeply, a too-long integer
+        return "", ""
+    if not isinstance(obj, dict):
+        return "", ""
+    return _text(obj.get("id")), _text(obj.get("reply_to"))
+
+
+def _text(val: Any) -> str:
+    if isinstance(val, str):
+        return val
+    if isinstance(val, int) and not isinstance(val, bool):
+        return str(val) if abs(val) < 10**64 else ""
+    return ""

@@ -24,11 +24,13 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from edgeloop.agent.deadline import Deadline
 from edgeloop.agent.errors import (
     BundleError,
     InferenceError,
     InputShapeError,
     InputValueError,
+    InstallTimeoutError,
     SmokeTestError,
 )
 from edgeloop.agent.wire.manifest import Manifest
@@ -79,7 +81,8 @@ def _bad_value(v: Any, row: int, feature: str) -> InputValueError:
         elif math.isinf(fv) and not isinstance(v, int):
             what = f"is {'+' if fv > 0 else '-'}Infinity"
         else:
-            what = f"is {v!r}, outside the float32 range (|x| <= {_FLOAT32_MAX:.3g})"
+            text = repr(v) if not isinstance(v, int) or abs(v) < 10**40 else f"an integer of {len(str(abs(v)))} digits"
+            what = f"is {text}, outside the float32 range (|x| <= {_FLOAT32_MAX:.3g})"
     else:
         what = f"is a {type(v).__name__}, not a number"
     return InputValueError(f"{where} {what}; every feature must be a finite number")
@@ -261,23 +264,28 @@ class ModelRunner:
         self._labels = [str(label) for label in manifest.labels]
 
     @classmethod
-    def load(cls, manifest: Manifest, model_bytes: bytes, *, threads: int = 1, bundle_sha256: str = "") -> ModelRunner:
+    def load(cls, manifest: Manifest, model_bytes: bytes, *, threads: int = 1, bundle_sha256: str = "",
+             deadline: Deadline | None = None) -> ModelRunner:
         """Create the session from bytes, check it against the manifest, and warm it up.
 
         Raises a :class:`~edgeloop.agent.errors.BundleError` subclass when the bytes are not
-        a loadable model or the model does not match its manifest.
+        a loadable model or the model does not match its manifest, and
+        :class:`~edgeloop.agent.errors.InstallTimeoutError` when ``deadline`` passes first.
         """
         if threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
+        dl = deadline or Deadline(None)
         try:
-            session = ort.InferenceSession(
-                model_bytes, sess_options=session_options(threads), providers=["CPUExecutionProvider"])
+            session = dl.call("loading", lambda: ort.InferenceSession(
+                model_bytes, sess_options=session_options(threads), providers=["CPUExecutionProvider"]))
+        except InstallTimeoutError:
+            raise
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
             raise ModelContractError(
                 f"{manifest.entrypoint} is not a model onnxruntime {ort.__version__} can load: "
                 f"{_first_line(exc)}. Re-export it (check the opset) and rebuild the bundle") from exc
         runner = cls(manifest, session, bundle_sha256=bundle_sha256)
-        runner._warm_up()
+        runner._warm_up(dl)
         return runner
 
     # --- identity ---------------------------------------------------------------------------
@@ -302,14 +310,14 @@ class ModelRunner:
         return self.manifest.task == "classification"
 
     # --- inference ----------------------------------------------------------------------------
-    def predict(self, x: np.ndarray) -> dict[str, np.ndarray]:
+    def predict(self, x: np.ndarray, run_options: ort.RunOptions | None = None) -> dict[str, np.ndarray]:
         """Raw outputs (every output the manifest lists) for float32 rows ``x`` (n, F)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.manifest.n_features:
             raise _shape_error(self.manifest, x.shape[-1] if x.ndim else 0)
         names = self._contract.output_names
         try:
-            values = self.session.run(names, {self._contract.input_name: x})
+            values = self.session.run(names, {self._contract.input_name: x}, run_options)
         except Exception as exc:
             raise InferenceError(f"onnxruntime failed on a batch of {x.shape[0]} rows: {_first_line(exc)}",
                                  code="runtime_error") from exc
@@ -354,14 +362,16 @@ class ModelRunner:
         return self.postprocess(self.predict(coerce_inputs(inputs, self.manifest, max_rows)))
 
     # --- checks ---------------------------------------------------------------------------------
-    def smoke_test(self) -> None:
-        """Run the manifest's smoke test; raise :class:`SmokeTestError` on any mismatch."""
+    def smoke_test(self, deadline: Deadline | None = None) -> None:
+        """Run the manifest's smoke test; raise :class:`SmokeTestError` on any mismatch
+        (:class:`InstallTimeoutError` when ``deadline`` passes first)."""
         smoke = self.manifest.smoke_test
         if smoke is None:
             return
         try:
             x = coerce_inputs(smoke.inputs, self.manifest, max_rows=max(1, len(smoke.inputs)))
-            raw = self.predict(x)
+            with (deadline or Deadline(None)).run_options("the smoke test") as ro:
+                raw = self.predict(x, ro)
             processed = self.postprocess(raw)
         except InferenceError as exc:
             raise SmokeTestError(f"smoke test of {self.name} {self.version} could not run: {exc}") from exc
@@ -376,10 +386,11 @@ class ModelRunner:
                     f"(it produces {', '.join(sorted(set(raw) | set(processed)))})")
             _compare(name, expected, actual, smoke.atol, f"{self.name} {self.version}")
 
-    def _warm_up(self) -> None:
+    def _warm_up(self, deadline: Deadline) -> None:
         n = self.manifest.n_features
         try:
-            raw = self.predict(np.zeros((2, n), dtype=np.float32))
+            with deadline.run_options("the warm-up") as ro:
+                raw = self.predict(np.zeros((2, n), dtype=np.float32), ro)
         except InferenceError as exc:
             raise ModelContractError(f"{self.manifest.entrypoint} failed its warm-up run: {exc}") from exc
         out = raw[self._contract.primary_output]
@@ -393,7 +404,8 @@ class ModelRunner:
             raise ModelContractError(
                 f"output {REGRESSION_OUTPUT!r} has shape {list(out.shape)} for 2 rows; regression needs [2, 1]")
         for _ in range(2):
-            self.predict(np.zeros((1, n), dtype=np.float32))
+            with deadline.run_options("the warm-up") as ro:
+                self.predict(np.zeros((1, n), dtype=np.float32), ro)
 
 
 def _check_contract(manifest: Manifest, session: ort.InferenceSession) -> _Contract:

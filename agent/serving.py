@@ -15,6 +15,13 @@ middle of a window is held back and observed with the next ones, which spares ev
 request the monitor's per-call cost. Windows still close on the same request as if each
 request were observed at once, and the first row of each window is observed when it
 arrives, so reports (numbers, rows, counts, start and end times) are the same.
+
+**Health of the active model** (:meth:`Serving.health`): the outcome of its last ``health_window``
+real requests that reached the model (inputs the model was run on; a client's malformed input is
+the client's fault and does not count). The model is *failing* when at least ``health_min_requests``
+of them were answered and more than ``health_max_error_rate`` of them failed; ``/v2/health/ready``
+then answers 503 with the reason, and ``on_health_change`` is called on every change between
+failing and not (the agent reports it as a ``model_health`` event). Activation starts a new window.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,10 +40,78 @@ from edgeloop.agent.drift import DriftMonitor
 from edgeloop.agent.errors import ModelNotFoundError, ModelNotReadyError
 from edgeloop.agent.runtime import DEFAULT_MAX_ROWS, ModelRunner, coerce_inputs
 from edgeloop.agent.wire.messages import DriftReport
+from edgeloop.agent.wire.tensors import REGRESSION_OUTPUT
 
 log = logging.getLogger(__name__)
 
 DriftCallback = Callable[[DriftReport], None]
+
+HEALTH_WINDOW = 100  # the last this many requests that reached the model ...
+HEALTH_MIN_REQUESTS = 20  # ... at least this many of them ...
+HEALTH_MAX_ERROR_RATE = 0.5  # ... and more than this share failed: the model is failing
+
+
+@dataclass(frozen=True)
+class ModelHealth:
+    """The active model's rolling error rate (see the module docstring); JSON-ready via :meth:`to_dict`."""
+
+    model: str
+    version: str
+    requests: int  # requests in the window (at most ``window``)
+    errors: int  # of them, the ones the model failed on
+    window: int
+    total_requests: int  # since activation
+    total_errors: int
+    last_error: str  # "<code>: <message>" of the last failure, "" if none
+    failing: bool
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "version": self.version, "requests": self.requests, "errors": self.errors,
+                "error_rate": round(self.error_rate, 4), "window": self.window,
+                "total_requests": self.total_requests, "total_errors": self.total_errors,
+                "last_error": self.last_error, "failing": self.failing}
+
+
+class _ErrorWindow:
+    """Outcomes of the last ``size`` requests answered by one model (thread-safe, O(1) per request)."""
+
+    def __init__(self, size: int, min_requests: int, max_error_rate: float) -> None:
+        self.size, self.min_requests, self.max_error_rate = size, min_requests, max_error_rate
+        self._lock = threading.Lock()
+        self._outcomes: deque[bool] = deque()  # True: failed
+        self._errors = self._total = self._total_errors = 0
+        self._last_error = ""
+        self._failing = False
+
+    def record(self, failed: bool, error: str = "") -> bool | None:
+        """Count one request; the new ``failing`` when it changed with this request, else None."""
+        with self._lock:
+            self._outcomes.append(failed)
+            self._errors += failed
+            self._total += 1
+            if failed:
+                self._total_errors += 1
+                self._last_error = error[:300]
+            if len(self._outcomes) > self.size:
+                self._errors -= self._outcomes.popleft()
+            failing = self._is_failing()
+            if failing == self._failing:
+                return None
+            self._failing = failing
+            return failing
+
+    def _is_failing(self) -> bool:
+        n = len(self._outcomes)
+        return n >= self.min_requests and self._errors > self.max_error_rate * n
+
+    def snapshot(self, runner: ModelRunner) -> ModelHealth:
+        with self._lock:
+            return ModelHealth(runner.name, runner.version, len(self._outcomes), self._errors, self.size,
+                               self._total, self._total_errors, self._last_error, self._failing)
 
 
 @dataclass(frozen=True)
@@ -55,49 +131,91 @@ DRIFT_BATCH_ROWS = 64
 
 
 class _DriftFeed:
-    """Rows on their way to one :class:`DriftMonitor`, observed in batches (see the module docstring)."""
+    """Rows on their way to one :class:`DriftMonitor`, observed in batches (see the module docstring).
+
+    A window closed by time (``policy.seconds`` after its first row) is closed by :meth:`tick` -- the
+    agent's control loop calls it twice a second -- even when no request follows; rows held back when
+    the time came still count in the window they arrived in.
+    """
 
     def __init__(self, monitor: DriftMonitor, batch_rows: int = DRIFT_BATCH_ROWS) -> None:
         self.monitor = monitor
-        self.window = monitor.reference.window
+        self.window = monitor.policy.rows
         self.batch_rows = batch_rows
+        self._regression = monitor.reference.output is not None
         self._lock = threading.Lock()
         self._rows: list[np.ndarray] = []
         self._predicted: list[np.ndarray] = []
         self._held = 0  # rows held back, not yet given to the monitor
+        self._arrived = 0.0  # when the last held rows arrived (monitor clock)
         self._in_window = monitor.pending_rows  # rows the monitor's open window holds
+        self._deadline = self._next_deadline()  # when the open window's time is up (None: by rows only)
+
+    def predictions(self, predicted: np.ndarray | None, outputs: dict[str, list]) -> np.ndarray | None:
+        """What the monitor is given of the answer: class indices, or a regression model's predictions."""
+        if predicted is not None or not self._regression:
+            return predicted
+        values = outputs.get(REGRESSION_OUTPUT)
+        return np.asarray(values, dtype=np.float64).reshape(-1) if values is not None else None
 
     def add(self, x: np.ndarray, predicted: np.ndarray | None) -> list[DriftReport]:
         """Hold or observe rows ``x``; return the windows they closed. Never raises."""
         n = int(x.shape[0])
+        now = self.monitor.now()
         with self._lock:
+            reports = self._close_if_due(now)
             self._rows.append(x)
             if predicted is not None:
                 self._predicted.append(predicted)
             self._held += n
+            self._arrived = now
             if 0 < self._in_window and self._in_window + self._held < self.window and self._held < self.batch_rows:
-                return []
-            return self._observe_held()
+                return reports
+            return reports + self._observe_held()
+
+    def tick(self) -> list[DriftReport]:
+        """Close the open window if its time is up (held rows go into it first). Never raises."""
+        now = self.monitor.now()
+        with self._lock:
+            return self._close_if_due(now)
 
     def drain(self) -> list[DriftReport]:
         """Give every held row to the monitor now (before its window is flushed)."""
         with self._lock:
             return self._observe_held() if self._held else []
 
+    def _close_if_due(self, now: float) -> list[DriftReport]:
+        if self._deadline is None or now < self._deadline:
+            return []
+        reports = self._observe_held() if self._held else []
+        try:
+            closed = self.monitor.tick()
+        except Exception:  # drift is a side channel: never fail a request over it
+            log.exception("closing a drift window by time failed")
+            closed = None
+        self._in_window = self.monitor.pending_rows
+        self._deadline = self._next_deadline()
+        return reports + ([closed] if closed is not None else [])
+
+    def _next_deadline(self) -> float | None:
+        left = self.monitor.seconds_left()
+        return None if left is None else self.monitor.now() + left
+
     def _observe_held(self) -> list[DriftReport]:
-        rows, predicted, held = self._rows, self._predicted, self._held
+        rows, predicted = self._rows, self._predicted
         self._rows, self._predicted, self._held = [], [], 0
-        self._in_window = (self._in_window + held) % self.window
         x = rows[0] if len(rows) == 1 else np.concatenate(rows)
         pred = None
         if predicted:
             pred = predicted[0] if len(predicted) == 1 else np.concatenate(predicted)
         try:
-            return self.monitor.observe(x, pred)
+            return self.monitor.observe(x, pred, at=self._arrived)
         except Exception:  # drift is a side channel: never fail a request over it
             log.exception("drift monitor failed; the request was answered anyway")
-            self._in_window = self.monitor.pending_rows
             return []
+        finally:
+            self._in_window = self.monitor.pending_rows
+            self._deadline = self._next_deadline()
 
 
 @dataclass(frozen=True)
@@ -107,14 +225,20 @@ class Served:
     runner: ModelRunner
     monitor: DriftMonitor | None
     feed: _DriftFeed | None = None
+    errors: _ErrorWindow | None = None
 
 
 class Serving:
     """Active model + drift monitor; thread-safe for any number of request threads."""
 
-    def __init__(self, on_drift_report: DriftCallback | None = None, *, max_rows: int = DEFAULT_MAX_ROWS) -> None:
+    def __init__(self, on_drift_report: DriftCallback | None = None, *, max_rows: int = DEFAULT_MAX_ROWS,
+                 on_health_change: Callable[[ModelHealth], None] | None = None,
+                 health_window: int = HEALTH_WINDOW, health_min_requests: int = HEALTH_MIN_REQUESTS,
+                 health_max_error_rate: float = HEALTH_MAX_ERROR_RATE) -> None:
         self.on_drift_report = on_drift_report
+        self.on_health_change = on_health_change
         self.max_rows = max_rows
+        self._health_limits = (health_window, min(health_min_requests, health_window), health_max_error_rate)
         self._lock = threading.Lock()
         self._slot: Served | None = None
 
@@ -126,7 +250,7 @@ class Serving:
             feed = None
             if monitor is not None:  # the same monitor again keeps its feed (and the rows it holds)
                 feed = old.feed if old is not None and old.monitor is monitor else _DriftFeed(monitor)
-            self._slot = Served(runner, monitor, feed)
+            self._slot = Served(runner, monitor, feed, _ErrorWindow(*self._health_limits))
         log.info("serving %s version %s", runner.name, runner.version)
         if old is not None and old.monitor is not monitor:
             self._flush(old)
@@ -149,6 +273,23 @@ class Serving:
 
     def ready(self) -> bool:
         return self._slot is not None
+
+    def health(self) -> ModelHealth | None:
+        """The active model's rolling error rate; None when no model is active."""
+        slot = self._slot
+        if slot is None or slot.errors is None:
+            return None
+        return slot.errors.snapshot(slot.runner)
+
+    def problems(self) -> list[str]:
+        """Why this agent cannot serve well: no model active, or the active one is failing (else [])."""
+        h = self.health()
+        if h is None:
+            return ["no model is active; deploy a bundle to this agent"]
+        if h.failing:
+            return [f"model {h.model} version {h.version} failed {h.errors} of its last {h.requests} requests "
+                    f"(last: {h.last_error})"]
+        return []
 
     # --- requests ------------------------------------------------------------------------------
     def lookup(self, model: str | None = None, version: str | None = None) -> Served:
@@ -183,10 +324,15 @@ class Serving:
             raise TypeError("infer() takes either served= or model/version, not both")
         runner = served.runner
         x = coerce_inputs(inputs, runner.manifest, self.max_rows if max_rows is None else max_rows)
-        outputs, predicted = runner.answer(runner.predict(x))
+        try:
+            outputs, predicted = runner.answer(runner.predict(x))
+        except Exception as exc:  # the model failed on valid inputs: it counts against its health
+            self._record(served, True, f"{getattr(exc, 'code', 'internal')}: {exc}")
+            raise
+        self._record(served, False)
         latency_ms = (time.perf_counter() - started) * 1000.0
         if served.feed is not None:
-            for report in served.feed.add(x, predicted):
+            for report in served.feed.add(x, served.feed.predictions(predicted, outputs)):
                 self._emit(report)
         return InferOutcome(model=runner.name, version=runner.version, outputs=outputs, rows=int(x.shape[0]),
                             latency_ms=latency_ms, runner=runner)
@@ -210,7 +356,32 @@ class Serving:
         return {"name": m.model_name, "versions": [m.version], "platform": "onnxruntime",
                 "inputs": inputs, "outputs": outputs}
 
+    def tick_drift(self) -> None:
+        """Close the active model's drift window if its time is up (the agent calls this periodically)."""
+        slot = self._slot
+        if slot is not None and slot.feed is not None:
+            for report in slot.feed.tick():
+                self._emit(report)
+
     # --- internals ---------------------------------------------------------------------------------
+    def _record(self, served: Served, failed: bool, error: str = "") -> None:
+        if served.errors is None:
+            return
+        changed = served.errors.record(failed, error)
+        if changed is None:
+            return
+        health = served.errors.snapshot(served.runner)
+        (log.error if changed else log.info)(
+            "model %s version %s is %s: %d of its last %d requests failed%s", health.model, health.version,
+            "failing" if changed else "healthy again", health.errors, health.requests,
+            f" (last: {health.last_error})" if changed else "")
+        if self.on_health_change is None:
+            return
+        try:
+            self.on_health_change(health)
+        except Exception:
+            log.exception("model health callback failed")
+
     def _emit(self, report: DriftReport) -> None:
         if self.on_drift_report is None:
             return
@@ -233,4 +404,5 @@ class Serving:
             self._emit(report)
 
 
-__all__ = ["Serving", "Served", "InferOutcome"]
+__all__ = ["Serving", "Served", "InferOutcome", "ModelHealth", "HEALTH_WINDOW", "HEALTH_MIN_REQUESTS",
+           "HEALTH_MAX_ERROR_RATE"]

@@ -107,11 +107,16 @@ def test_start_binds_a_port_and_url(api):
 
 def test_live_ready_and_server_metadata(client, serving):
     assert client.request("GET", "/v2/health/live")[:2] == (200, {"live": True})
-    assert client.request("GET", "/v2/health/ready")[:2] == (200, {"ready": True})
+    status, ready, _ = client.request("GET", "/v2/health/ready")
+    assert status == 200 and ready["ready"] is True and ready["reasons"] == []
+    assert ready["model"] == {"model": "iris", "version": "7", "requests": 0, "errors": 0, "error_rate": 0.0,
+                              "window": 100, "total_requests": 0, "total_errors": 0, "last_error": "",
+                              "failing": False}
     assert client.request("GET", "/v2")[:2] == (200, {"name": "edgeloop-agent", "version": __version__,
                                                       "extensions": []})
     serving.deactivate()
-    assert client.request("GET", "/v2/health/ready")[:2] == (503, {"ready": False})
+    assert client.request("GET", "/v2/health/ready")[:2] == (503, {
+        "ready": False, "reasons": ["no model is active; deploy a bundle to this agent"], "model": None})
     assert client.request("GET", "/v2/health/live")[0] == 200
 
 
@@ -240,6 +245,10 @@ def test_http_inference_feeds_drift_reports(clf):
     (v2_body(ROWS[:1], shape=[5]), "bad_shape", "input shape [5] does not match 4 data values"),
     (v2_body(ROWS, shape=[4, 2]), "bad_shape", "expected 4 features named sepal_length"),
 ])
+@pytest.mark.reliability("HTTP input",
+                         "a malformed inference body (wrong shape, strings, nulls, booleans, 101 rows, bad id, bad "
+                         "outputs...)",
+                         "400 with a specific code saying what is wrong")
 def test_bad_inference_bodies_are_400(client, body, code, fragment):
     status, doc, _ = client.infer(body)
     assert_error(status, doc, 400, code)
@@ -252,13 +261,16 @@ def test_bad_inference_bodies_are_400(client, body, code, fragment):
     ('{"inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, -Infinity]}]}',
      "row 0, feature 'petal_width' is -Infinity"),
 ])
+@pytest.mark.reliability("HTTP input", "NaN or +-Infinity in the JSON text", "400 bad_value naming row and feature")
 def test_nan_and_infinity_in_the_json_text_are_400(client, text, fragment):
     status, doc, _ = client.infer(text.encode())
     assert_error(status, doc, 400, "bad_value")
     assert fragment in doc["error"]
 
 
-def test_non_json_and_empty_bodies_are_400(client):
+@pytest.mark.reliability("HTTP input", "a body that is not JSON, not UTF-8, or empty", "400 bad_message")
+def test_non_json_and_empty_bodies_are_400(client, faults_tried):
+    faults_tried(3)
     status, doc, _ = client.infer(b"{not json")
     assert_error(status, doc, 400, "bad_message")
     assert "not valid JSON" in doc["error"]
@@ -266,6 +278,7 @@ def test_non_json_and_empty_bodies_are_400(client):
     assert_error(*client.infer(b"")[:2], 400, "bad_message")
 
 
+@pytest.mark.reliability("HTTP input", "a body over the size limit", "413, connection closed; the next request served")
 def test_oversized_body_is_413_and_the_server_keeps_serving(client, api):
     big = json.dumps({"inputs": [[1.0, 2.0, 3.0, 4.0]] * 5000}).encode()
     assert len(big) > api.max_body
@@ -286,7 +299,9 @@ def test_infer_without_an_active_model_is_503(client, serving):
     assert_error(*client.infer(v2_body(ROWS))[:2], 503, "model_not_ready")
 
 
-def test_unknown_routes_and_wrong_methods(client):
+@pytest.mark.reliability("HTTP input", "unknown routes and wrong methods", "404 / 405 with Allow, as JSON")
+def test_unknown_routes_and_wrong_methods(client, faults_tried):
+    faults_tried(5)
     assert_error(*client.request("GET", "/v1/models")[:2], 404, "not_found")
     assert_error(*client.request("GET", "/v2/models/iris/explain")[:2], 404, "not_found")
     status, doc, resp = client.request("GET", "/v2/models/iris/infer")
@@ -298,7 +313,10 @@ def test_unknown_routes_and_wrong_methods(client):
     assert status == 200 and doc == {} and int(resp.getheader("Content-Length")) > 0
 
 
-def test_chunked_and_malformed_requests_get_json_errors(api):
+@pytest.mark.reliability("HTTP input", "a chunked body, a negative Content-Length, an unknown method",
+                         "411 / 400 / 501 as JSON")
+def test_chunked_and_malformed_requests_get_json_errors(api, faults_tried):
+    faults_tried(3)
     def raw(request: bytes) -> tuple[int, dict]:
         with socket.create_connection(("127.0.0.1", api.port), timeout=10) as s:
             s.sendall(request)
@@ -317,9 +335,12 @@ def test_chunked_and_malformed_requests_get_json_errors(api):
     assert status == 501 and doc["error"].startswith("not_implemented: ")
 
 
-def test_keep_alive_connection_survives_a_run_of_bad_requests(client):
+@pytest.mark.reliability("HTTP input", "a run of bad requests on one keep-alive connection",
+                         "each 4xx; the same connection then served")
+def test_keep_alive_connection_survives_a_run_of_bad_requests(client, faults_tried):
     bad = [b"nope", json.dumps({"inputs": [[1, 2]]}).encode(), b'{"inputs": [[NaN, 1, 2, 3]]}',
            json.dumps({"inputs": []}).encode()]
+    faults_tried(len(bad) + 1)
     for body in bad:
         assert client.infer(body)[0] == 400
     assert client.infer(body=v2_body(ROWS), model="wine")[0] == 404
@@ -337,11 +358,13 @@ def test_stop_releases_the_port(serving):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
 
 
+@pytest.mark.reliability("HTTP connections", "more connections than the cap",
+                         "503 with Retry-After; served again once they close")
 def test_connection_cap_answers_503_and_recovers(serving):
     """A small device must not spawn a thread per client without bound."""
     import socket as _socket
 
-    with HttpApi(serving, max_connections=2) as a:
+    with HttpApi(serving, max_connections=2, max_connections_per_ip=2) as a:
         idle = [_socket.create_connection(("127.0.0.1", a.port)) for _ in range(2)]
         time.sleep(0.3)  # let the server accept them
         over = http.client.HTTPConnection("127.0.0.1", a.port, timeout=5)
@@ -360,6 +383,8 @@ def test_connection_cap_answers_503_and_recovers(serving):
 
 
 # --- 500: the model or the server fails, the client gets JSON, the server goes on ----------------------
+@pytest.mark.reliability("model health", "a model that passed its smoke test fails on a valid row (HTTP server alone)",
+                         "500 runtime_error; the next requests served")
 def test_a_model_failing_at_run_time_is_500_and_the_server_keeps_serving():
     mb = flaky_classifier_onnx()
     runner = ModelRunner.load(manifest_for(mb, smoke=classifier_smoke()), mb)
@@ -380,6 +405,8 @@ def test_a_model_failing_at_run_time_is_500_and_the_server_keeps_serving():
         c.conn.close()
 
 
+@pytest.mark.reliability("model health", "a model that outputs NaN",
+                         "500 bad_output; one failure does not make it unready")
 def test_non_finite_model_output_is_500_bad_output():
     mb = nan_regression_onnx()
     serving = Serving()
@@ -389,7 +416,41 @@ def test_non_finite_model_output_is_500_bad_output():
         status, doc, _ = c.infer(v2_body(ROWS), model="broken")
         assert_error(status, doc, 500, "bad_output")
         assert "non-finite values in output 'prediction'" in doc["error"]
-        assert c.request("GET", "/v2/health/ready")[:2] == (200, {"ready": True})
+        status, ready, _ = c.request("GET", "/v2/health/ready")  # one failure of one request: not yet failing
+        assert status == 200 and ready["model"]["errors"] == 1 and ready["model"]["failing"] is False
+        c.conn.close()
+
+
+@pytest.mark.reliability("model health", "a model that loads but fails every real request; malformed inputs",
+                         "ready 503 after the threshold (inputs do not count), model ready 503; new model 200")
+def test_a_model_failing_every_real_request_makes_ready_503_with_the_reason_and_recovers_on_activation(reg,
+                                                                                                       faults_tried):
+    """Issue 11 item 9: a model that loads (no smoke test catches it) and fails every real request was
+    served with /v2/health/ready 200. Malformed inputs (the client's fault) do not count against it."""
+    faults_tried(13)
+    mb = nan_regression_onnx()
+    broken = ModelRunner.load(manifest_for(mb, task="regression", model="broken"), mb)
+    serving = Serving(health_window=10, health_min_requests=5)
+    serving.activate(broken)
+    with HttpApi(serving) as a:
+        c = Client(a)
+        for _ in range(8):  # a client's bad inputs: 400, the model is not to blame
+            assert c.infer({"inputs": [[1.0, 2.0]]}, model="broken")[0] == 400
+        assert c.request("GET", "/v2/health/ready")[0] == 200
+        for i in range(5):
+            assert c.request("GET", "/v2/health/ready")[0] == 200, f"failing after {i} failures of 5"
+            assert_error(*c.infer(v2_body(ROWS), model="broken")[:2], 500, "bad_output")
+        status, ready, _ = c.request("GET", "/v2/health/ready")
+        assert status == 503 and ready["ready"] is False
+        assert ready["reasons"] == ["model broken version 1 failed 5 of its last 5 requests (last: bad_output: "
+                                    + ready["model"]["last_error"].split(": ", 1)[1] + ")"]
+        assert "non-finite values" in ready["model"]["last_error"]
+        assert ready["model"]["error_rate"] == 1.0 and ready["model"]["failing"] is True
+        assert_error(*c.request("GET", "/v2/models/broken/ready")[:2], 503, "model_failing")
+        serving.activate(reg)  # a new model: a new window
+        assert c.request("GET", "/v2/health/ready")[0] == 200
+        assert c.infer(v2_body(ROWS), model="price")[0] == 200
+        assert c.request("GET", "/v2/health/ready")[2].status == 200
         c.conn.close()
 
 
@@ -400,6 +461,8 @@ class _BuggyServing(Serving):
         raise KeyError("secret internal detail")
 
 
+@pytest.mark.reliability("HTTP input", "an unexpected exception inside the server (a bug)",
+                         "500 internal without details, logged with the traceback; the server goes on")
 def test_an_unexpected_exception_is_500_internal_without_details(clf, caplog):
     serving = _BuggyServing()
     serving.activate(clf)
@@ -469,6 +532,8 @@ def test_pipelined_requests_are_answered_in_order(api):
     assert s3 == 404 and "model_not_found" in json.loads(b3)["error"] and h3["connection"] == "close"
 
 
+@pytest.mark.reliability("HTTP input", "Expect: 100-continue announcing a body over the limit",
+                         "413 at once, without waiting for the body")
 def test_expect_100_continue_is_honoured_and_a_refused_body_is_never_sent(api):
     body = json.dumps(v2_body(ROWS)).encode()
     with socket.create_connection(("127.0.0.1", api.port), timeout=10) as s:
@@ -500,6 +565,10 @@ def test_expect_100_continue_is_honoured_and_a_refused_body_is_never_sent(api):
     (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", 414, "uri_too_long"),
     (b"GET /v2 HTTP/1.1\r\nX-Big: " + b"b" * 70000 + b"\r\n\r\n", 431, "request_header_fields_too_large"),
 ])
+@pytest.mark.reliability("HTTP input",
+                         "a malformed request head (HTTP/2.0, no version, bad header lines, two Content-Lengths, 101 "
+                         "headers, 70 kB URI or header)",
+                         "4xx / 505 as JSON, connection closed")
 def test_malformed_heads_get_json_errors_and_the_connection_closes(api, request_bytes, status, code):
     ((got, headers, body),) = _responses(_raw_exchange(api.port, request_bytes))
     assert got == status and headers["connection"] == "close"
@@ -521,6 +590,9 @@ def test_http_1_0_closes_unless_asked_to_keep_alive(api):
             assert (status, headers["connection"], json.loads(body)) == (200, "keep-alive", {"live": True})
 
 
+@pytest.mark.reliability("HTTP connections",
+                         "a client that pipelines 20 requests and reads nothing for a while (4 KiB receive buffer)",
+                         "every answer arrives whole, in order")
 def test_a_response_larger_than_the_socket_buffers_arrives_whole_and_the_connection_goes_on(api):
     rows = np.random.default_rng(3).normal(5, 1, size=(100, 4)).tolist()
     body = json.dumps({"id": "big", "inputs": rows}).encode()
@@ -535,6 +607,7 @@ def test_a_response_larger_than_the_socket_buffers_arrives_whole_and_the_connect
     assert json.loads(answers[20][2]) == {"live": True}
 
 
+@pytest.mark.reliability("HTTP connections", "a client that stops mid-body", "other clients served meanwhile")
 def test_a_stalled_client_does_not_hold_up_the_others(api):
     """One thread serves every connection: a client that stops mid-request must not block anyone."""
     with socket.create_connection(("127.0.0.1", api.port), timeout=10) as stalled:
@@ -547,6 +620,8 @@ def test_a_stalled_client_does_not_hold_up_the_others(api):
         c.conn.close()
 
 
+@pytest.mark.reliability("HTTP connections", "an idle keep-alive connection",
+                         "closed by the server after the request timeout")
 def test_idle_connections_are_closed_after_the_request_timeout(serving):
     with HttpApi(serving, request_timeout=0.3) as a:
         with socket.create_connection(("127.0.0.1", a.port), timeout=10) as s:
@@ -567,4 +642,75 @@ def test_many_connections_at_once_are_all_answered(api):
             assert s.recv(65536).startswith(b"HTTP/1.1 200 OK")
     finally:
         for s in conns:
+            s.close()
+
+
+# --- slowloris: a head deadline, a per-address limit ----------------------------------------------------------
+def _dribble(port: int, source: str = "127.0.0.1") -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.bind((source, 0))
+    s.connect(("127.0.0.1", port))
+    s.sendall(b"GET /v2/health/live HTTP/1.1\r\n")  # a head begun, never finished
+    return s
+
+
+def _get_live_from(port: int, source: str) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0)) as s:
+        s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+        return data
+
+
+@pytest.mark.reliability("HTTP connections", "slowloris: 80 connections from one address trickling heads",
+                         "48 held, 32 refused 429, another address served")
+def test_slowloris_from_one_address_cannot_hold_every_connection_slot(serving, faults_tried):
+    """Issue 11 item 10: 80 connections trickling a head held all 64 slots; now one address gets at most
+    three quarters of them (429 beyond) and another client is still served."""
+    faults_tried(80)
+    with HttpApi(serving) as a:  # the defaults: 64 connections, 48 per address, 10 s head deadline
+        attackers = []
+        try:
+            for _ in range(80):
+                attackers.append(_dribble(a.port))
+            refused = []
+            for s in attackers[-32:]:  # the last ones were refused at once: 429, closed
+                s.settimeout(0.05 if refused else 5)
+                try:
+                    data = s.recv(65536)
+                except TimeoutError:
+                    continue
+                refused.append(data)
+            assert len(refused) == 32 and all(r.startswith(b"HTTP/1.1 429 ") for r in refused), refused[:1]
+            assert b"too_many_connections" in refused[0]
+            for s in attackers[:48]:
+                s.sendall(b"X")  # a byte each: not idle
+            assert _get_live_from(a.port, "127.0.0.2").startswith(b"HTTP/1.1 200 OK")
+        finally:
+            for s in attackers:
+                s.close()
+
+
+@pytest.mark.reliability("HTTP connections", "a request head trickled a byte every 0.1 s (never idle)",
+                         "408 at the head deadline, connection closed, next client served")
+def test_a_head_trickled_a_byte_at_a_time_is_cut_off_at_the_head_deadline(serving):
+    with HttpApi(serving, head_timeout=0.6, request_timeout=30) as a:
+        s = _dribble(a.port)
+        try:
+            started = time.monotonic()
+            answer = b""
+            while not answer and time.monotonic() - started < 10:
+                s.sendall(b"X")  # a byte every 0.1 s: never idle for the 30 s idle limit
+                s.settimeout(0.1)
+                try:
+                    answer = s.recv(65536)
+                except TimeoutError:
+                    pass
+            assert answer.startswith(b"HTTP/1.1 408 "), answer
+            assert b"request_timeout" in answer and b"Connection: close" in answer
+            # a complete request on a new connection is served at once
+            assert _get_live_from(a.port, "127.0.0.1").startswith(b"HTTP/1.1 200 OK")
+        finally:
             s.close()

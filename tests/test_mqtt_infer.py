@@ -247,6 +247,73 @@ def test_embedded_broker_311_answers_reply_to_at_the_requests_qos(trained, tmp_p
             client.close()
 
 
+def _health(fleet, aid) -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{fleet.agents()[aid].http_url}/v2/health/ready", timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.mark.reliability("MQTT inference input", "11 hostile requests: 3000-deep JSON, lone surrogates / "
+                         "control char / noncharacter / wildcard / 70 kB reply_to, 5000-digit ints, non-UTF-8",
+                         "each answered (bad reply_to -> infer/result), thread alive, no reconnect, next served")
+def test_no_anonymous_message_stops_mqtt_inference(trained, fleet, online_agent, mosquitto, faults_tried):
+    """Issue 11 item 1: 3,000 levels of nesting, or a lone surrogate in reply_to, made the error path raise
+    again (RecursionError while peeking fields, UnicodeEncodeError from publish) and the inference thread
+    ended: later requests were dropped, then answered ``overloaded``, while /ready said 200."""
+    aid, proc = online_agent()
+    _deploy(fleet, aid, trained)
+    session = fleet.agents()[aid].session
+    mine = f"plant/{aid}/answers"
+    client = Client(mosquitto, mine, v5=False)
+    default = Client(mosquitto, topics.agent_topic(aid, topics.INFER_RESULT), v5=False)
+    infer = topics.agent_topic(aid, topics.INFER)
+    big = _rows(trained, 60)  # over INLINE_MAX_BYTES: answered on the inference thread, never inline
+    try:
+        hostile = [
+            b'{"id": "deep", "reply_to": "' + mine.encode() + b'", "inputs": ' + b"[" * 3000 + b"]" * 3000 + b"}",
+            b'{"id": "surrogate", "reply_to": "plant/\\ud800/x", "inputs": ' + json.dumps(big).encode() + b"}",
+            b'{"id": "surrogate-ok", "reply_to": "plant/\\udfff", "inputs": ' + json.dumps(big).encode() + b"}",
+            b'{"id": "wild", "reply_to": "plant/#", "inputs": ' + json.dumps(big).encode() + b"}",
+            # Mosquitto drops the connection of a client publishing to a topic with a control character
+            b'{"id": "control", "reply_to": "plant/\\u0001", "inputs": ' + json.dumps(big).encode() + b"}",
+            b'{"id": "nonchar", "reply_to": "plant/\\uffff", "inputs": ' + json.dumps(big).encode() + b"}",
+            b'{"id": "long", "reply_to": "' + b"t" * 70000 + b'", "inputs": ' + json.dumps(big).encode() + b"}",
+            b'{"id": ' + b"9" * 5000 + b', "reply_to": "' + mine.encode() + b'", "inputs": []}',
+            b'{"id": "num", "reply_to": "' + mine.encode() + b'", "inputs": [[' + b"9" * 5000 + b"]]}",
+            b'[' * 100000,
+            b"\xff\xfe not utf-8",
+        ]
+        faults_tried(len(hostile))
+        for payload in hostile:
+            client.request(infer, payload, 1)
+        for i in range(5):
+            client.request(infer, {"id": f"ok-{i}", "inputs": big, "reply_to": mine}, 1)
+        assert wait_until(lambda: sum(g.reply.id.startswith("ok-") for g in client.got) == 5, 20), proc.log()
+        ok = [g.reply for g in client.got if g.reply.id.startswith("ok-")]
+        assert all(isinstance(r, InferResult) and len(r.outputs["label"]) == 60 for r in ok)
+        assert len(client.got) == 5  # nothing else could be answered on reply_to: ...
+        # ... not a topic name, or a payload that cannot be read at all (no id, no reply_to): infer/result
+        assert wait_until(lambda: len(default.got) >= 11, 10), [g.reply for g in default.got]
+        codes = sorted((g.reply.id, g.reply.code) for g in default.got if isinstance(g.reply, InferError))
+        assert codes == sorted([("surrogate", "bad_message"), ("surrogate-ok", "bad_message"),
+                                ("control", "bad_message"), ("nonchar", "bad_message"),
+                                ("wild", "bad_message"), ("long", "bad_message"), ("", "too_deep"),
+                                ("", "number_too_large"), ("", "number_too_large"), ("", "too_deep"),
+                                ("", "bad_message")]), codes
+        status, health = _health(fleet, aid)
+        assert status == 200 and health["workers"]["inference"] == {"alive": True, "restarts": 0, "error": ""}
+        assert "Traceback" not in proc.log() and "disconnected" not in proc.log()
+        assert fleet.agents()[aid].session == session  # never dropped by the broker: no new session
+    finally:
+        client.close()
+        default.close()
+
+
 @pytest.mark.parametrize("props", [
     MessageProps(correlation_data=b"\x00corr\xff", user_properties=(("schema", "1"),)),
     MessageProps(response_topic="plant/é/answers", correlation_data=b"", message_expiry=70000,

@@ -548,3 +548,42 @@ def test_a_regression_model_feeds_its_drift_monitor_in_batches_too(reg):
     assert [(r.window, r.rows, r.output_counts) for r in got] == [(1, 40, []), (2, 40, [])]
     s.deactivate()
     assert got[-1].rows == 20
+
+
+# --- issue 11 item 10: hostile numbers and nesting are the client's error (400), never a crash (500) -----------
+@pytest.mark.parametrize("text,code,match", [
+    ('{"inputs": [[' + "9" * 5000 + ", 1, 2, 3]]}", "number_too_large", "a number too long to read"),
+    ('{"inputs": ' + "[" * 3000 + "]" * 3000 + "}", "too_deep", "nests arrays or objects too deeply"),
+    ('{"inputs": [[1, 2, 3, ' + '{"a": ' * 3000 + "1" + "}" * 3000 + "]]}", "too_deep", "too deeply"),
+])
+@pytest.mark.reliability("message decoding", "5000-digit integers, 3000-deep arrays and objects",
+                         "MessageFormatError number_too_large / too_deep (400), not a 500")
+def test_json_with_huge_integers_or_deep_nesting_is_a_specific_format_error(text, code, match):
+    from edgeloop.agent.errors import MessageFormatError
+    from edgeloop.agent.wire.messages import InferRequest, load_json
+
+    for data in (text, text.encode()):
+        with pytest.raises(MessageFormatError, match=match) as err:
+            load_json(data, "inference request")
+        assert err.value.code == code
+    with pytest.raises(MessageFormatError) as err:
+        InferRequest.decode(text.encode())
+    assert err.value.code == code
+
+
+@pytest.mark.parametrize("value,match", [
+    (10**4000, r"is an integer of 4001 digits, outside the float32 range"),
+    (-(10**300), r"is an integer of 301 digits, outside the float32 range"),
+    (3.5e38, r"is 3.5e\+38, outside the float32 range"),
+    (-1e300, r"is -1e\+300, outside the float32 range"),
+    (2**128, r"is an integer of 39 digits|is 340282366920938463463374607431768211456, outside"),
+])
+@pytest.mark.reliability("message decoding", "values beyond float32 (incl. a 4000-digit int) on 6 input forms",
+                         "bad_value (400) naming row and feature, message kept short")
+def test_values_beyond_float32_are_bad_values_on_every_input_form(manifest, value, match):
+    rows = [[1.0, 2.0, 3.0, value]]
+    named = dict(zip(FEATURES, rows[0], strict=True))
+    for form in (rows, rows[0], named, [named], [tuple(rows[0])], rows * 50):
+        with pytest.raises(InputValueError, match=rf"feature 'petal_width' {match}") as err:
+            coerce_inputs(form, manifest)
+        assert len(str(err.value)) < 300  # a 4000-digit number is described, not echoed

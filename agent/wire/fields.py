@@ -89,6 +89,12 @@ def load_json(data: bytes | str, what: str = "message", limit: int = MAX_JSON_ME
         raise MessageFormatError(f"{what} is not UTF-8 text: {exc}") from exc
     except json.JSONDecodeError as exc:
         raise MessageFormatError(f"{what} is not valid JSON: {exc.msg} at position {exc.pos}") from exc
+    except RecursionError:  # the C parser recurses per level: ~1,000 levels end the stack
+        raise MessageFormatError(f"{what} nests arrays or objects too deeply; send flat rows of numbers",
+                                 code="too_deep") from None
+    except ValueError as exc:  # an integer of more than sys.get_int_max_str_digits() (4,300) digits
+        raise MessageFormatError(f"{what} holds a number too long to read ({str(exc)[:80]}); send numbers "
+                                 "within the float32 range", code="number_too_large") from None
     return obj(value, what)
 
 

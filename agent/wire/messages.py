@@ -387,11 +387,19 @@ class FeatureDrift:
     ks: float
     mean: float
     drifted: bool
+    p_value: float | None = None  # KS p-value (before the multiple-testing correction); absent from older agents
+    # absent from older agents (None / 0): this window's own verdict, judged windows flagged in a row,
+    # non-finite values (not in counts), values beyond the reference's min and max
+    flagged: bool | None = None
+    streak: int | None = None
+    missing: int = 0
+    out_of_range: int = 0
 
     def to_dict(self) -> dict:
         return {
             "name": self.name, "counts": list(self.counts), "psi": self.psi, "ks": self.ks, "mean": self.mean,
-            "drifted": self.drifted,
+            "drifted": self.drifted, "p_value": self.p_value, "flagged": self.flagged, "streak": self.streak,
+            "missing": self.missing, "out_of_range": self.out_of_range,
         }
 
     @classmethod
@@ -407,7 +415,24 @@ class FeatureDrift:
             ks=req(d, "ks", float, where),
             mean=req(d, "mean", float, where),
             drifted=req(d, "drifted", bool, where),
+            p_value=opt(d, "p_value", float, where),
+            flagged=opt(d, "flagged", bool, where),
+            streak=_non_negative(d, "streak", where),
+            missing=_non_negative(d, "missing", where) or 0,
+            out_of_range=_non_negative(d, "out_of_range", where) or 0,
         )
+
+
+def _non_negative(d: dict, key: str, where: str) -> int | None:
+    """An optional count (absent from older agents: None)."""
+    value = opt(d, key, int, where)
+    if value is not None and value < 0:
+        raise MessageFormatError(f"{where}: {key} must be a non-negative integer, got {value}")
+    return value
+
+
+DRIFT_STATUSES = ("ok", "too_few_rows")  # judged, or closed with fewer than min_rows rows (counts only)
+DRIFT_CLOSED_BY = ("rows", "time", "flush")
 
 
 @dataclass
@@ -426,6 +451,14 @@ class DriftReport(Message):
     features: list[FeatureDrift]
     output_counts: list[int] = field(default_factory=list)  # predicted class counts
     output_js: float | None = None  # Jensen-Shannon distance to the reference class shares
+    alpha: float | None = None  # false-alarm rate per window shared by the features (Holm); absent from older agents
+    # absent from older agents (defaults): judged or not, what closed the window, the agent's window policy,
+    # and for regression the prediction histogram judged like a feature
+    status: str = "ok"
+    closed_by: str = "rows"
+    min_rows: int | None = None
+    consecutive: int | None = None
+    output: FeatureDrift | None = None
 
     @property
     def drifted_features(self) -> list[str]:
@@ -440,7 +473,9 @@ class DriftReport(Message):
             "window": self.window, "rows": self.rows, "started_at": self.started_at, "ended_at": self.ended_at,
             "psi_threshold": self.psi_threshold, "ks_threshold": self.ks_threshold,
             "features": [f.to_dict() for f in self.features],
-            "output_counts": list(self.output_counts), "output_js": self.output_js,
+            "output_counts": list(self.output_counts), "output_js": self.output_js, "alpha": self.alpha,
+            "status": self.status, "closed_by": self.closed_by, "min_rows": self.min_rows,
+            "consecutive": self.consecutive, "output": self.output.to_dict() if self.output is not None else None,
             "drifted_features": self.drifted_features,
         }
 
@@ -462,7 +497,20 @@ class DriftReport(Message):
             features=[FeatureDrift.from_dict(f, where) for f, where in objects(d, "features", w)],
             output_counts=list_of(d, "output_counts", int, w, []),
             output_js=opt(d, "output_js", float, w),
+            alpha=opt(d, "alpha", float, w),
+            status=_one_of(d, "status", DRIFT_STATUSES, w),
+            closed_by=_one_of(d, "closed_by", DRIFT_CLOSED_BY, w),
+            min_rows=opt(d, "min_rows", int, w),
+            consecutive=opt(d, "consecutive", int, w),
+            output=FeatureDrift.from_dict(out, f"{w}.output") if (out := opt(d, "output", dict, w)) else None,
         )
+
+
+def _one_of(d: dict, key: str, allowed: tuple[str, ...], where: str) -> str:
+    value = opt(d, key, str, where, allowed[0])
+    if value not in allowed:
+        raise MessageFormatError(f"{where}: {key} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
 
 
 # --- generic decode ------------------------------------------------------------
@@ -534,6 +582,7 @@ def new_id() -> str:
 __all__ = [
     "SCHEMA", "MAX_JSON_MESSAGE", "load_json", "dumps", "Message", "ActiveModel", "AgentState",
     "COMMAND_TYPES", "TransferSpec", "Command", "EVENT_KINDS", "Event", "InferRequest", "InferResult",
-    "InferError", "decode_infer_reply", "FeatureDrift", "DriftReport", "decode", "CHUNK_MAGIC",
+    "InferError", "decode_infer_reply", "FeatureDrift", "DriftReport", "DRIFT_STATUSES", "DRIFT_CLOSED_BY",
+    "decode", "CHUNK_MAGIC",
     "CHUNK_VERSION", "CHUNK_HEADER_SIZE", "MAX_CHUNK_SIZE", "Chunk", "new_id",
 ]
