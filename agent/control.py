@@ -9,47 +9,78 @@ Chunks come on the agent's own ``bundle`` topic, or -- when the deploy command's
 names one -- on a transfer topic shared by every agent of a fan-out deploy, which the
 agent follows from accepting the command until the transfer finishes, fails or is
 abandoned (its command expired, or a newer deploy of the same bundle replaced it).
-Missing chunks are asked for (``transfer_missing``) and come again on the own topic.
+Missing chunks are asked for (``transfer_missing``) and come again on the own topic, less
+and less often while none come (up to every ``MAX_ASK_INTERVAL`` s) until the command expires.
+
+Durability: a command is journalled (``pending`` in the store's state, saved with its counter)
+until its result is reported. After a crash at any step the restart finishes the job: a
+complete transfer is verified and installed (or refused), a bundle already renamed into the
+store is re-verified and activated, an activation already saved is reported, anything else is
+reported failed (``interrupted``); expired transfers are dropped and reported once. Command
+lifetimes are capped (``MAX_COMMAND_LIFETIME``). A full disk is ``disk_full``, with the free and
+needed bytes: answered per command, otherwise reported at most every ``DISK_FULL_REPORT_INTERVAL`` s.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import queue
 import shutil
 import time
 
-from edgeloop.agent.core import AgentCore
+from edgeloop.agent.core import AgentCore, Loaded
 from edgeloop.agent.errors import (
     BundleMismatchError,
     BundleTooLargeError,
+    CommandLifetimeError,
+    DiskFullError,
     DiskSpaceError,
     EdgeloopError,
+    HashMismatchError,
     MessageFormatError,
     StoreError,
     TransferError,
 )
+from edgeloop.agent.floors import check_floor, raise_floor
+from edgeloop.agent.fsutil import crash_point
 from edgeloop.agent.transfer import Transfer
 from edgeloop.agent.wire import topics
-from edgeloop.agent.wire.bundle import verify_bundle
+from edgeloop.agent.wire.bundle import VerifiedBundle, verify_bundle
 from edgeloop.agent.wire.commands import verify_command
 from edgeloop.agent.wire.messages import Chunk, Command
 
 log = logging.getLogger("edgeloop.agent.service")
 
 SHARED_CHUNK = "shared-chunk"  # control queue kind: a chunk from a shared transfer topic
+MAX_COMMAND_LIFETIME = 7 * 24 * 3600.0  # seconds ahead a command's expiry may be (docs/protocol.md)
+MAX_ASK_INTERVAL = 300.0  # seconds between requests for missing chunks, at most (backed off from idle_seconds)
+DISK_FULL_REPORT_INTERVAL = 600.0  # seconds between disk_full events not answering a command
+INTERNAL_REPORT_INTERVAL = 60.0  # seconds between "internal" error events (each failure is logged)
 
 
 class AgentControl(AgentCore):
+    _storage_reported_at: float | None = None  # when the last disk_full / storage event went out
+    _recovered = False  # interrupted commands were finished or reported (once per process)
+    _internal_reported_at: float | None = None  # when the last "internal" error event went out
+
     # --- restore after a restart ---------------------------------------------------------
     def _restore(self) -> None:
+        self.store.collect_garbage()  # before anything is written: nothing of this process is in flight
+        if self.store.recovered is not None:
+            self._pending_events.append(self._event(
+                "error", False, "state_recovered",
+                f"state.json could not be read at start-up: {self.store.recovered}; every bundle is re-verified "
+                "(a copy of the unreadable file is kept as state.json.unreadable)",
+                details={"recovered": self.store.recovered}))
+        self._adopt_unclaimed()
         state = self.store.state
         candidates = ([state.active] if state.active else []) + list(state.history)
         for i, sha in enumerate(candidates):
             try:
-                loaded = self._load_installed(sha)
+                loaded = self._load_stored(sha)
             except EdgeloopError as exc:
                 log.error("stored bundle %s cannot be served: %s", sha[:12], exc)
                 self._pending_events.append(self._event(
@@ -57,41 +88,101 @@ class AgentControl(AgentCore):
                 continue
             if i > 0:
                 log.warning("fell back to previously active bundle %s", sha[:12])
-                self.store.activate(sha)
+                self._save_quietly("activate the fallback bundle", self.store.activate, sha)
             self.serving.activate(loaded.runner, loaded.monitor)
             m = loaded.bundle.manifest
             log.info("serving %s version %s (bundle %s) from the store", m.model_name, m.version, sha[:12])
             return
         if candidates:
-            self.store.deactivate()
+            self._save_quietly("record that no bundle is active", self.store.deactivate)
+
+    def _adopt_unclaimed(self) -> None:
+        """Bundles on disk that no readable state names: re-verified and adopted (the newest becomes
+        active), or removed."""
+        found = []
+        for sha in list(self.store.unclaimed):
+            try:
+                vb = self._verified_from_store(sha)
+                found.append((self.store.bundle_path(sha).stat().st_mtime, sha, vb.manifest))
+            except (EdgeloopError, OSError) as exc:
+                log.error("removing bundle %s found without a state: %s", sha[:12], exc)
+                self.store.forget_unclaimed(sha)
+        found.sort(key=lambda f: f[0], reverse=True)  # newest first: the history's order
+        for mtime, sha, m in found:
+            if self._save_quietly(f"adopt bundle {sha[:12]}", self.store.adopt, sha, m.model_name, m.version, mtime):
+                log.warning("adopted bundle %s (%s %s) found without a state", sha[:12], m.model_name, m.version)
+        if found:
+            self._save_quietly("activate the adopted bundle", self.store.activate, found[0][1])
+
+    def _save_quietly(self, what: str, change, *args) -> bool:
+        """``change(*args)``: a state change that answers no command; a failure is reported (rate-limited)."""
+        try:
+            change(*args)
+            return True
+        except (StoreError, OSError) as exc:
+            self._storage_problem(exc, what)
+            return False
+
+    def _storage_problem(self, exc: BaseException, what: str) -> None:
+        """Log and report a failed write that answers no command: at most every DISK_FULL_REPORT_INTERVAL s."""
+        code = exc.code if isinstance(exc, EdgeloopError) else StoreError.code
+        now = time.monotonic()
+        if self._storage_reported_at is not None and now - self._storage_reported_at < DISK_FULL_REPORT_INTERVAL:
+            log.debug("could not %s: %s (already reported)", what, exc)
+            return
+        self._storage_reported_at = now
+        log.error("could not %s: %s (the agent keeps serving; reported at most every %.0f s)", what, exc,
+                  DISK_FULL_REPORT_INTERVAL)
+        details = {"free": exc.free, "needed": exc.needed} if isinstance(exc, DiskFullError) else {}
+        ev = self._event("error", False, code, f"could not {what}: {exc}", details=details)
+        if self.link.connected.is_set():
+            self._publish_event(ev)
+        else:
+            self._pending_events.append(ev)
 
     # --- control thread -------------------------------------------------------------------
     def _control_loop(self) -> None:
+        if not self._recovered:  # once per process, not again when the watchdog restarts this thread
+            self._recovered = True
+            self._guarded("recovery after a restart", self._recover_interrupted)
         while True:
             try:
                 kind, payload = self._control_q.get(timeout=0.5)
             except queue.Empty:
-                self._check_idle_transfers()
-                continue
+                kind = payload = None
             if kind == "stop":
                 return
-            try:
-                if kind == "connected":
-                    self._on_connected()
-                elif kind == topics.CMD:
-                    self._handle_command(payload)
-                elif kind == topics.BUNDLE:
-                    self._handle_chunk(payload)
-                elif kind == SHARED_CHUNK:
-                    self._handle_chunk(payload, shared=True)
-            except Exception:  # keep the agent alive, say what happened
-                log.exception("control thread failed on %s", kind)
+            if kind == "connected":
+                self._guarded(kind, self._on_connected)
+            elif kind == topics.CMD:
+                self._guarded(kind, self._handle_command, payload)
+            elif kind == topics.BUNDLE:
+                self._guarded(kind, self._handle_chunk, payload)
+            elif kind == SHARED_CHUNK:
+                self._guarded(kind, self._handle_chunk, payload, True)
+            self._guarded("idle transfers", self._check_idle_transfers)
+            self._guarded("drift windows", self.serving.tick_drift)  # close time-closed windows without a request
+
+    def _guarded(self, what: str, fn, *args) -> None:
+        """Run one step of the control thread; whatever it raises, the thread goes on and says so."""
+        try:
+            fn(*args)
+        except (StoreError, OSError) as exc:
+            self._storage_problem(exc, f"handle {what}")
+        except Exception:  # keep the agent alive, say what happened (an event at most every minute)
+            log.exception("control thread failed on %s", what)
+            now = time.monotonic()
+            if self._internal_reported_at is None or now - self._internal_reported_at >= INTERNAL_REPORT_INTERVAL:
+                self._internal_reported_at = now
                 self._publish_event(self._event("error", False, "internal",
-                                                f"internal error handling {kind}; see agent log"))
-            self._check_idle_transfers()
+                                                f"internal error handling {what}; see agent log"))
 
     def _on_connected(self) -> None:
-        self.session = self.store.next_session()
+        try:
+            self.session = self.store.next_session(minimum=self.session + 1)
+        except (StoreError, OSError) as exc:  # a full disk: announce anyway, with a session number kept in memory
+            self.session += 1
+            self._storage_problem(exc, "save the session counter")
         self._publish_state()  # the birth certificate first, so "online" never points at a stale state
         self.link.publish(topics.agent_topic(self.id, topics.STATUS, self.root), topics.ONLINE, qos=1, retain=True)
         for ev in self._pending_events:
@@ -104,6 +195,47 @@ class AgentControl(AgentCore):
                 self._follow(t)
                 self._publish_missing(t)
 
+    def _recover_interrupted(self) -> None:
+        """On start: finish or report every command a crash interrupted (see the module docstring)."""
+        for t in [t for t in self._transfers.values() if t.complete]:
+            log.info("transfer %s was complete before the restart: installing it", t.spec.transfer_id[:8])
+            self._finish_transfer(t)
+        in_transfer = {t.command_id for t in self._transfers.values()}
+        for cid, job in self.store.pending().items():
+            if cid in in_transfer:
+                continue  # resumes, and reports when it finishes or expires
+            sha = str(job.get("bundle_sha256", ""))
+            event = str(job.get("event", "install_result"))
+            active = self.store.active()
+            try:
+                if active is not None and active.sha256 == sha:
+                    m = active
+                    self._report(event, True, "ok", f"{m.model} {m.version} serving (finished before a restart)", cid,
+                                 {"bundle_sha256": sha, "model": m.model, "version": m.version})
+                elif sha and self.store.bundle_path(sha).exists():
+                    log.info("command %s was interrupted with bundle %s in the store: activating it", cid, sha[:12])
+                    self._activate_stored(sha, cid, event, job)
+                else:
+                    raise TransferError("the agent restarted before the bundle was complete; nothing was installed "
+                                        "(deploy again)", code="interrupted")
+            except (EdgeloopError, OSError) as exc:
+                self._fail(event, exc, cid, {"bundle_sha256": sha})
+
+    def _report(self, event: str, ok: bool, code: str, message: str, command_id: str,
+                details: dict | None = None) -> None:
+        """The final answer to a command: published (or kept in the outbox), then the command leaves the journal."""
+        self._publish_event(self._event(event, ok, code, message, command_id, details))
+        crash_point("result_reported")
+        self._save_quietly("settle a command in the journal", self.store.settle, command_id)
+
+    def _fail(self, event: str, exc: BaseException, command_id: str, details: dict | None = None) -> None:
+        code = exc.code if isinstance(exc, EdgeloopError) else StoreError.code
+        details = dict(details or {})
+        if isinstance(exc, DiskFullError):
+            details.update(free=exc.free, needed=exc.needed)
+        log.warning("%s of command %s: %s (%s)", event, command_id, code, exc)
+        self._report(event, False, code, str(exc), command_id, details)
+
     def _handle_command(self, payload: bytes) -> None:
         try:
             vc = verify_command(payload, self.trusted, self.id, self.clock(), self.store.counters())
@@ -113,17 +245,30 @@ class AgentControl(AgentCore):
             self._publish_event(self._event("command_result", False, exc.code, str(exc), cid))
             return
         cmd = vc.command
-        self.store.accept_counter(vc.keyid, cmd.counter)  # before acting: no replay after a crash
+        kind = "rollback_result" if cmd.command == "rollback" else "command_result"
+        try:
+            _check_lifetime(cmd.command_id, cmd.expires_at, self.clock())
+            # before acting: no replay after a crash, and the command is journalled until answered
+            self.store.accept_counter(vc.keyid, cmd.counter, cmd.command_id, _journal_entry(cmd))
+        except (EdgeloopError, OSError) as exc:
+            code = exc.code if isinstance(exc, EdgeloopError) else StoreError.code
+            log.warning("refused command %s: %s", cmd.command_id, exc)
+            details = {"free": exc.free, "needed": exc.needed} if isinstance(exc, DiskFullError) else {}
+            self._publish_event(self._event(kind, False, code, str(exc), cmd.command_id, details))
+            return
         log.info("accepted %s command %s (counter %d)", cmd.command, cmd.command_id, cmd.counter)
+        crash_point("command_accepted")
         try:
             if cmd.command == "deploy":
                 self._start_deploy(cmd)
             elif cmd.command == "rollback":
                 self._rollback(cmd)
-        except EdgeloopError as exc:
-            log.warning("%s %s failed: %s", cmd.command, cmd.command_id, exc)
-            kind = "rollback_result" if cmd.command == "rollback" else "command_result"
-            self._publish_event(self._event(kind, False, exc.code, str(exc), cmd.command_id))
+        except (EdgeloopError, OSError) as exc:
+            self._fail(kind, exc, cmd.command_id)
+        except Exception as exc:  # a bug: still answered, with the command id
+            log.exception("%s %s failed", cmd.command, cmd.command_id)
+            self._fail(kind, EdgeloopError(f"internal error: {exc}; see the agent log", code="internal"),
+                       cmd.command_id)
 
     def _start_deploy(self, cmd: Command) -> None:
         spec = cmd.transfer()
@@ -143,13 +288,17 @@ class AgentControl(AgentCore):
                 f"needs {need / 2**20:.1f} MiB (its size plus limits.min_free_bytes = "
                 f"{self.cfg.min_free_bytes / 2**20:.1f} MiB): free some space or lower limits.min_free_bytes")
         meta = {"model": cmd.args.get("model", ""), "version": cmd.args.get("version", "")}
+        check_floor(self.cfg, meta, self.store.active())  # [security] version_floor: no deploy below it
         stored = self.store.get(spec.bundle_sha256)
         if stored is not None:
             _check_deploy_names(meta, stored.model, stored.version)
         if self.store.has_bundle(spec.bundle_sha256):
             self._publish_event(self._event("command_result", True, "ok", "bundle already in store; activating",
                                             cmd.command_id, {"chunks": 0, "in_store": True}))
-            self._activate_stored(spec.bundle_sha256, cmd.command_id, "install_result")
+            try:  # accepted already: a failure from here on is the install's result
+                self._activate_stored(spec.bundle_sha256, cmd.command_id, "install_result", meta)
+            except (EdgeloopError, OSError) as exc:
+                self._fail("install_result", exc, cmd.command_id, {"bundle_sha256": spec.bundle_sha256})
             return
         t = self._transfers.get(spec.transfer_id)
         if t is None:
@@ -177,10 +326,15 @@ class AgentControl(AgentCore):
             return
         try:
             t.write(chunk)
+        except DiskFullError as exc:
+            self._drop_transfer(t)
+            self._fail("install_result", exc, t.command_id, {"bundle_sha256": t.spec.bundle_sha256})
+            return
         except EdgeloopError as exc:
             log.warning("chunk %d of %s refused: %s", chunk.index, chunk.transfer_id[:8], exc)
             return
         if t.complete:
+            crash_point("transfer_complete")
             self._finish_transfer(t)
         elif shared and chunk.index == t.spec.chunks - 1 and not t.asked:
             t.asked = True  # the shared stream ended with gaps (joined late, chunks dropped): ask now
@@ -194,9 +348,12 @@ class AgentControl(AgentCore):
                                  "chunks received")
                 continue
             t.save_if_idle(now)
-            if not t.complete and now - t.last_activity > self.cfg.transfer_idle_seconds:
+            wait = min(self.cfg.transfer_idle_seconds * 2 ** min(t.quiet_asks, 16),
+                       max(MAX_ASK_INTERVAL, self.cfg.transfer_idle_seconds))
+            if not t.complete and now - t.last_activity > wait:
                 self._publish_missing(t)
                 t.last_activity = now
+                t.quiet_asks += 1
 
     def _publish_missing(self, t: Transfer) -> None:
         missing = t.missing(limit=2000)
@@ -234,10 +391,9 @@ class AgentControl(AgentCore):
         sha = t.spec.bundle_sha256
         log.warning("transfer %s of bundle %s abandoned: %s", t.spec.transfer_id[:8], sha[:12], why)
         self._drop_transfer(t)
-        self._publish_event(self._event(
-            "install_result", False, TransferError.code,
-            f"transfer of bundle {sha[:12]} abandoned: {why}; nothing was installed (deploy again)",
-            t.command_id, {"bundle_sha256": sha}))
+        self._report("install_result", False, TransferError.code,
+                     f"transfer of bundle {sha[:12]} abandoned: {why}; nothing was installed (deploy again)",
+                     t.command_id, {"bundle_sha256": sha})
 
     # --- install --------------------------------------------------------------------------------
     def _finish_transfer(self, t: Transfer) -> None:
@@ -250,32 +406,56 @@ class AgentControl(AgentCore):
             m = vb.manifest
             _check_deploy_names(t.meta, m.model_name, m.version)
             loaded = self._load_verified(vb, sha)
-            self.store.install_file(sha, path, m.model_name, m.version)
+            crash_point("bundle_verified")
+            self.store.install_file(sha, path, m.model_name, m.version,
+                                    before_save=lambda: crash_point("bundle_in_store"))
+            crash_point("state_saved")
             self.serving.activate(loaded.runner, loaded.monitor)
-        except (EdgeloopError, OSError) as exc:  # OSError: the store's disk (full, read-only, ...)
-            code = exc.code if isinstance(exc, EdgeloopError) else StoreError.code
+        except (EdgeloopError, OSError) as exc:  # OSError: the store's disk (read-only, ...)
             log.error("install of bundle %s refused: %s (previous model keeps serving)", sha[:12], exc)
-            self._publish_event(self._event("install_result", False, code, str(exc), t.command_id,
-                                            {"bundle_sha256": sha}))
-            return
-        finally:
             self._drop_transfer(t)
+            self._fail("install_result", exc, t.command_id, {"bundle_sha256": sha})
+            return
+        self._drop_transfer(t)
+        raise_floor(self.cfg, m.model_name, m.version)
         log.info("installed and activated %s %s (bundle %s)", m.model_name, m.version, sha[:12])
-        self._publish_event(self._event(
-            "install_result", True, "ok", f"{m.model_name} {m.version} installed and serving", t.command_id,
-            {"bundle_sha256": sha, "model": m.model_name, "version": m.version,
-             "install_ms": round((time.perf_counter() - started) * 1000, 1)}))
-        self._publish_state()
+        self._publish_state()  # before the result: whoever waits for it then reads the new state
+        self._report("install_result", True, "ok", f"{m.model_name} {m.version} installed and serving", t.command_id,
+                     {"bundle_sha256": sha, "model": m.model_name, "version": m.version,
+                      "install_ms": round((time.perf_counter() - started) * 1000, 1)})
 
-    def _activate_stored(self, sha: str, command_id: str, event: str) -> None:
-        loaded = self._load_installed(sha)
-        self.store.activate(sha)
+    def _verified_from_store(self, sha: str) -> VerifiedBundle:
+        """A stored bundle read back, checked against its name (sha256) and re-verified."""
+        data = self.store.read_bundle(sha)
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != sha:
+            raise HashMismatchError(f"stored bundle {sha[:12]} has sha256 {digest[:12]} on disk: altered or "
+                                    "corrupted in the store; deploy it again")
+        return verify_bundle(data, self.trusted, self.cfg.max_bundle_bytes)
+
+    def _load_stored(self, sha: str) -> Loaded:
+        return self._load_verified(self._verified_from_store(sha), sha)
+
+    def _activate_stored(self, sha: str, command_id: str, event: str, want: dict | None = None) -> None:
+        """Activate a bundle of the store: checked against its sha256, re-verified, checked against the
+        command's model and version (``want``), loaded and smoke-tested first."""
+        vb = self._verified_from_store(sha)
+        if want is not None:
+            _check_deploy_names(want, vb.manifest.model_name, vb.manifest.version)
+        loaded = self._load_verified(vb, sha)
+        if self.store.get(sha) is None:  # renamed into the store before a crash, never named by the state
+            self.store.activate_file(sha, vb.manifest.model_name, vb.manifest.version)
+        else:
+            self.store.activate(sha)
+        crash_point("activation_saved")
         self.serving.activate(loaded.runner, loaded.monitor)
         m = loaded.bundle.manifest
+        if event == "install_result":  # a deploy raises the floor; a rollback never does
+            raise_floor(self.cfg, m.model_name, m.version)
         log.info("activated stored bundle %s: %s %s", sha[:12], m.model_name, m.version)
-        self._publish_event(self._event(event, True, "ok", f"{m.model_name} {m.version} serving", command_id,
-                                        {"bundle_sha256": sha, "model": m.model_name, "version": m.version}))
-        self._publish_state()
+        self._publish_state()  # before the result: whoever waits for it then reads the new state
+        self._report(event, True, "ok", f"{m.model_name} {m.version} serving", command_id,
+                     {"bundle_sha256": sha, "model": m.model_name, "version": m.version})
 
     def _rollback(self, cmd: Command) -> None:
         sha = cmd.target_bundle()
@@ -283,6 +463,24 @@ class AgentControl(AgentCore):
             raise StoreError(f"cannot roll back to bundle {sha[:12]}: it is not in this agent's store "
                              "(deploy it instead)")
         self._activate_stored(sha, cmd.command_id, "rollback_result")
+
+
+def _check_lifetime(command_id: str, expires_at: float, now: float) -> None:
+    """Refuse a command valid for more than MAX_COMMAND_LIFETIME from now: a recording of it could be
+    replayed to a freshly reset agent for that long."""
+    if expires_at - now > MAX_COMMAND_LIFETIME:
+        raise CommandLifetimeError(
+            f"command {command_id} expires {(expires_at - now) / 86400:.1f} days from now; this agent accepts "
+            f"commands valid for at most {MAX_COMMAND_LIFETIME / 86400:.0f} days: issue it with a shorter "
+            "lifetime (or check the hub's clock)")
+
+
+def _journal_entry(cmd: Command) -> dict:
+    """What the journal keeps of an accepted command to finish or report it after a crash."""
+    if cmd.command == "rollback":
+        return {"event": "rollback_result", "bundle_sha256": cmd.target_bundle()}
+    return {"event": "install_result", "bundle_sha256": cmd.transfer().bundle_sha256,
+            "model": cmd.args.get("model", ""), "version": cmd.args.get("version", "")}
 
 
 def _check_deploy_names(want: dict, model: str, version: str) -> None:
@@ -300,5 +498,5 @@ def _peek_command_id(payload: bytes) -> str | None:
         inner = json.loads(base64.b64decode(doc["payload"]))
         cid = inner.get("command_id")
         return cid if isinstance(cid, str) and len(cid) <= 64 else None
-    except (ValueError, KeyError, TypeError, AttributeError, MessageFormatError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError, MessageFormatError):
         return None

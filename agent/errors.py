@@ -85,6 +85,12 @@ class SmokeTestError(BundleError):
     code = "smoke_test_failed"
 
 
+class InstallTimeoutError(BundleError):
+    """Loading, warming up or smoke-testing a model did not end within the agent's install deadline."""
+
+    code = "install_timeout"
+
+
 class BundleMismatchError(BundleError):
     """The bundle holds another model or version than the deploy command names."""
 
@@ -112,6 +118,12 @@ class UnknownCommandError(CommandError):
     code = "unknown_command"
 
 
+class CommandLifetimeError(CommandError):
+    """A command valid for longer than an agent accepts (its expiry too far ahead)."""
+
+    code = "expiry_too_far"
+
+
 # --- store / transfer ------------------------------------------------------
 class StoreError(EdgeloopError):
     code = "store"
@@ -121,6 +133,19 @@ class DiskSpaceError(StoreError):
     """Too little free space in the agent's state folder for a bundle (and the reserve)."""
 
     code = "insufficient_space"
+
+
+class DiskFullError(StoreError):
+    """A write to the agent's state folder failed because its file system is full (ENOSPC, EDQUOT).
+
+    ``free`` and ``needed`` are bytes (None where unknown)."""
+
+    code = "disk_full"
+
+    def __init__(self, message: str, *, free: int | None = None, needed: int | None = None) -> None:
+        super().__init__(message)
+        self.free = free
+        self.needed = needed
 
 
 class TransferError(EdgeloopError):

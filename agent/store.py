@@ -2,7 +2,9 @@
 
 Layout under ``state_dir``::
 
-    state.json              active bundle, history, accepted command counters, session
+    state.json              active bundle, history, accepted command counters, session, and the
+                            commands accepted but not yet answered (``pending``)
+    state.prev.json         the last state written before it (the fallback when state.json is unreadable)
     bundles/<sha256>.elb    verified bundles exactly as received (re-verified on every load)
     incoming/<id>.part      bundle transfers in progress (see edgeloop.agent.transfer); a
                             verified one is renamed to bundles/ (same file system), not copied
@@ -12,24 +14,37 @@ Every write goes through :mod:`edgeloop.agent.fsutil` (write beside, fsync, atom
 fsync the folder), or is a fsynced transfer file renamed into ``bundles/``. A bundle file is
 complete on disk before ``state.json`` names it, so the active pointer changes last: a power
 cut at any point leaves either the old model or the new one active, never a half-written one.
+
+The state in memory changes only after the new state is durably on disk: a failed save (a
+full disk: :class:`~edgeloop.agent.errors.DiskFullError`) leaves memory and disk as they were.
+
+Start-up: a ``state.json`` that cannot be read falls back to ``state.prev.json``; when neither
+can be read (or state.json is gone) while bundles are on disk, the bundles are kept as
+:attr:`AgentStore.unclaimed` for the agent to re-verify and adopt. The agent then removes
+everything else no state references -- bundle files, leftovers of interrupted writes
+(:meth:`AgentStore.collect_garbage`).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
+import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeloop.agent.errors import StoreError
-from edgeloop.agent.fsutil import atomic_write_bytes, atomic_write_json, fsync_dir
+from edgeloop.agent.fsutil import atomic_write_bytes, disk_full_error, fsync_dir
 
 log = logging.getLogger(__name__)
 STATE_SCHEMA = 1
 HISTORY_LIMIT = 10  # installed bundles kept for rollback
+BUNDLE_SUFFIX = ".elb"
 
 
 @dataclass
@@ -56,28 +71,41 @@ class StoreState:
     installed: dict[str, InstalledBundle] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)  # key id -> highest accepted command counter
     session: int = 0  # increments on every broker connect
+    # command id -> {"event": result event kind, "bundle_sha256": ...}: accepted, result not yet reported
+    pending: dict[str, dict] = field(default_factory=dict)
     schema: int = STATE_SCHEMA
 
     def to_dict(self) -> dict:
         return {"active": self.active, "history": list(self.history),
                 "installed": {sha: b.to_dict() for sha, b in self.installed.items()},
-                "counters": dict(self.counters), "session": self.session, "schema": self.schema}
+                "counters": dict(self.counters), "session": self.session,
+                "pending": copy.deepcopy(self.pending), "schema": self.schema}
 
     @classmethod
     def from_dict(cls, d: dict) -> StoreState:
+        if not isinstance(d, dict):
+            raise TypeError(f"a JSON object was expected, not {type(d).__name__}")
         if d.get("schema") != STATE_SCHEMA:
             raise StoreError(f"state.json schema {d.get('schema')!r} is not {STATE_SCHEMA}; upgrade the agent")
+        pending = d.get("pending", {})
+        if not isinstance(pending, dict) or not all(isinstance(v, dict) for v in pending.values()):
+            raise TypeError("pending is not an object of objects")
         return cls(
             active=d.get("active"),
             history=list(d.get("history", [])),
             installed={k: InstalledBundle.from_dict(v) for k, v in d.get("installed", {}).items()},
             counters={str(k): int(v) for k, v in d.get("counters", {}).items()},
             session=int(d.get("session", 0)),
+            pending={str(k): dict(v) for k, v in pending.items()},
         )
 
 
+def is_sha256(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
 class AgentStore:
-    """Owns ``state_dir``. Thread-safe; all state changes are persisted before returning."""
+    """Owns ``state_dir``. Thread-safe; every state change is durably saved before it shows in memory."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -86,7 +114,8 @@ class AgentStore:
         self._lock = threading.RLock()
         for d in (self.root, self.bundles_dir, self.incoming_dir):
             d.mkdir(parents=True, exist_ok=True)
-        self._clean_temp_files()
+        self.recovered: str | None = None  # how an unreadable state.json was replaced, for the agent to report
+        self.unclaimed: list[str] = []  # bundles on disk with no readable state naming them (to re-verify)
         self.state = self._load()
 
     # --- state ---------------------------------------------------------------
@@ -94,21 +123,53 @@ class AgentStore:
     def state_path(self) -> Path:
         return self.root / "state.json"
 
-    def _clean_temp_files(self) -> None:
+    @property
+    def prev_path(self) -> Path:
+        return self.root / "state.prev.json"
+
+    def collect_garbage(self) -> None:
+        """Remove what no state references: leftovers of interrupted writes, and bundle files that
+        neither the state nor a journalled command names (unless no state could be read: then they
+        are :attr:`unclaimed`). Only the agent calls this, at start-up, before it writes anything:
+        never a second process (``edgeloop-agent status``) while an agent runs."""
         for d in (self.root, self.bundles_dir):
             for p in d.glob(".tmp-*"):
                 log.info("removing leftover temporary file %s (interrupted write)", p)
                 p.unlink(missing_ok=True)
+        self._collect_bundles()
+
+    def _bundle_files(self) -> list[str]:
+        return sorted(p.name[: -len(BUNDLE_SUFFIX)] for p in self.bundles_dir.glob(f"*{BUNDLE_SUFFIX}")
+                      if is_sha256(p.name[: -len(BUNDLE_SUFFIX)]))
+
+    @staticmethod
+    def _read(path: Path) -> StoreState:
+        return StoreState.from_dict(json.loads(path.read_text("utf-8")))
 
     def _load(self) -> StoreState:
-        if not self.state_path.exists():
-            return StoreState()
-        try:
-            state = StoreState.from_dict(json.loads(self.state_path.read_text("utf-8")))
-        except (ValueError, TypeError, KeyError) as exc:
-            raise StoreError(
-                f"{self.state_path} is unreadable ({exc}); move it aside to start with an empty store"
-            ) from exc
+        problems = []
+        state: StoreState | None = None
+        if self.state_path.exists():
+            for path in (self.state_path, self.prev_path):
+                try:
+                    state = self._read(path)
+                    break
+                except FileNotFoundError:
+                    problems.append(f"{path.name} is missing")
+                except (ValueError, TypeError, KeyError, AttributeError, OSError) as exc:
+                    problems.append(f"{path.name} is unreadable ({exc})")
+            if problems:
+                log.error("%s", "; ".join(problems))
+                self._keep_aside(self.state_path)
+                self.recovered = ("fell back to the previous copy, state.prev.json" if state is not None
+                                  else "no readable copy: started from the verified bundles on disk")
+        if state is None:
+            state = StoreState()
+            self.unclaimed = self._bundle_files()
+            if self.unclaimed and self.recovered is None:
+                self.recovered = "state.json is missing: started from the verified bundles on disk"
+        if problems or self.unclaimed:
+            log.warning("store %s: %s; %s", self.root, "; ".join(problems) or "no state.json", self.recovered)
         # drop pointers to bundles that are gone (e.g. removed by hand)
         for sha in list(state.installed):
             if not self.bundle_path(sha).exists():
@@ -119,33 +180,87 @@ class AgentStore:
             state.active = state.history.pop(0) if state.history else None
         return state
 
-    def _save(self) -> None:
-        atomic_write_json(self.state_path, self.state.to_dict())
+    def _keep_aside(self, path: Path) -> None:
+        """Keep a copy of an unreadable state file for a post-mortem (one copy, the newest); the
+        file itself stays until the next save replaces it."""
+        try:
+            shutil.copyfile(path, path.with_name(path.name + ".unreadable"))
+        except OSError as exc:
+            log.warning("could not keep a copy of %s: %s", path, exc)
 
-    # --- counters and sessions ----------------------------------------------
+    def _collect_bundles(self) -> None:
+        keep = set(self.state.installed) | set(self.unclaimed) | {
+            p.get("bundle_sha256") for p in self.state.pending.values()}
+        for path in self.bundles_dir.iterdir():
+            name = path.name[: -len(BUNDLE_SUFFIX)] if path.name.endswith(BUNDLE_SUFFIX) else None
+            if name in keep:
+                continue
+            log.info("removing %s: no state references it (left by an interrupted install)", path)
+            try:
+                path.unlink()
+            except OSError as exc:
+                log.warning("could not remove %s: %s", path, exc)
+
+    def _change(self, edit: Callable[[StoreState], object]) -> StoreState:
+        """Apply ``edit`` to a copy of the state, save the copy durably, then make it the state.
+
+        A failed save raises (:class:`DiskFullError` for a full disk, :class:`StoreError` otherwise)
+        and leaves the state in memory and on disk as it was.
+        """
+        with self._lock:
+            new = copy.deepcopy(self.state)
+            edit(new)
+            data = json.dumps(new.to_dict(), indent=1, sort_keys=True).encode("utf-8")
+            try:
+                atomic_write_bytes(self.state_path, data)
+            except OSError as exc:
+                raise disk_full_error(exc, self.state_path, len(data), "save the agent state") or StoreError(
+                    f"could not save {self.state_path}: {exc}; the agent keeps its previous state") from exc
+            self.state = new
+            try:  # the fallback copy; the state above is already durable
+                atomic_write_bytes(self.prev_path, data)
+            except OSError as exc:
+                log.warning("could not write %s (the fallback copy of the state): %s", self.prev_path, exc)
+            return new
+
+    # --- counters, sessions, commands in flight ------------------------------
     def counters(self) -> dict[str, int]:
         with self._lock:
             return dict(self.state.counters)
 
-    def accept_counter(self, keyid: str, counter: int) -> None:
-        """Persist a command counter *before* acting on the command."""
-        with self._lock:
-            if counter <= self.state.counters.get(keyid, 0):
+    def accept_counter(self, keyid: str, counter: int, command_id: str | None = None,
+                       pending: dict | None = None) -> None:
+        """Persist a command counter *before* acting on the command; with ``pending``, remember the
+        command (``command_id``) as accepted but not yet answered, in the same save."""
+        def edit(st: StoreState) -> None:
+            if counter <= st.counters.get(keyid, 0):
                 raise StoreError(f"counter {counter} for key {keyid} is not above the stored one")
-            self.state.counters[keyid] = counter
-            self._save()
+            st.counters[keyid] = counter
+            if command_id is not None and pending is not None:
+                st.pending[command_id] = dict(pending)
+        self._change(edit)
 
-    def next_session(self) -> int:
+    def pending(self) -> dict[str, dict]:
         with self._lock:
-            self.state.session += 1
-            self._save()
-            return self.state.session
+            return copy.deepcopy(self.state.pending)
+
+    def settle(self, command_id: str) -> None:
+        """The command's result was reported: forget it."""
+        with self._lock:
+            if command_id in self.state.pending:
+                self._change(lambda st: st.pending.pop(command_id, None))
+
+    def next_session(self, minimum: int = 0) -> int:
+        """The next session number (at least ``minimum``), saved."""
+        def edit(st: StoreState) -> None:
+            st.session = max(st.session + 1, minimum)
+        return self._change(edit).session
 
     # --- bundles ---------------------------------------------------------------
     def bundle_path(self, sha256: str) -> Path:
-        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        if not is_sha256(sha256):
             raise StoreError(f"{sha256!r} is not a bundle sha256")
-        return self.bundles_dir / f"{sha256}.elb"
+        return self.bundles_dir / f"{sha256}{BUNDLE_SUFFIX}"
 
     def has_bundle(self, sha256: str) -> bool:
         with self._lock:
@@ -161,21 +276,63 @@ class AgentStore:
         """Write a verified bundle and make it active (the pointer changes last)."""
         with self._lock:
             path = self.bundle_path(sha256)
-            if not path.exists():
-                atomic_write_bytes(path, data)
-            self.state.installed[sha256] = InstalledBundle(sha256, model, version, time.time())
-            self._activate(sha256)
+            wrote = not path.exists()
+            if wrote:
+                try:
+                    atomic_write_bytes(path, data)
+                except OSError as exc:
+                    raise disk_full_error(exc, path, len(data), "store the bundle") or StoreError(
+                        f"could not write {path}: {exc}") from exc
+            try:
+                self._activate(sha256, InstalledBundle(sha256, model, version, time.time()))
+            except StoreError:
+                if wrote and sha256 not in self.state.installed:
+                    path.unlink(missing_ok=True)  # nothing on disk that no state names
+                raise
 
-    def install_file(self, sha256: str, path: Path, model: str, version: str) -> None:
+    def install_file(self, sha256: str, path: Path, model: str, version: str,
+                     before_save: Callable[[], None] | None = None) -> None:
         """Move a verified, fsynced bundle file (a finished transfer) into the store and make it
         active: one rename, no copy; the pointer changes last. ``path`` must be on the store's
-        file system (``incoming/`` is)."""
+        file system (``incoming/`` is). If the state cannot be saved, the file is removed again."""
         with self._lock:
             target = self.bundle_path(sha256)
+            had = sha256 in self.state.installed
             os.replace(path, target)
             fsync_dir(self.bundles_dir)
-            self.state.installed[sha256] = InstalledBundle(sha256, model, version, time.time())
-            self._activate(sha256)
+            if before_save is not None:
+                before_save()
+            try:
+                self._activate(sha256, InstalledBundle(sha256, model, version, time.time()))
+            except StoreError:
+                if not had:
+                    target.unlink(missing_ok=True)
+                raise
+
+    def activate_file(self, sha256: str, model: str, version: str) -> None:
+        """Name and activate a verified bundle file already in ``bundles/`` (an install a crash
+        interrupted after the rename, before the state named it)."""
+        with self._lock:
+            if not self.bundle_path(sha256).exists():
+                raise StoreError(f"bundle {sha256[:12]} is not in this agent's store")
+            self._activate(sha256, InstalledBundle(sha256, model, version, time.time()))
+
+    def adopt(self, sha256: str, model: str, version: str, installed_at: float) -> None:
+        """Name a re-verified bundle found on disk without a state (recovery) as installed, at the end
+        of the history (adopt the newest first), without activating it."""
+        def edit(st: StoreState) -> None:
+            st.installed[sha256] = InstalledBundle(sha256, model, version, installed_at)
+            if sha256 != st.active and sha256 not in st.history:
+                st.history.append(sha256)
+        self._change(edit)
+        with self._lock:
+            self.unclaimed = [s for s in self.unclaimed if s != sha256]
+
+    def forget_unclaimed(self, sha256: str) -> None:
+        """Remove a bundle found without a state that did not verify."""
+        with self._lock:
+            self.unclaimed = [s for s in self.unclaimed if s != sha256]
+            self.bundle_path(sha256).unlink(missing_ok=True)
 
     def activate(self, sha256: str) -> None:
         """Make an already installed bundle active (rollback)."""
@@ -184,33 +341,29 @@ class AgentStore:
                 raise StoreError(f"bundle {sha256[:12]} is not installed on this agent")
             self._activate(sha256)
 
-    def _activate(self, sha256: str) -> None:
-        prev = self.state.active
-        if prev and prev != sha256:
-            self.state.history = [prev] + [s for s in self.state.history if s not in (prev, sha256)]
-        else:
-            self.state.history = [s for s in self.state.history if s != sha256]
-        self.state.active = sha256
-        dropped = self._prune()
-        self._save()
+    def _activate(self, sha256: str, new: InstalledBundle | None = None) -> None:
+        dropped: list[str] = []
+
+        def edit(st: StoreState) -> None:
+            if new is not None:
+                st.installed[sha256] = new
+            prev = st.active
+            if prev and prev != sha256:
+                st.history = [prev] + [s for s in st.history if s not in (prev, sha256)]
+            else:
+                st.history = [s for s in st.history if s != sha256]
+            st.active = sha256
+            dropped[:] = _prune(st)
+
+        self._change(edit)
         for sha in dropped:  # files go only after state.json no longer names them
             try:
                 os.unlink(self.bundle_path(sha))
             except OSError:
                 pass
 
-    def _prune(self) -> list[str]:
-        keep = {self.state.active, *self.state.history[: HISTORY_LIMIT - 1]}
-        dropped = [sha for sha in self.state.installed if sha not in keep]
-        for sha in dropped:
-            self.state.installed.pop(sha)
-        self.state.history = [s for s in self.state.history if s not in dropped]
-        return dropped
-
     def deactivate(self) -> None:
-        with self._lock:
-            self.state.active = None
-            self._save()
+        self._change(lambda st: setattr(st, "active", None))
 
     def active(self) -> InstalledBundle | None:
         with self._lock:
@@ -231,3 +384,13 @@ class AgentStore:
                 if b.model == model and b.version == version:
                     return b
         return None
+
+
+def _prune(st: StoreState) -> list[str]:
+    keep = {st.active, *st.history[: HISTORY_LIMIT - 1]}
+    keep |= {p.get("bundle_sha256") for p in st.pending.values()}
+    dropped = [sha for sha in st.installed if sha not in keep]
+    for sha in dropped:
+        st.installed.pop(sha)
+    st.history = [s for s in st.history if s not in dropped]
+    return dropped

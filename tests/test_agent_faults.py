@@ -6,16 +6,18 @@ models that misbehave on purpose (tests/onnx_variants.py).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 
 import numpy as np
-import paho.mqtt.client as mqtt
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from edgeloop.agent.wire import topics
 from edgeloop.agent.wire.messages import (
@@ -27,8 +29,9 @@ from edgeloop.agent.wire.messages import (
     decode,
     decode_infer_reply,
 )
+from tests.agent_rig import AgentRig, plain_client
 from tests.conftest import wait_until
-from tests.onnx_models import expected_probabilities
+from tests.onnx_models import _model, expected_probabilities
 from tests.onnx_variants import FLAKY_TABLE, flaky_classifier_onnx, signed_bundle, slow_classifier_onnx
 
 pytestmark = pytest.mark.broker
@@ -47,14 +50,7 @@ class _Requester:
     def __init__(self, broker, reply_topic: str) -> None:
         self.replies: list[InferResult | InferError] = []
         self._lock = threading.Lock()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-        self.client.on_message = self._on_message
-        subscribed = threading.Event()
-        self.client.on_subscribe = lambda *a: subscribed.set()
-        self.client.connect(broker.address.host, broker.address.port)
-        self.client.subscribe(reply_topic, 1)
-        self.client.loop_start()
-        assert subscribed.wait(10)
+        self.client = plain_client(broker, self._on_message, reply_topic)
         self.reply_topic = reply_topic
 
     def _on_message(self, client, userdata, msg) -> None:
@@ -70,6 +66,8 @@ class _Requester:
         self.client.disconnect()
 
 
+@pytest.mark.reliability("overload", "a burst of 12 MQTT requests on a queue of 2",
+                         "every request answered once, the excess overloaded (retry); served again after")
 def test_a_full_request_queue_answers_overloaded_and_recovers(trained, fleet, online_agent, mosquitto):
     aid, proc = online_agent(max_queued_requests=2)
     _deploy_iris(fleet, aid, signed_bundle(trained.hub.key, slow_classifier_onnx()))  # ~tens of ms a request
@@ -106,8 +104,11 @@ def _post(url: str, rows) -> tuple[int, dict]:
         return err.code, json.loads(err.read())
 
 
+@pytest.mark.reliability("model health", "a model that passed its smoke test fails on a valid row (HTTP and MQTT)",
+                         "500 / runtime_error without a traceback; the next requests are served; process alive")
 def test_a_model_failing_at_run_time_is_a_500_and_a_runtime_error_and_serving_goes_on(
-        trained, fleet, online_agent):
+        trained, fleet, online_agent, faults_tried):
+    faults_tried(2)
     aid, proc = online_agent()
     _deploy_iris(fleet, aid, signed_bundle(trained.hub.key, flaky_classifier_onnx()))  # passed its smoke test
     url = fleet.agents()[aid].http_url
@@ -128,6 +129,8 @@ def test_a_model_failing_at_run_time_is_a_500_and_a_runtime_error_and_serving_go
     assert proc.proc is not None and proc.proc.poll() is None
 
 
+@pytest.mark.reliability("transfers", "the agent stopped mid-transfer and started again",
+                         "asks only for the chunks it lacks, installs, serves")
 def test_transfer_resumes_after_the_agent_restarts_mid_transfer(trained, fleet, online_agent, tmp_path):
     # no idle re-asking before the restart: the restart alone must bring the missing chunks
     aid, proc = online_agent(transfer_idle_seconds=120.0)
@@ -182,14 +185,8 @@ class _Listener:
 
     def __init__(self, broker, *subscriptions: str) -> None:
         self.got: list[tuple[str, bytes]] = []
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-        self.client.on_message = lambda c, u, m: self.got.append((m.topic, bytes(m.payload)))
-        subscribed = threading.Event()
-        self.client.on_subscribe = lambda *a: subscribed.set()
-        self.client.connect(broker.address.host, broker.address.port)
-        self.client.subscribe([(t, 1) for t in subscriptions])
-        self.client.loop_start()
-        assert subscribed.wait(10)
+        self.client = plain_client(broker, lambda c, u, m: self.got.append((m.topic, bytes(m.payload))),
+                                   *subscriptions)
 
     def on(self, topic: str) -> list[bytes]:
         return [p for t, p in self.got if t == topic]
@@ -202,8 +199,14 @@ class _Listener:
         self.client.disconnect()
 
 
+@pytest.mark.reliability("transfers",
+                         "junk on the agent's topics: a non-envelope command, a wildcard reply_to, a garbage chunk, a "
+                         "chunk of an unknown transfer, a short chunk",
+                         "command refused bad_message, error sent to infer/result, chunks dropped; the deploy "
+                         "completes")
 def test_junk_on_the_agent_topics_is_answered_or_dropped_and_a_deploy_still_completes(
-        trained, fleet, online_agent, mosquitto):
+        trained, fleet, online_agent, mosquitto, faults_tried):
+    faults_tried(5)
     aid, proc = online_agent()
     events, results = topics.agent_topic(aid, topics.EVENTS), topics.agent_topic(aid, topics.INFER_RESULT)
     ears = _Listener(mosquitto, events, results)
@@ -240,6 +243,8 @@ def test_junk_on_the_agent_topics_is_answered_or_dropped_and_a_deploy_still_comp
         ears.close()
 
 
+@pytest.mark.reliability("state files", "the only stored bundle cut short on disk while the agent is stopped",
+                         "starts empty, an error event says which bundle and why, model_not_ready; a new deploy works")
 def test_an_agent_whose_only_bundle_is_corrupt_starts_empty_says_why_and_takes_a_new_deploy(
         trained, fleet, online_agent, tmp_path, mosquitto):
     aid, proc = online_agent()
@@ -265,3 +270,110 @@ def test_an_agent_whose_only_bundle_is_corrupt_starts_empty_says_why_and_takes_a
     assert fleet.deploy(aid, trained.b2.path.read_bytes(), model="sensor-mlp",
                         version=trained.v2.version["version"], timeout=30).ok
     assert fleet.infer(aid, trained.dataset.X[:1].tolist()).version == trained.v2.version["version"]
+
+
+# --- durability: install deadline, a corrupt state, abandoned transfers (a plain MQTT rig, no hub) ---------
+@pytest.fixture
+def rig(tmp_path, mosquitto):
+    with AgentRig(tmp_path, mosquitto) as r:
+        yield r
+
+
+def _start(rig: AgentRig, versions: tuple[str, ...], **config) -> str:
+    aid = f"dur-{uuid.uuid4().hex[:8]}"
+    rig.procs[aid] = rig.start(rig.prepare(aid, versions, **config))
+    assert rig.online([aid]), rig.procs[aid].log()
+    return aid
+
+
+def endless_classifier_onnx(n_features: int = 4, n_classes: int = 3, rounds: int = 2**40) -> bytes:
+    """A classifier (contract-conforming) whose every run first loops ``rounds`` times: a warm-up that never ends."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Add", ["v_in", "tiny"], ["v_out"])],
+        "forever",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_in", TensorProto.FLOAT, ["N", n_features])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, ["N", n_features])],
+        [numpy_helper.from_array(np.zeros((1,), dtype=np.float32), "tiny")])
+    nodes = [helper.make_node("Loop", ["trips", "keep_going", "features"], ["looped"], body=body),
+             helper.make_node("MatMul", ["looped", "W"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1)]
+    inits = [numpy_helper.from_array(np.array(rounds, dtype=np.int64), "trips"),
+             numpy_helper.from_array(np.array(True), "keep_going"),
+             numpy_helper.from_array(np.ones((n_features, n_classes), dtype=np.float32), "W")]
+    return _model(nodes, inits, [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", n_features])],
+                  [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", n_classes])])
+
+
+@pytest.mark.reliability("installs",
+                         "a model whose warm-up never ends (ONNX Loop of 2^40), a rollback queued behind it",
+                         "refused install_timeout at the deadline; the rollback succeeds; nothing of it left on disk")
+def test_a_model_whose_warm_up_never_ends_is_refused_at_the_install_deadline_and_blocks_no_rollback(rig):
+    aid = _start(rig, ("1", "2"), install_timeout_seconds=2.0)  # 2 active
+    endless = signed_bundle(rig.key, endless_classifier_onnx(), version="9")
+    cid = rig.deploy(aid, "9", bundle=endless)
+    rb = rig.rollback(aid, "1")  # queued behind the install that never ends by itself
+    assert wait_until(lambda: rig.finals(cid) and rig.finals(rb), 60), rig.procs[aid].log()
+    [refused] = rig.finals(cid)
+    assert (refused["ok"], refused["code"]) == (False, "install_timeout"), refused
+    assert "within 2 s" in refused["message"] and "abandoned" in refused["message"]
+    assert [e["ok"] for e in rig.finals(rb)] == [True]
+    assert rig.serving_version(aid) == "1"
+    state_dir = rig.state_root / f"{aid}-state"
+    state = json.loads((state_dir / "state.json").read_text())
+    assert state["active"] == rig.sha["1"] and hashlib.sha256(endless).hexdigest() not in state["installed"]
+    assert {p.stem for p in (state_dir / "bundles").iterdir()} == set(state["installed"])
+    assert list((state_dir / "incoming").iterdir()) == []
+    assert rig.procs[aid].proc is not None and rig.procs[aid].proc.poll() is None
+
+
+@pytest.mark.reliability("state files",
+                         "a real agent starts with state.json corrupt, or both state.json and state.prev.json corrupt",
+                         "starts from the previous copy or its re-verified bundles, serves, reports state_recovered, "
+                         "takes a rollback")
+def test_an_agent_with_a_corrupt_state_starts_from_the_previous_copy_or_its_verified_bundles(rig, tmp_path,
+                                                                                             faults_tried):
+    faults_tried(2)
+    agents = {}
+    for garbage_in in (("state.json",), ("state.json", "state.prev.json")):
+        aid = f"dur-{uuid.uuid4().hex[:8]}"
+        config = rig.prepare(aid, ("1", "2"))  # 2 active, 1 in its history
+        for name in garbage_in:
+            (tmp_path / f"{aid}-state" / name).write_text('{"active": "trunc')
+        agents[aid] = garbage_in
+        rig.procs[aid] = rig.start(config)
+    assert rig.online(agents), {a: p.log() for a, p in rig.procs.items()}
+    for aid, garbage_in in agents.items():
+        assert rig.serving_version(aid) == "2"
+        assert wait_until(lambda aid=aid: [e for e in rig.events_of(aid) if e.get("code") == "state_recovered"], 10)
+        [ev] = [e for e in rig.events_of(aid) if e.get("code") == "state_recovered"]
+        assert ("state.prev.json" if len(garbage_in) == 1 else "verified bundles") in ev["message"]
+        state = json.loads((tmp_path / f"{aid}-state" / "state.json").read_text())  # saved again (session)
+        assert state["active"] == rig.sha["2"] and set(state["installed"]) == {rig.sha["1"], rig.sha["2"]}
+        assert (tmp_path / f"{aid}-state" / "state.json.unreadable").read_text() == '{"active": "trunc'
+    aid = next(iter(agents))
+    rb = rig.rollback(aid, "1")  # and it takes commands (its counters came back with the copy)
+    assert wait_until(lambda: rig.finals(rb), 20) and [e["ok"] for e in rig.finals(rb)] == [True]
+    assert rig.serving_version(aid) == "1"
+
+
+@pytest.mark.reliability("transfers", "the hub dies after the first chunk of a transfer",
+                         "reported once as expired (transfer), at most 4 asks for chunks, files and journal gone")
+def test_a_transfer_abandoned_by_its_hub_expires_is_reported_once_and_asks_less_and_less(rig):
+    aid = _start(rig, ("1",), transfer_idle_seconds=0.3)
+    cid = rig.deploy(aid, "2", ttl=4.0, chunks=1)  # the hub dies after the first chunk
+    assert wait_until(lambda: rig.finals(cid), 30), rig.procs[aid].log()
+    time.sleep(1.0)  # anything the agent would still send about it arrives here
+    finals = rig.finals(cid)
+    assert len(finals) == 1 and finals[0]["code"] == "transfer" and "expired" in finals[0]["message"], finals
+    asks = rig.finals(cid, ("transfer_missing",))
+    # idle 0.3 s, backed off 0.3, 0.6, 1.2, 2.4 s: at most 4 asks in its 4 s (without backing off ~13)
+    assert 1 <= len(asks) <= 4, [a["at"] for a in asks]
+    assert max(a["at"] for a in asks) < finals[0]["at"]  # none after it was dropped
+    state_dir = rig.state_root / f"{aid}-state"
+    assert list((state_dir / "incoming").iterdir()) == []
+    assert json.loads((state_dir / "state.json").read_text())["pending"] == {}
+    assert rig.serving_version(aid) == "1"

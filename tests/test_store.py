@@ -5,6 +5,7 @@ import json
 import os
 import random
 import stat
+import time
 
 import pytest
 
@@ -42,6 +43,7 @@ def test_rollback_pointer(tmp_path):
         s.activate(SHA_C)
 
 
+@pytest.mark.reliability("signed commands", "a command counter used twice (store)", "refused; the saved counter stays")
 def test_counter_must_increase(tmp_path):
     s = AgentStore(tmp_path)
     s.accept_counter("k", 5)
@@ -50,17 +52,24 @@ def test_counter_must_increase(tmp_path):
     assert AgentStore(tmp_path).counters()["k"] == 5
 
 
-def test_interrupted_write_leaves_old_state(tmp_path):
+@pytest.mark.reliability("crash consistency",
+                         "a crash mid-write leaves half a state.json and half a bundle as temporary files",
+                         "the old state is read; start-up removes the temporaries")
+def test_interrupted_write_leaves_old_state(tmp_path, faults_tried):
     """A crash mid-write leaves a .tmp file beside the old state; the next start ignores and removes it."""
+    faults_tried(2)
     s = AgentStore(tmp_path)
     s.install(SHA_A, b"a", "demo", "1")
     (tmp_path / ".tmp-state.json.999").write_text('{"half": ')
     (tmp_path / "bundles" / f".tmp-{SHA_B}.elb.999").write_bytes(b"half a bundle")
     s2 = AgentStore(tmp_path)
     assert s2.active().sha256 == SHA_A
+    s2.collect_garbage()  # the agent's start-up
     assert not list(tmp_path.rglob(".tmp-*"))
 
 
+@pytest.mark.reliability("state files", "the active bundle's file deleted from disk",
+                         "the previous version becomes active")
 def test_missing_bundle_file_falls_back(tmp_path):
     s = AgentStore(tmp_path)
     s.install(SHA_A, b"a", "demo", "1")
@@ -70,13 +79,92 @@ def test_missing_bundle_file_falls_back(tmp_path):
     assert s2.active().sha256 == SHA_A
 
 
-def test_corrupt_state_is_a_clear_error(tmp_path):
-    AgentStore(tmp_path)
-    (tmp_path / "state.json").write_text("{nope")
-    with pytest.raises(StoreError, match="move it aside"):
-        AgentStore(tmp_path)
+@pytest.mark.reliability("state files", "state.json corrupt (store)",
+                         "falls back to state.prev.json with its counters; the bad file kept aside")
+def test_a_corrupt_state_falls_back_to_the_previous_copy_and_keeps_the_bad_one(tmp_path):
+    s = AgentStore(tmp_path)
+    s.install(SHA_A, b"a", "demo", "1")
+    s.install(SHA_B, b"b", "demo", "2")
+    s.accept_counter("k", 7)
+    (tmp_path / "state.json").write_text("{nope")  # bit rot, a hand edit, a file system that lost the data
+    s2 = AgentStore(tmp_path)
+    assert s2.recovered and "state.prev.json" in s2.recovered
+    assert s2.active().sha256 == SHA_B and s2.counters() == {"k": 7} and s2.state.history == [SHA_A]
+    assert (tmp_path / "state.json.unreadable").read_text() == "{nope"
+    assert s2.unclaimed == [] and s2.bundle_path(SHA_A).exists()  # nothing collected: the copy names them
 
 
+@pytest.mark.reliability("state files", "state.json and state.prev.json both unreadable (store)",
+                         "no version active; the bundles on disk kept for re-verification")
+def test_with_no_readable_state_the_bundles_on_disk_are_kept_unclaimed_for_re_verification(tmp_path):
+    s = AgentStore(tmp_path)
+    s.install(SHA_A, b"a", "demo", "1")
+    s.install(SHA_B, b"b", "demo", "2")
+    for name in ("state.json", "state.prev.json"):
+        (tmp_path / name).write_text("[]")
+    s2 = AgentStore(tmp_path)
+    assert s2.active() is None and s2.unclaimed == [SHA_A, SHA_B] and "no readable copy" in s2.recovered
+    s2.adopt(SHA_B, "demo", "2", 1.0)
+    s2.forget_unclaimed(SHA_A)
+    assert not s2.bundle_path(SHA_A).exists() and s2.unclaimed == []
+    s3 = AgentStore(tmp_path)
+    assert s3.recovered is None and [b.sha256 for b in s3.installed()] == [SHA_B]
+
+
+@pytest.mark.reliability("state files", "every save fails (activate, counter, session, deactivate, install)",
+                         "each raises 'could not save'; memory and disk unchanged; no bundle file left")
+def test_a_failed_save_changes_nothing_in_memory_or_on_disk(tmp_path, faults_tried):
+    faults_tried(5)
+    s = AgentStore(tmp_path)
+    s.install(SHA_A, b"a", "demo", "1")
+    s.install(SHA_B, b"b", "demo", "2")
+    before = (tmp_path / "state.json").read_bytes()
+    (tmp_path / "state.json").unlink()
+    (tmp_path / "state.json").mkdir()  # a save cannot replace a non-empty folder: every save fails
+    (tmp_path / "state.json" / "x").write_text("x")
+    for change in (lambda: s.activate(SHA_A), lambda: s.accept_counter("k", 1), s.next_session, s.deactivate,
+                   lambda: s.install(SHA_C, b"c", "demo", "3")):
+        with pytest.raises(StoreError, match="could not save"):
+            change()
+    assert s.active().sha256 == SHA_B and s.counters() == {} and s.state.session == 0
+    assert s.get(SHA_C) is None and not s.bundle_path(SHA_C).exists()  # its file went with the failed save
+    (tmp_path / "state.json" / "x").unlink()
+    (tmp_path / "state.json").rmdir()
+    (tmp_path / "state.json").write_bytes(before)
+    s.accept_counter("k", 1)  # an unrelated save later persists the right pointer
+    assert AgentStore(tmp_path).active().sha256 == SHA_B
+
+
+@pytest.mark.reliability("crash consistency",
+                         "bundle files no state references (crash leftovers, junk) beside a journalled one",
+                         "start-up removes them, not a second process; the journalled one kept until settled")
+def test_start_up_removes_bundles_no_state_references_but_keeps_journalled_ones(tmp_path, faults_tried):
+    faults_tried(3)
+    s = AgentStore(tmp_path)
+    s.install(SHA_A, b"a", "demo", "1")
+    s.accept_counter("k", 1, "cmd-1", {"event": "install_result", "bundle_sha256": SHA_C})
+    (tmp_path / "bundles" / f"{SHA_B}.elb").write_bytes(b"left by a crash")
+    (tmp_path / "bundles" / f"{SHA_C}.elb").write_bytes(b"renamed in, state not yet saved")
+    (tmp_path / "bundles" / "junk.txt").write_bytes(b"?")
+    s2 = AgentStore(tmp_path)
+    assert len(list((tmp_path / "bundles").iterdir())) == 4  # a second process (edgeloop-agent status) removes nothing
+    s2.collect_garbage()  # the agent's start-up
+    assert sorted(p.name for p in (tmp_path / "bundles").iterdir()) == [f"{SHA_A}.elb", f"{SHA_C}.elb"]
+    assert s2.pending() == {"cmd-1": {"event": "install_result", "bundle_sha256": SHA_C}}
+    s2.settle("cmd-1")
+    s3 = AgentStore(tmp_path)
+    assert s3.pending() == {}
+    s3.collect_garbage()
+    assert sorted(p.name for p in (tmp_path / "bundles").iterdir()) == [f"{SHA_A}.elb"]
+
+
+def test_session_numbers_never_go_back(tmp_path):
+    s = AgentStore(tmp_path)
+    assert s.next_session() == 1 and s.next_session(minimum=5) == 5 and s.next_session(minimum=2) == 6
+    assert AgentStore(tmp_path).state.session == 6
+
+
+@pytest.mark.reliability("state files", "a bundle id of ../../etc/passwd", "refused")
 def test_bad_sha_is_refused(tmp_path):
     with pytest.raises(StoreError):
         AgentStore(tmp_path).bundle_path("../../etc/passwd")
@@ -173,12 +261,15 @@ def test_a_transfer_is_fsynced_once_at_the_end_and_its_bitmap_saved_by_size_idle
     synced.clear()
     for c in chunks[20:]:
         resumed.write(c)
-    assert on_disk() == 20 + (BITMAP_SAVE_BYTES // spec.chunk_size)  # one save by size on the way
+    # one save by size on the way, one when the last chunk landed (a crash while installing resumes complete)
+    assert BITMAP_SAVE_BYTES // spec.chunk_size < spec.chunks - 20 and on_disk() == spec.chunks
     saves = len(synced)
     assert _finished(resumed) == data
     assert len(synced) == saves + 1  # and one fsync of the data at the end
 
 
+@pytest.mark.reliability("crash consistency", "a power cut mid-transfer after chunks the bitmap did not save yet",
+                         "only saved chunks are claimed; the rest asked again; the bundle arrives whole")
 def test_transfer_resumes_after_restart(tmp_path):
     data = os.urandom(100_000)
     spec = _spec(data, 1000)
@@ -215,7 +306,11 @@ def test_install_file_moves_a_finished_transfer_into_the_store_without_copying(t
     assert reopened.read_bundle(spec.bundle_sha256) == data
 
 
-def test_leftovers_of_an_interrupted_finish_are_removed(tmp_path):
+@pytest.mark.reliability("crash consistency",
+                         "a power cut while a finished transfer moves into the store; an orphan .part",
+                         "both removed when transfers are loaded")
+def test_leftovers_of_an_interrupted_finish_are_removed(tmp_path, faults_tried):
+    faults_tried(2)
     data = os.urandom(3000)
     spec = _spec(data, 1000)
     t = Transfer.open(tmp_path, spec, "c")
@@ -227,7 +322,28 @@ def test_leftovers_of_an_interrupted_finish_are_removed(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_transfer_refuses_bad_chunks(tmp_path):
+@pytest.mark.reliability("crash consistency",
+                         "a crash after the last chunk landed, a temporary leftover, a record without expiry",
+                         "resumes complete with the right hash, gets an expiry, leftover removed")
+def test_a_transfer_whose_last_chunk_landed_resumes_complete_and_records_without_expiry_get_one(tmp_path):
+    data = os.urandom(3000)
+    spec = _spec(data, 1000)
+    t = Transfer.open(tmp_path, spec, "c")  # no expiry: an older agent's record
+    for c in _chunks(spec, data):
+        t.write(c)
+    # the process dies here (no close): the record was saved when the last chunk landed
+    (tmp_path / ".tmp-x.json.1.ab").write_text("{")  # and an interrupted write beside it
+    [resumed] = Transfer.load_pending(tmp_path, default_lifetime=3600.0)
+    assert resumed.complete and _finished(resumed) == data
+    assert resumed.expires_at is not None and 3000 < resumed.expires_at - time.time() <= 3600
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{spec.transfer_id}.json", f"{spec.transfer_id}.part"]
+
+
+@pytest.mark.reliability("transfers",
+                         "chunks out of range, of the wrong length, of another transfer; finishing incomplete",
+                         "each refused with the reason")
+def test_transfer_refuses_bad_chunks(tmp_path, faults_tried):
+    faults_tried(4)
     data = os.urandom(3000)
     spec = _spec(data, 1000)
     t = Transfer.open(tmp_path, spec, "c")
@@ -241,6 +357,8 @@ def test_transfer_refuses_bad_chunks(tmp_path):
         t.finish()
 
 
+@pytest.mark.reliability("transfers", "a transfer one bit off the promised sha256",
+                         "refused at the finish (hash mismatch)")
 def test_transfer_hash_mismatch(tmp_path):
     data = os.urandom(3000)
     spec = _spec(data, 1000)
@@ -253,6 +371,7 @@ def test_transfer_hash_mismatch(tmp_path):
         t.finish()
 
 
+@pytest.mark.reliability("state files", "an unreadable transfer record", "dropped when transfers are loaded")
 def test_unreadable_transfer_record_dropped(tmp_path):
     (tmp_path / "x.json").write_text(json.dumps({"spec": {"size": 1}}))
     assert Transfer.load_pending(tmp_path) == []
@@ -260,6 +379,7 @@ def test_unreadable_transfer_record_dropped(tmp_path):
 
 
 # --- store edges -----------------------------------------------------------------------------------
+@pytest.mark.reliability("state files", "state.json of a future schema", "refused, saying to upgrade the agent")
 def test_state_of_another_schema_is_refused_with_what_to_do(tmp_path):
     AgentStore(tmp_path).install(SHA_A, b"a", "demo", "1")
     doc = json.loads((tmp_path / "state.json").read_text())
@@ -308,7 +428,10 @@ def test_atomic_write_replaces_whole_files_with_the_given_mode(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["doc.json", "secret.bin"]  # no temporary left
 
 
-def test_a_failed_atomic_write_leaves_the_target_and_no_temporary(tmp_path):
+@pytest.mark.reliability("state files", "an atomic write onto a non-empty folder, and into a missing folder",
+                         "raises; the target kept, no temporary left")
+def test_a_failed_atomic_write_leaves_the_target_and_no_temporary(tmp_path, faults_tried):
+    faults_tried(2)
     target = tmp_path / "occupied"
     target.mkdir()
     (target / "inside").write_text("keep")  # a non-empty folder cannot be replaced by a file
@@ -324,3 +447,35 @@ def test_fsync_dir_of_a_missing_folder_is_a_no_op(tmp_path):
     fsync_dir(tmp_path / "gone")  # nothing to sync, nothing raised
     fsync_dir(tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+SHORT_WRITE = r"""
+import hashlib, os, resource, signal, sys
+from edgeloop.agent.errors import TransferError
+from edgeloop.agent.transfer import Transfer
+from edgeloop.agent.wire.messages import Chunk, TransferSpec
+data = os.urandom(3000)
+spec = TransferSpec("12" * 16, hashlib.sha256(data).hexdigest(), 3000, 1000, 3)
+t = Transfer.open(sys.argv[1], spec, "c")  # the file has its full size already
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1500, 1500))  # a write past 1500 bytes stops short there
+t.write(Chunk(spec.transfer_id, 0, data[:1000]))
+try:
+    t.write(Chunk(spec.transfer_id, 1, data[1000:2000]))  # 500 bytes fit, then the kernel says EFBIG
+except TransferError as exc:
+    print("refused:", exc)
+print("received:", list(t.received))
+"""
+
+
+@pytest.mark.reliability("disk full", "a chunk write cut short by the kernel (RLIMIT_FSIZE)",
+                         "the chunk refused, never marked received")
+def test_a_short_write_of_a_chunk_is_never_taken_for_the_whole_chunk(tmp_path):
+    """A real short pwrite (RLIMIT_FSIZE cuts it): the rest is written or the chunk refused, never marked received."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", SHORT_WRITE, str(tmp_path)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "refused: cannot write chunk 1" in out.stdout and "received: [1, 0, 0]" in out.stdout, out.stdout
