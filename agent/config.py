@@ -5,6 +5,8 @@ Example (``edgeloop agent init`` and the demo write one like it)::
     agent_id = "edge-1"
     state_dir = "/var/lib/edgeloop-agent/edge-1"
     trusted_keys = ["/etc/edgeloop/hub_ed25519.pub.pem"]
+    agent_key = "/var/lib/edgeloop-agent/edge-1/agent_key.pem"  # optional: the key this agent signs its
+                         # reports with; created (0600, with agent_key.pub.pem beside it) when missing
 
     [mqtt]
     host = "127.0.0.1"   # or: url = "mqtts://edge-1@broker.lan" (mqtt:// 1883, mqtts:// 8883)
@@ -33,6 +35,7 @@ Example (``edgeloop agent init`` and the demo write one like it)::
     max_rows = 4096
     max_queued_requests = 1000  # MQTT inference requests waiting; beyond this they get "overloaded"
     min_free_bytes = 16777216   # kept free in state_dir: a deploy needs twice the bundle plus this
+    install_timeout_seconds = 60.0  # loading + warm-up + smoke test of a new model; past it, refused
 
     [transfer]
     idle_seconds = 5.0   # ask for missing chunks after this long without one
@@ -40,6 +43,12 @@ Example (``edgeloop agent init`` and the demo write one like it)::
     [outbox]               # drift reports and events kept on disk while the broker is unreachable
     max_messages = 1000    # per kind; the oldest are dropped (and counted) beyond it
     max_bytes = 16777216   # per kind
+
+    [drift]                # drift windows; each key left out takes the bundle's default (set by the hub)
+    window_rows = 200      # a window closes after this many rows ...
+    window_seconds = 3600.0  # ... or this long after its first row, whichever comes first (0: rows only)
+    min_rows = 100         # a window closed with fewer rows is reported as too_few_rows, not judged
+    consecutive = 2        # flagged windows in a row before a feature is reported drifted
 
     [discovery]
     zeroconf = false     # announce _edgeloop._tcp on the local network
@@ -56,9 +65,12 @@ from typing import Any
 
 from edgeloop.agent.connection import CONFIG_KEYS, BrokerSettings, TlsSettings, parse_url, resolve_password
 from edgeloop.agent.errors import ConfigError, KeyFileError
+from edgeloop.agent.fsutil import atomic_write_bytes
 from edgeloop.agent.wire import topics
-from edgeloop.agent.wire.envelope import TrustedKeys
+from edgeloop.agent.wire.envelope import SigningKey, TrustedKeys
 from edgeloop.agent.wire.topics import check_agent_id
+
+AGENT_KEY_FILE = "agent_key.pem"
 
 
 @dataclass
@@ -84,12 +96,16 @@ class AgentConfig:
     max_rows: int = 4096
     max_queued_requests: int = 1000
     min_free_bytes: int = 16 * 1024 * 1024
+    install_timeout_seconds: float = 60.0
     transfer_idle_seconds: float = 5.0
     outbox_max_messages: int = 1000  # per kind (drift reports, events) kept while the broker is away
     outbox_max_bytes: int = 16 * 1024 * 1024  # per kind
     zeroconf: bool = False
+    version_floor: bool = False  # refuse deploys below the newest installed version of a model (agent/floors.py)
     zeroconf_interfaces: list[str] = field(default_factory=list)  # empty: all interfaces
     log_level: str = "INFO"
+    drift: dict[str, Any] = field(default_factory=dict)  # [drift] overrides: window_rows, window_seconds, ...
+    agent_key: Path | None = None  # the agent's own signing key; None: <state_dir>/agent_key.pem
     source: Path | None = field(default=None, compare=False)
 
     def load_trusted_keys(self) -> TrustedKeys:
@@ -104,6 +120,30 @@ class AgentConfig:
             raise ConfigError("no trusted keys configured: the agent would refuse every bundle; "
                               "add the hub's public key to trusted_keys")
         return keys
+
+    @property
+    def agent_key_path(self) -> Path:
+        return Path(self.agent_key) if self.agent_key is not None else Path(self.state_dir) / AGENT_KEY_FILE
+
+    def load_agent_key(self) -> SigningKey:
+        """The Ed25519 key this agent signs its reports with, created now when it has none yet (file
+        0600, its public key beside it as ``<name>.pub.pem`` for the operator to pin on the hub)."""
+        path = self.agent_key_path
+        try:
+            return SigningKey.from_pem(path.read_bytes(), str(path))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise KeyFileError(f"agent key {path} cannot be read: {exc}; fix its permissions, or move it "
+                               "away to make a new one (then pin the new one on the hub)") from exc
+        key = SigningKey.generate()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, key.private_pem(), mode=0o600)
+            atomic_write_bytes(path.with_name(path.stem + ".pub.pem"), key.public_pem())
+        except OSError as exc:
+            raise KeyFileError(f"cannot create the agent key {path}: {exc}") from exc
+        return key
 
     def broker_settings(self) -> BrokerSettings:
         """How this agent connects (the password read now: from its file, the config or the environment)."""
@@ -163,12 +203,16 @@ class AgentConfig:
             max_rows=get("limits", "max_rows", int, 4096),
             max_queued_requests=get("limits", "max_queued_requests", int, 1000),
             min_free_bytes=get("limits", "min_free_bytes", int, 16 * 1024 * 1024),
+            install_timeout_seconds=get("limits", "install_timeout_seconds", float, 60.0),
             transfer_idle_seconds=get("transfer", "idle_seconds", float, 5.0),
             outbox_max_messages=get("outbox", "max_messages", int, 1000),
             outbox_max_bytes=get("outbox", "max_bytes", int, 16 * 1024 * 1024),
             zeroconf=get("discovery", "zeroconf", bool, False),
+            version_floor=get("security", "version_floor", bool, False),
             zeroconf_interfaces=[str(x) for x in get("discovery", "interfaces", list, [])],
             log_level=get(None, "log_level", str, "INFO"),
+            drift=_drift_table(doc.get("drift", {}), get),
+            agent_key=resolve(agent_key) if (agent_key := get(None, "agent_key", str, None)) else None,
             source=source,
         )
         if cfg.mqtt_protocol not in ("auto", "5", "3.1.1"):
@@ -181,6 +225,8 @@ class AgentConfig:
             raise ConfigError(f"limits.max_queued_requests must be at least 1, got {cfg.max_queued_requests}")
         if cfg.min_free_bytes < 0:
             raise ConfigError(f"limits.min_free_bytes must be 0 or more, got {cfg.min_free_bytes}")
+        if not cfg.install_timeout_seconds > 0:
+            raise ConfigError(f"limits.install_timeout_seconds must be above 0, got {cfg.install_timeout_seconds}")
         for key, value in (("max_messages", cfg.outbox_max_messages), ("max_bytes", cfg.outbox_max_bytes)):
             if value < 1:
                 raise ConfigError(f"outbox.{key} must be at least 1, got {value}")
@@ -207,17 +253,45 @@ class AgentConfig:
             "state_dir": str(self.state_dir),
             "trusted_keys": [str(k) for k in self.trusted_keys],
             "log_level": self.log_level,
+            **({"agent_key": str(self.agent_key)} if self.agent_key is not None else {}),
             "mqtt": mqtt,
             "http": {"enabled": self.http_enabled, "host": self.http_host, "port": self.http_port,
                      "max_connections": self.http_max_connections},
             "limits": {"max_bundle_bytes": self.max_bundle_bytes, "max_request_bytes": self.max_request_bytes,
                        "max_rows": self.max_rows, "max_queued_requests": self.max_queued_requests,
-                       "min_free_bytes": self.min_free_bytes},
+                       "min_free_bytes": self.min_free_bytes,
+                       "install_timeout_seconds": self.install_timeout_seconds},
             "transfer": {"idle_seconds": self.transfer_idle_seconds},
             "outbox": {"max_messages": self.outbox_max_messages, "max_bytes": self.outbox_max_bytes},
             "discovery": {"zeroconf": self.zeroconf, "interfaces": list(self.zeroconf_interfaces)},
+            "security": {"version_floor": self.version_floor},
+            **({"drift": dict(self.drift)} if self.drift else {}),
         }
         return tomli_w.dumps(doc)
+
+    def drift_overrides(self) -> dict[str, Any]:
+        """The ``[drift]`` settings as keyword arguments of ``WindowPolicy.of`` (rows, seconds, ...)."""
+        return {_DRIFT_KEYS[k][0]: v for k, v in self.drift.items()}
+
+
+_DRIFT_KEYS: dict[str, tuple[str, type]] = {"window_rows": ("rows", int), "window_seconds": ("seconds", float),
+                                            "min_rows": ("min_rows", int), "consecutive": ("consecutive", int)}
+
+
+def _drift_table(table: Any, get: Callable[..., Any]) -> dict[str, Any]:
+    """The ``[drift]`` keys given (checked); those left out take the bundle's defaults."""
+    if not isinstance(table, dict):
+        raise ConfigError("[drift] must be a table")
+    unknown = set(table) - set(_DRIFT_KEYS)
+    if unknown:
+        raise ConfigError(f"config [drift] has unknown keys: {', '.join(sorted(unknown))} "
+                          f"(known: {', '.join(_DRIFT_KEYS)})")
+    out = {k: get("drift", k, typ, None) for k, (_, typ) in _DRIFT_KEYS.items() if k in table}
+    for k, v in out.items():
+        if v < (0 if k == "window_seconds" else 1):
+            raise ConfigError(f"config drift.{k} must be {'0 or more' if k == 'window_seconds' else 'at least 1'}, "
+                              f"got {v}")
+    return out
 
 
 def _mqtt_table(table: Any, get: Callable[..., Any], resolve: Callable[[str], Path]) -> dict[str, Any]:

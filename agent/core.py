@@ -7,6 +7,7 @@ loading verified bundles, and publishing state, events and drift reports.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import socket
@@ -17,18 +18,22 @@ from typing import TYPE_CHECKING, Any
 
 from edgeloop.agent import __version__
 from edgeloop.agent.config import AgentConfig
-from edgeloop.agent.drift import DriftMonitor
+from edgeloop.agent.deadline import Deadline
+from edgeloop.agent.drift import DriftMonitor, WindowPolicy
 from edgeloop.agent.errors import BundleError, EdgeloopError
 from edgeloop.agent.http_api import HttpApi
 from edgeloop.agent.mqtt_link import MqttLink, Will
 from edgeloop.agent.outbox import DRIFT, EVENTS, Outbox
 from edgeloop.agent.runtime import ModelRunner
-from edgeloop.agent.serving import Serving
+from edgeloop.agent.serving import ModelHealth, Serving
 from edgeloop.agent.store import AgentStore
 from edgeloop.agent.transfer import Transfer
+from edgeloop.agent.watchdog import Watchdog
 from edgeloop.agent.wire import topics
 from edgeloop.agent.wire.bundle import VerifiedBundle, verify_bundle
-from edgeloop.agent.wire.messages import ActiveModel, AgentState, DriftReport, Event, decode
+from edgeloop.agent.wire.envelope import REPORT_KEY_FIELD, raw_public_key, sign_report
+from edgeloop.agent.wire.fields import dumps
+from edgeloop.agent.wire.messages import ActiveModel, AgentState, DriftReport, Event, Message, decode
 
 if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
@@ -58,8 +63,10 @@ class AgentCore:
         self.root = config.topic_root  # every topic this agent subscribes or publishes is under it
         self.clock = clock
         self.trusted = config.load_trusted_keys()
+        self.report_key = config.load_agent_key()  # signs every event, drift report and state (docs/security.md)
         self.store = AgentStore(config.state_dir)
-        self.serving = Serving(on_drift_report=self._publish_drift)
+        self.serving = Serving(on_drift_report=self._publish_drift, on_health_change=self._publish_model_health)
+        self.watchdog = Watchdog(self._worker_restarted, self._worker_given_up)
         self.http: HttpApi | None = None
         self.started_at = clock()
         self.session = 0
@@ -108,17 +115,20 @@ class AgentCore:
 
     def _load_verified(self, vb: VerifiedBundle, sha256: str) -> Loaded:
         try:
-            runner = ModelRunner.load(vb.manifest, vb.model_bytes, bundle_sha256=sha256)
+            deadline = Deadline(self.cfg.install_timeout_seconds, f"installing {vb.manifest.model_name} "
+                                f"{vb.manifest.version}")  # load, warm-up and smoke test together
+            runner = ModelRunner.load(vb.manifest, vb.model_bytes, bundle_sha256=sha256, deadline=deadline)
         except EdgeloopError:
             raise
         except Exception as exc:  # onnxruntime refused the model
             raise BundleError(f"model {vb.manifest.entrypoint} failed to load in onnxruntime: {exc}") from exc
-        runner.smoke_test()
+        runner.smoke_test(deadline)
         monitor = None
         if vb.manifest.drift is not None:
             monitor = DriftMonitor(
                 vb.manifest.drift, agent_id=self.id, model=vb.manifest.model_name,
                 version=vb.manifest.version, bundle_sha256=sha256,
+                policy=WindowPolicy.of(vb.manifest.drift, **self.cfg.drift_overrides()),  # [drift] overrides
             )
         return Loaded(vb, runner, monitor)
 
@@ -131,9 +141,9 @@ class AgentCore:
     def _publish_event(self, ev: Event) -> None:
         """Publish ``ev`` now, or keep it in the outbox until the broker is back (progress is not kept)."""
         if ev.event not in VOLATILE_EVENTS:
-            self.outbox.submit(EVENTS, ev.encode())
+            self.outbox.submit(EVENTS, self._signed(ev))
         elif self.link.connected.is_set():
-            self.link.publish(self._topic(topics.EVENTS), ev.encode(), qos=1)
+            self.link.publish(self._topic(topics.EVENTS), self._signed(ev), qos=1)
         else:
             log.debug("broker unreachable: %s event not kept (asked again on reconnect)", ev.event)
 
@@ -141,7 +151,7 @@ class AgentCore:
         """Called on the serving thread that closed the window: never waits for the disk or the broker."""
         if report.drifted_features:
             log.warning("drift on %s (window %d): %s", report.model, report.window, ", ".join(report.drifted_features))
-        self.outbox.submit(DRIFT, report.encode())
+        self.outbox.submit(DRIFT, self._signed(report))
 
     def _publish_report(self, kind: str, payload: bytes) -> mqtt.MQTTMessageInfo:
         """The outbox's way out: one event or drift report at QoS 1."""
@@ -149,11 +159,11 @@ class AgentCore:
 
     def _dropped_report(self, counts: dict[str, int]) -> bytes:
         what = " and ".join(f"{n} {'drift reports' if kind == DRIFT else kind}" for kind, n in counts.items())
-        return self._event(
+        return self._signed(self._event(
             "error", False, "reports_dropped",
             f"{what} were dropped while the broker was unreachable (the outbox was full or could not be written); "
             "raise [outbox] max_messages / max_bytes in the agent config or free disk space",
-            details={"dropped": dict(counts)}).encode()
+            details={"dropped": dict(counts)}))
 
     def _state_message(self, status: str) -> AgentState:
         active = self.store.active()
@@ -167,4 +177,65 @@ class AgentCore:
         )
 
     def _publish_state(self) -> None:
-        self.link.publish(self._topic(topics.STATE), self._state_message(topics.ONLINE).encode(), qos=1, retain=True)
+        self.link.publish(self._topic(topics.STATE), self._state_payload(topics.ONLINE), qos=1, retain=True)
+
+    def _state_payload(self, status: str) -> bytes:
+        """The retained state, signed, naming the public key this agent signs its reports with."""
+        doc = {**self._state_message(status).to_dict(), REPORT_KEY_FIELD: raw_public_key(self.report_key.public)}
+        return dumps(sign_report(self.report_key, doc))
+
+    def _signed(self, msg: Message) -> bytes:
+        """A report as sent: the message with this agent's signature (:func:`sign_report`)."""
+        return dumps(sign_report(self.report_key, msg.to_dict()))
+
+    # --- worker threads, the watchdog, health (see edgeloop.agent.watchdog) ---------------------------
+    def _start_workers(self, workers: list[tuple[str, Any]]) -> None:
+        """Start the worker threads, watch them, the outbox and the HTTP server; start the watchdog."""
+        for name, target in workers:
+            self._spawn(name, target)
+            self.watchdog.watch(name, functools.partial(self._worker_alive, name),
+                                functools.partial(self._spawn, name, target))
+        outbox: Any = self.outbox
+        self.watchdog.watch("outbox", lambda: outbox._thread is not None and outbox._thread.is_alive(), outbox.start)
+        if self.http is not None:
+            self.watchdog.watch("http", self.http.alive, self.http.restart)
+        self._threads.append(self.watchdog.start(self._stop))
+
+    def _spawn(self, name: str, target: Any) -> None:
+        def run() -> None:
+            try:
+                target()
+            except BaseException as exc:  # noqa: B036 - recorded for the watchdog's report, the thread ends
+                self.watchdog.causes[name] = f"{type(exc).__name__}: {exc}"[:300]
+                log.exception("the %s thread ended on an exception", name)
+
+        thread = threading.Thread(target=run, name=f"agent-{name}", daemon=True)
+        self._threads[:] = [t for t in self._threads if t.name != thread.name] + [thread]
+        thread.start()
+
+    def _worker_alive(self, name: str) -> bool:
+        return any(t.name == f"agent-{name}" and t.is_alive() for t in self._threads)
+
+    def _worker_restarted(self, name: str, restarts: int, cause: str) -> None:
+        self._publish_event(self._event("error", False, "worker_restarted",
+                                        f"the agent's {name} thread died ({cause}) and was restarted",
+                                        details={"worker": name, "restarts": restarts}))
+
+    def _worker_given_up(self, name: str, reason: str) -> None:
+        self._publish_event(self._event("error", False, "worker_failed", reason, details={"worker": name}))
+
+    def _publish_model_health(self, health: ModelHealth) -> None:
+        """On a request thread, when the active model starts or stops failing: a ``model_health`` event."""
+        what = (f"{health.errors} of its last {health.requests} requests failed" +
+                (f" (last: {health.last_error})" if health.failing else ""))
+        self._publish_event(self._event("model_health", not health.failing,
+                                        "model_failing" if health.failing else "ok",
+                                        f"model {health.model} version {health.version}: {what}",
+                                        details=health.to_dict()))
+
+    def health(self) -> dict:
+        """What ``/v2/health/ready`` answers: ``{"ready", "reasons", "model", "workers"}`` (docs/protocol.md)."""
+        reasons = self.watchdog.problems() + self.serving.problems()
+        model = self.serving.health()
+        return {"ready": not reasons, "reasons": reasons, "model": model.to_dict() if model is not None else None,
+                "workers": self.watchdog.status()}

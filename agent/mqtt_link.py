@@ -254,6 +254,7 @@ class MqttLink:
         self.keepalive = broker.keepalive
         self.client_id = broker.client_id or client_id
         self._subs = list(subscriptions)
+        self._subs_lock = threading.Lock()  # the list, and whether a connect has subscribed it yet
         self._on_message = on_message
         self._on_connect_cb = on_connect
         self._on_disconnect_cb = on_disconnect
@@ -321,9 +322,10 @@ class MqttLink:
             return
         self._protocol_in_use = "5" if self._mqtt5 else "3.1.1"
         self.last_error = None
-        for topic, qos in self._subs:
-            client.subscribe(topic, qos)
-        self.connected.set()
+        with self._subs_lock:  # add/remove_subscription wait: none is missed, none renewed after removal
+            for topic, qos in self._subs:
+                client.subscribe(topic, qos)
+            self.connected.set()
         self._settle("ok")
         log.info("connected to MQTT broker %s (MQTT %s)", self.broker.url, self._protocol_in_use)
         if self._on_connect_cb is not None:
@@ -470,15 +472,18 @@ class MqttLink:
 
     # --- owner API -------------------------------------------------------------------
     def add_subscription(self, topic: str, qos: int = 1) -> None:
-        self._subs.append((topic, qos))
-        if self.connected.is_set():
-            self.client.subscribe(topic, qos)
+        """Receive ``topic`` from now on (and after every reconnect)."""
+        with self._subs_lock:
+            self._subs.append((topic, qos))
+            if self.connected.is_set():
+                self.client.subscribe(topic, qos)
 
     def remove_subscription(self, topic: str) -> None:
         """Stop receiving ``topic`` (and forget it, so a reconnect does not subscribe again)."""
-        self._subs = [(t, q) for t, q in self._subs if t != topic]
-        if self.connected.is_set():
-            self.client.unsubscribe(topic)
+        with self._subs_lock:
+            self._subs = [(t, q) for t, q in self._subs if t != topic]
+            if self.connected.is_set():
+                self.client.unsubscribe(topic)
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False,
                 props: MessageProps | None = None) -> mqtt.MQTTMessageInfo:
@@ -532,6 +537,32 @@ class MqttLink:
                 wake.send(b"\0")
         self.client.loop_stop()
         self._loop_running = False
+
+
+def kept(info: mqtt.MQTTMessageInfo) -> bool:
+    """Whether paho holds the QoS 1 message of ``info`` until the broker acknowledges it: also one
+    published while the link was down (``MQTT_ERR_NO_CONN``), which paho sends once reconnected --
+    publishing it again would send it twice. Not one refused because paho's queue was full."""
+    return info.rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN, mqtt.MQTT_ERR_AGAIN)
+
+
+def wait_acked(info: mqtt.MQTTMessageInfo, timeout: float) -> bool:
+    """Whether the broker acknowledged the QoS 1 message of ``info`` within ``timeout`` seconds.
+
+    Unlike paho's ``wait_for_publish`` -- which raises ``RuntimeError`` for a message published
+    while the link was down although paho sends it after the reconnect -- this waits for the
+    acknowledgement whatever the link did meanwhile; False at once for a message paho did not keep."""
+    if not kept(info):
+        return False
+    deadline = time.monotonic() + timeout
+    cond: threading.Condition = info._condition  # paho sets _published under it and notifies
+    with cond:
+        while not info._published:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            cond.wait(left)
+    return True
 
 
 def _wait_published(infos: list[mqtt.MQTTMessageInfo], timeout: float) -> bool:

@@ -37,6 +37,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 from edgeloop.agent.fsutil import TEMP_PREFIX, atomic_write_bytes, atomic_write_json
+from edgeloop.agent.mqtt_link import kept, wait_acked
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ KINDS = (EVENTS, DRIFT)  # flushed in this order: answers to commands before dri
 DEFAULT_MAX_MESSAGES = 1000  # per kind
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024  # per kind
 BATCH = 20  # messages in flight at once while flushing (paho's default max_inflight)
+RETRY_S = 1.0  # a flush cut short (slow acknowledgements) goes on this often, however busy the outbox is
 
 _NAME_RE = re.compile(r"^(\d{12})\.msg$")
 _DROPPED_FILE = "dropped.json"
@@ -297,7 +299,8 @@ class Outbox:
 
     def flush_soon(self) -> None:
         """The agent is connected and its birth state is out: send what waits (on the outbox thread)."""
-        self._ready = True
+        with self._lock:  # never undone by a _retry() that saw the link down just before this connect
+            self._ready = True
         self._flush_wanted.set()
         self._q.put(None)
 
@@ -321,20 +324,24 @@ class Outbox:
 
     # --- the outbox thread ---------------------------------------------------------------
     def _run(self) -> None:
+        next_retry = time.monotonic() + RETRY_S
         while True:
             if self._flush_wanted.is_set() and not self._stopping.is_set():
                 self._flush_wanted.clear()
                 self._flush()
+                next_retry = time.monotonic() + RETRY_S
             try:
-                item = self._q.get(timeout=1.0)
+                item = self._q.get(timeout=max(0.0, next_retry - time.monotonic()))
             except queue.Empty:
-                self._retry()
-                continue
+                item = None
             if item is not None:
                 self._take(*item)
             if self._stopping.is_set():
                 self._drain()
                 return
+            if time.monotonic() >= next_retry:  # due even while messages keep coming (steady traffic)
+                self._retry()
+                next_retry = time.monotonic() + RETRY_S
 
     def _take(self, kind: str, payload: bytes) -> None:
         with self._io_lock:
@@ -361,9 +368,12 @@ class Outbox:
 
     def _retry(self) -> None:
         """Idle: a flush cut short (slow acknowledgements) goes on; a lost link waits for the next connect."""
-        if not self._connected():
-            self._ready = False
-        elif self._ready and any(self.spools[k] for k in KINDS):
+        with self._lock:
+            if not self._connected():
+                self._ready = False
+                return
+            ready = self._ready
+        if ready and any(self.spools[k] for k in KINDS):
             self._flush()
 
     def _flush(self) -> None:
@@ -394,7 +404,7 @@ class Outbox:
         with self._io_lock:
             for entry, data in batch:
                 info = self._in_flight.get((kind, entry.seq))
-                if info is None or info.rc != mqtt.MQTT_ERR_SUCCESS:  # paho holds no copy that it will resend
+                if info is None or not kept(info):  # paho holds no copy that it will send (again) itself
                     info = self._publish(kind, data)
                     self._in_flight[(kind, entry.seq)] = info
                 receipts.append((entry, info))
@@ -408,12 +418,10 @@ class Outbox:
 
     def _acknowledged(self, info: mqtt.MQTTMessageInfo, deadline: float) -> bool:
         while True:
-            try:
-                info.wait_for_publish(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
-                if info.is_published():
-                    return True
-            except (RuntimeError, ValueError):  # not queued by paho: it will not arrive
+            if not kept(info):  # not queued by paho: it will not arrive
                 return False
+            if wait_acked(info, min(0.2, max(0.0, deadline - time.monotonic()))):
+                return True  # also one published while the link was down, which paho sent after the reconnect
             if time.monotonic() >= deadline or not self._connected() or self._stopping.is_set():
                 return False
 

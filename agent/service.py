@@ -25,12 +25,13 @@ publishing), :mod:`.control` (the control thread) and :mod:`.inference` (MQTT in
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import threading
+import queue
 import time
 from typing import Any
 
-from edgeloop.agent.control import SHARED_CHUNK, AgentControl
+from edgeloop.agent.control import MAX_COMMAND_LIFETIME, SHARED_CHUNK, AgentControl
 from edgeloop.agent.http_api import HttpApi
 from edgeloop.agent.inference import AgentInference
 from edgeloop.agent.transfer import Transfer
@@ -44,19 +45,17 @@ class Agent(AgentControl, AgentInference):
 
     def start(self) -> Agent:
         self._restore()
-        for t in Transfer.load_pending(self.store.incoming_dir):
+        for t in Transfer.load_pending(self.store.incoming_dir, default_lifetime=MAX_COMMAND_LIFETIME):
             self._transfers[t.spec.transfer_id] = t
         if self.cfg.http_enabled:
             self.http = HttpApi(
                 self.serving, host=self.cfg.http_host, port=self.cfg.http_port,
                 max_body=self.cfg.max_request_bytes, max_connections=self.cfg.http_max_connections,
+                health=self.health,
             ).start()
             log.info("HTTP (Open Inference Protocol v2) on %s", self.http.url)
         self.outbox.start()
-        for name, target in (("control", self._control_loop), ("inference", self._infer_loop)):
-            thread = threading.Thread(target=target, name=f"agent-{name}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        self._start_workers([("control", self._control_loop), ("inference", self._infer_loop)])  # + watchdog
         self.link.start()
         if self.cfg.zeroconf:
             self._start_discovery()
@@ -71,15 +70,21 @@ class Agent(AgentControl, AgentInference):
         self._stop.set()
         log.info("agent %s stopping", self.id)
         self._control_q.put(("stop", None))
-        self._infer_q.put(None)
+        while True:  # never blocks on a full request queue: requests still waiting are dropped
+            try:
+                self._infer_q.put_nowait(None)
+                break
+            except queue.Full:
+                with contextlib.suppress(queue.Empty):
+                    self._infer_q.get_nowait()
         for t in self._threads:
             t.join(timeout=5)
         self.outbox.stop()  # what was handed over is sent or on disk; later reports are kept inline
         delivered = False
         try:
-            offline = self._state_message(topics.OFFLINE)
+            offline = self._state_payload(topics.OFFLINE)
             delivered = self.link.stop(final=[
-                (self._topic(topics.STATE), offline.encode(), 1, True),
+                (self._topic(topics.STATE), offline, 1, True),
                 (self._topic(topics.STATUS), topics.OFFLINE.encode(), 1, True),
             ])
         except Exception:  # the rest of the stop must still happen

@@ -310,7 +310,18 @@ class Gate:
         self._server = socket.create_server(("127.0.0.1", 0))
         self.address = BrokerAddress("127.0.0.1", self._server.getsockname()[1])
         self._done = False
+        self._conns: list[tuple[socket.socket, socket.socket]] = []
         threading.Thread(target=self._accept, daemon=True).start()
+
+    def drop(self) -> None:
+        """Cut the connections that pass now (the client sees the broker go away)."""
+        for pair in self._conns:
+            for s in pair:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        self._conns.clear()
 
     def _accept(self) -> None:
         while not self._done:
@@ -326,6 +337,7 @@ class Gate:
             except OSError:
                 conn.close()
                 continue
+            self._conns.append((conn, up))
             for a, b in ((conn, up), (up, conn)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
@@ -396,3 +408,74 @@ def test_with_the_broker_down_the_agent_serves_and_delivers_its_drift_reports_wh
 
 def _stored(trained, aid: str) -> list[dict]:
     return trained.hub.drift_reports(aid)
+
+
+@pytest.mark.broker
+def test_a_flush_cut_short_goes_on_under_steady_traffic_and_sends_each_report_once(tmp_path, mosquitto):
+    """Acknowledgements slower than the outbox waits (ack_timeout 0): each flush stops after one batch.
+    New reports keep coming every 0.2 s, so the outbox is never idle for a second; the kept reports
+    must still drain (they used to wait for a quiet second that never came) and none go out twice."""
+    aid = f"ob-{uuid.uuid4().hex[:8]}"
+    box, link = _outbox_on(mosquitto, tmp_path / "outbox", aid, ack_timeout=0.0)
+    box.start()  # never connected yet: all kept
+    for w in range(1, 41):
+        box.submit(DRIFT, _report(w, aid).encode())
+    assert wait_until(lambda: box.pending()[DRIFT] == 40, 5)
+    seen = []
+    with watch_topic(mosquitto, topics.agent_topic(aid, DRIFT)) as got:
+        link.start()
+        assert link.wait_connected(10)
+        box.flush_soon()
+        w = 40
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            w += 1
+            box.submit(DRIFT, _report(w, aid).encode())
+            time.sleep(0.2)
+            seen.append(box.pending()[DRIFT])
+            if seen[-1] <= 12:
+                break
+        box.stop()
+        link.stop()
+    assert seen[-1] <= 12, seen  # drained while reports kept coming
+    windows = [_validate(p).window for _, p in got]
+    assert len(windows) == len(set(windows)) and set(range(1, 41)) <= set(windows)
+
+
+@pytest.mark.broker
+def test_reports_paho_holds_while_the_link_is_down_are_not_published_again(tmp_path, mosquitto):
+    """A flush while the link is down (paho answers MQTT_ERR_NO_CONN but keeps each message and sends it
+    once reconnected), retried every second until the link is back: each report reaches the broker once
+    (the outbox used to publish its own copy on every retry)."""
+    aid = f"ob-{uuid.uuid4().hex[:8]}"
+    box, _ = _outbox_on(mosquitto, tmp_path / "outbox", aid)
+    for w in range(1, 6):
+        box.submit(DRIFT, _report(w, aid).encode())  # not started, never connected: kept on disk
+    gate = Gate(mosquitto.address)
+    link = MqttLink(client_id=f"outbox-test-{uuid.uuid4().hex[:8]}", host=gate.address.host,
+                    port=gate.address.port, on_message=lambda *a: None)
+    box = Outbox(tmp_path / "outbox",
+                 publish=lambda kind, data: link.publish(topics.agent_topic(aid, kind), data, qos=1),
+                 connected=lambda: True,  # the link's own flag lags behind the socket: say "up" throughout
+                 validators={EVENTS: lambda b: decode(b, Event), DRIFT: lambda b: decode(b, DriftReport)},
+                 dropped_report=lambda counts: b"{}", ack_timeout=0.3)
+    try:
+        with watch_topic(mosquitto, topics.agent_topic(aid, DRIFT)) as got:
+            link.start()
+            assert link.wait_connected(10)
+            gate.open.clear()
+            gate.drop()
+            assert wait_until(lambda: not link.connected.is_set(), 10)
+            box.start()
+            box.flush_soon()  # published while down: paho keeps them (NO_CONN); not acknowledged in time
+            time.sleep(2.5)  # two retries of the cut-short flush
+            gate.open.set()
+            assert link.wait_connected(40)
+            assert wait_until(lambda: box.pending()[DRIFT] == 0, 15)
+            time.sleep(1.0)  # a second copy would be here by now
+        windows = [_validate(p).window for _, p in got]
+        assert sorted(windows) == [1, 2, 3, 4, 5], windows
+    finally:
+        box.stop()
+        link.stop()
+        gate.close()

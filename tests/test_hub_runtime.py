@@ -129,7 +129,9 @@ def test_two_hubs_on_one_broker_each_list_only_their_own_agents(hubs, tmp_path, 
         line_b = next(line for line in everyone.splitlines() if line.startswith(own_b))
         assert line_b.rstrip().endswith("foreign") and own_a in everyone
     assert a.list_audit(target=own_b) == [] and b.list_audit(target=own_a) == []  # never audited
-    assert [x["action"] for x in a.list_audit(target=own_a)] == ["agent.joined"]
+    # joined, and its report key pinned on first use (a foreign agent's key is never pinned)
+    assert [x["action"] for x in reversed(a.list_audit(target=own_a))] == ["agent.joined", "agent.key_pinned"]
+    assert a.registry.get_agent_key(own_b) is None and b.registry.get_agent_key(own_a) is None
 
 
 def test_a_hub_subscribes_under_its_fleets_topic_root_only(hubs, tmp_path, mosquitto, agent_process):
@@ -305,7 +307,8 @@ def test_a_restarted_agent_leaves_no_audit_row_but_a_long_absence_does(hubs, tmp
             assert wait_until(lambda before=before: listed(hub, aid)["started_at"] != before and session_online(1),
                               30)
             first = listed(hub, aid)
-        assert [x["action"] for x in hub.list_audit(target=aid)] == ["agent.joined"]
+        # joined, its report key pinned on first use; restarts within the grace period: nothing
+        assert [x["action"] for x in hub.list_audit(target=aid)] == ["agent.key_pinned", "agent.joined"]
 
     hub.use_config(dataclasses.replace(hub.config, offline_grace_s=1.0))
     with HubRuntime(hub, mosquitto.address.url):
@@ -314,7 +317,8 @@ def test_a_restarted_agent_leaves_no_audit_row_but_a_long_absence_does(hubs, tmp
         proc = agent_process(config)
         assert wait_until(lambda: [x["action"] for x in hub.list_audit(target=aid)][:1] == ["agent.online"], 30)
     assert [(x["actor"], x["action"]) for x in reversed(hub.list_audit(target=aid))] == [
-        (f"agent:{aid}", "agent.joined"), ("hub", "agent.offline"), (f"agent:{aid}", "agent.online")]
+        (f"agent:{aid}", "agent.joined"), (f"agent:{aid}", "agent.key_pinned"), ("hub", "agent.offline"),
+        (f"agent:{aid}", "agent.online")]
 
 
 # --- the GUI runs the same runtime ------------------------------------------------------------------------

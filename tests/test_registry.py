@@ -78,6 +78,47 @@ def test_migrates_an_empty_file_to_the_current_schema(tmp_path):
         assert again.list_versions() == []
 
 
+def test_bundle_paths_are_kept_relative_to_the_home_so_a_copied_home_reads_its_own_files(tmp_path):
+    import shutil
+
+    home = tmp_path / "home"
+    (home / "bundles").mkdir(parents=True)
+    (home / "bundles" / "b.elb").write_bytes(b"original")
+    with Registry(home / "registry.sqlite") as reg:
+        v = make_version(reg)
+        reg.add_bundle(sha("b"), v["id"], home / "bundles" / "b.elb", 8, "k")
+        reg.add_bundle(sha("elsewhere"), v["id"], "/srv/bundles/e.elb", 8, "k")  # outside the home: as given
+        assert Path(reg.get_bundle(sha("b"))["path"]) == (home / "bundles" / "b.elb").resolve()
+        stored = dict(reg._db().execute("SELECT sha256, path FROM bundles").fetchall())
+    assert stored == {sha("b"): "bundles/b.elb", sha("elsewhere"): "/srv/bundles/e.elb"}
+    shutil.copytree(home, tmp_path / "copy")
+    (tmp_path / "copy" / "bundles" / "b.elb").write_bytes(b"the copy")
+    with Registry(tmp_path / "copy" / "registry.sqlite") as copy:
+        assert Path(copy.get_bundle(sha("b"))["path"]).read_bytes() == b"the copy"
+        assert Path(copy.list_bundles()[-1]["path"]).read_bytes() == b"the copy"
+
+
+def test_migration_5_makes_the_absolute_bundle_paths_of_a_schema_4_home_relative(tmp_path):
+    home = tmp_path / "home"
+    with Registry(home / "registry.sqlite") as reg:
+        v = make_version(reg)
+        reg.add_bundle(sha("b"), v["id"], home / "bundles" / "b.elb", 8, "k")
+        reg.add_deployment(sha("b"), "edge-1", "deploy", "cmd-old", 1)
+    conn = sqlite3.connect(home / "registry.sqlite")  # as schema 4 stored it: absolute, no agent_keys
+    conn.execute("UPDATE bundles SET path = ?", [str(home / "bundles" / "b.elb")])
+    conn.execute("DROP TABLE agent_keys")
+    conn.execute("ALTER TABLE deployments DROP COLUMN expires_at")
+    conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    with Registry(home / "registry.sqlite") as reg:
+        assert reg.schema_version == SCHEMA_VERSION
+        assert reg._db().execute("SELECT path FROM bundles").fetchall() == [("bundles/b.elb",)]
+        assert reg.agent_keys() == {}
+        dep = reg.get_deployment("cmd-old")  # pending from before: settled an hour after it was sent
+        assert dep["expires_at"] == dep["created_at"] + 3600
+
+
 def test_refuses_a_registry_from_a_newer_edgeloop(tmp_path):
     path = tmp_path / "registry.sqlite"
     Registry(path).close()

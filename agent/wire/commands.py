@@ -31,6 +31,9 @@ from edgeloop.agent.wire.fields import MAX_JSON_MESSAGE, dumps, load_json
 from edgeloop.agent.wire.messages import COMMAND_TYPES, Command
 
 MAX_CLOCK_SKEW = 600.0  # seconds a command may claim to come from the future
+# how far one command's counter may jump past the last accepted from its key: a hub signs one counter
+# per command, so a jump past this is a fault or an attack that would lock the hub out (fast-forward)
+MAX_COUNTER_JUMP = 1 << 32
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,11 @@ def verify_command(
             f"command {cmd.command_id} has counter {cmd.counter}, not above {last} already accepted from key "
             f"{signed.keyid}: a replay (or a duplicate delivery), refused"
         )
+    if cmd.counter - last > MAX_COUNTER_JUMP:
+        raise ReplayError(
+            f"command {cmd.command_id} has counter {cmd.counter}, more than {MAX_COUNTER_JUMP} past {last} accepted "
+            f"from key {signed.keyid}: refused, so that one command cannot lock the hub out (see docs/security.md, "
+            "\"Counters\")", code="counter_jump")
     if cmd.command not in COMMAND_TYPES:
         raise UnknownCommandError(f"unknown command {cmd.command!r}; this agent knows {', '.join(COMMAND_TYPES)}")
     return VerifiedCommand(cmd, signed.keyid)

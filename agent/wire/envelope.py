@@ -40,6 +40,9 @@ from edgeloop.agent.wire.fields import is_version
 ENVELOPE_SCHEMA = 1
 MANIFEST_PAYLOAD_TYPE = "application/vnd.edgeloop.manifest+json"
 COMMAND_PAYLOAD_TYPE = "application/vnd.edgeloop.command+json"
+REPORT_PAYLOAD_TYPE = "application/vnd.edgeloop.report+json"
+REPORT_SIGNATURE_FIELD = "signed"  # a signed report: the message's fields plus its detached envelope here
+REPORT_KEY_FIELD = "report_key"  # in an agent's state: the raw Ed25519 public key (base64) it signs reports with
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -50,6 +53,8 @@ def canonical_json(obj: Any) -> bytes:
         ).encode("utf-8")
     except ValueError as exc:  # NaN or Infinity
         raise MessageFormatError(f"cannot encode non-finite number in signed data: {exc}") from exc
+    except UnicodeEncodeError as exc:  # a lone surrogate in a string
+        raise MessageFormatError(f"signed data holds a string that is not valid Unicode: {exc}") from exc
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
@@ -295,11 +300,54 @@ def open_envelope(envelope: bytes | Mapping[str, Any], expected_type: str, trust
     return _check_signatures(env, env.payload, expected_type, trusted)
 
 
+# --- signed reports (agent -> hub) ---------------------------------------------------------
+def sign_report(key: SigningKey, message: Mapping[str, Any]) -> dict:
+    """``message`` (a report's ``to_dict()``: an event, a drift report, the agent's state) with a
+    detached :class:`Envelope` under ``"signed"`` that signs the canonical JSON of every other field
+    as :data:`REPORT_PAYLOAD_TYPE`. Readers that do not check signatures read the message as before."""
+    body = {k: v for k, v in message.items() if k != REPORT_SIGNATURE_FIELD}
+    return {**body, REPORT_SIGNATURE_FIELD: sign_detached(key, REPORT_PAYLOAD_TYPE, canonical_json(body))}
+
+
+def is_signed_report(doc: Mapping[str, Any]) -> bool:
+    return REPORT_SIGNATURE_FIELD in doc
+
+
+def verify_report(doc: Mapping[str, Any], trusted: TrustedKeys) -> Signed:
+    """A parsed report (see :func:`sign_report`) -> who signed it, if a key of ``trusted`` did.
+
+    :class:`SignatureError` for an unsigned or altered report, :class:`UntrustedKeyError` for
+    one signed by another key; the message fields are checked by the caller's ``from_dict``."""
+    env_doc = doc.get(REPORT_SIGNATURE_FIELD)
+    if env_doc is None:
+        raise SignatureError("the report is not signed (no 'signed' field): agents sign every report "
+                             "with their own key; upgrade the agent")
+    if not isinstance(env_doc, Mapping):
+        raise MessageFormatError("the report's 'signed' field must be a signature envelope (object)")
+    env = Envelope.from_dict(env_doc, "report signature")
+    if env.payload is not None:
+        raise MessageFormatError("a report signature is detached: it signs the report's other fields")
+    body = canonical_json({k: v for k, v in doc.items() if k != REPORT_SIGNATURE_FIELD})
+    return _check_signatures(env, body, REPORT_PAYLOAD_TYPE, trusted)
+
+
+def raw_public_key(public: Ed25519PublicKey) -> str:
+    """The raw 32 bytes of an Ed25519 public key, base64 (what an agent's state carries)."""
+    return b64e(public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
+
+
+def load_raw_public_key(text: Any, what: str = "public key") -> Ed25519PublicKey:
+    raw = b64d(text, what)
+    if len(raw) != 32:
+        raise MessageFormatError(f"{what} must be 32 bytes (a raw Ed25519 public key), got {len(raw)}")
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
 def parse_json_object(data: bytes | bytearray | str, what: str) -> dict:
     try:
         obj = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MessageFormatError(f"{what} is not valid JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # also: nested too deeply, an integer of over 4,300 digits
+        raise MessageFormatError(f"{what} is not valid JSON: {str(exc)[:200]}") from exc
     if not isinstance(obj, dict):
         raise MessageFormatError(f"{what} must be a JSON object, got {type(obj).__name__}")
     return obj

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 COMMAND_TTL = 300.0  # seconds a signed command stays valid
 RECENT_RESULTS = 256  # events kept for callers that start waiting after the answer came
+SENT_REMEMBERED = 4096  # commands whose addressee is remembered (answers from anyone else are ignored)
 
 
 @dataclass
@@ -38,6 +39,11 @@ class FleetCommands(FleetCore):
     def _deliver_event(self, ev: Event) -> None:
         if ev.command_id:
             with self._lock:
+                sent_to = self._sent_to.get(ev.command_id)
+                if sent_to is not None and sent_to != ev.agent_id:
+                    log.warning("agent %s answered command %s, which went to %s: ignored", ev.agent_id,
+                                ev.command_id, sent_to)
+                    return
                 self._recent.setdefault(ev.command_id, []).append(ev)
                 self._recent.move_to_end(ev.command_id)
                 while len(self._recent) > RECENT_RESULTS:
@@ -61,6 +67,9 @@ class FleetCommands(FleetCore):
         """
         payload = raw if raw is not None else seal_command(key or self.key, cmd)
         with self._lock:
+            self._sent_to[cmd.command_id] = cmd.agent_id
+            while len(self._sent_to) > SENT_REMEMBERED:
+                self._sent_to.popitem(last=False)
             if raw is not None:
                 self._waiters[cmd.command_id] = Waiter(())
                 self._recent.pop(cmd.command_id, None)
@@ -93,7 +102,8 @@ class FleetCommands(FleetCore):
         started = time.perf_counter()
         cmd = self.make_command(agent_id, "rollback", {"bundle_sha256": bundle_sha256, "reason": reason})
         self.registry.add_deployment(bundle_sha256=bundle_sha256, agent_id=agent_id, kind="rollback",
-                                     command_id=cmd.command_id, counter=cmd.counter, actor=self.actor)
+                                     command_id=cmd.command_id, counter=cmd.counter, actor=self.actor,
+                                     expires_at=cmd.expires_at)
         self.send(cmd)
         return self.outcome(cmd.command_id, ("rollback_result",), timeout, started)
 

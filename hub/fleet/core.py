@@ -10,6 +10,12 @@ written again with each write in its own savepoint, so a bad one spoils nothing 
 -- and, once a batch is committed, wakes up whoever waits, so a woken caller reads a
 settled registry.
 
+Identity: a message's agent is the one its topic names, never the payload's ``agent_id``; a
+state, event or drift report counts only when the key pinned for that agent signed it and it
+names that agent (:mod:`.trust`); anything else is refused and logged before it can touch the
+registry. Deployments left pending past their command's expiry are settled from the agents'
+reported states at start and on every member's state.
+
 Fleet membership: an agent belongs to this hub when its retained state lists the
 hub's key id among the keys it trusts. Foreign agents' states are kept as non-member
 rows (listed with ``--all``, never audited); their drift reports are not stored.
@@ -27,7 +33,7 @@ import queue
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Self, TypeVar
@@ -38,15 +44,16 @@ from edgeloop.agent.errors import EdgeloopError, MessageFormatError
 from edgeloop.agent.mqtt_link import MqttLink, Will
 from edgeloop.agent.wire import topics
 from edgeloop.agent.wire.envelope import SigningKey
+from edgeloop.agent.wire.fields import load_json
 from edgeloop.agent.wire.messages import (
     AgentState,
     DriftReport,
     Event,
     Message,
     TransferSpec,
-    decode,
     decode_infer_reply,
 )
+from edgeloop.hub.fleet.trust import RefusedReportError, ReportTrust, UnpinnedReportError
 from edgeloop.hub.registry import OFFLINE_GRACE_S
 
 log = logging.getLogger(__name__)
@@ -54,6 +61,8 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
 
 INTAKE_LEAVES = (topics.STATUS, topics.STATE, topics.EVENTS, topics.DRIFT)
+HELD_MAX = 1000  # reports of agents with no pinned key, held until their state pins one
+SETTLE_EVERY_S = 30.0  # a quiet worker settles deployments whose command expired this often
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,7 @@ class FleetOptions:
     batch_max: int = 500  # messages per registry transaction at most
     batch_ms: float = 50.0  # milliseconds per registry transaction at most
     gap_ms: float = 2.0  # a batch ends when no message follows within this (a lone message waits no longer)
+    broker_outage_s: float = 120.0  # a deploy waits this long for a broker that went away, then fails clearly
 
 
 class Waiter:
@@ -129,6 +139,7 @@ class FleetCore:
         # membership as stored (1 member, 0 foreign, None undecided); loaded at start, kept by the worker
         self._members: dict[str, int | None] = {}
         self._ignored: set[str] = set()  # agents whose reports were dropped (logged once each)
+        self._held: deque[tuple[str, bytes]] = deque()  # reports of agents with no pinned key yet
         self._after: list[Callable[[], None]] | None = None  # wake-ups held until the batch commits
         self._writes: list[tuple[str, Callable[[], object]]] | None = None  # the batch's registry writes
         self.ingested = 0  # messages applied (for benchmarks and checks)
@@ -140,11 +151,13 @@ class FleetCore:
         self._status_session: dict[str, int | None] = {}
         self._waiters: dict[str, Waiter] = {}
         self._recent: OrderedDict[str, list[Event]] = OrderedDict()  # late waiters still see results
+        self._sent_to: OrderedDict[str, str] = OrderedDict()  # command id -> the agent it was sent to
         self._replies: dict[str, tuple[threading.Event, list]] = {}
         self._outgoing: dict[str, Outgoing] = {}
         self._lock = threading.RLock()  # wait_for() predicates may call agents()
         self._state_cond = threading.Condition(self._lock)
         self._worker: threading.Thread | None = None
+        self.trust = ReportTrust({})  # the agents' pinned report keys: loaded from the registry at start
         self.link = MqttLink(
             client_id=self.client_id, broker=self._session(broker),
             on_message=self._on_message,
@@ -174,6 +187,8 @@ class FleetCore:
     # --- lifecycle ---------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> Self:
         self._members = self.registry.agent_membership()
+        self.trust = ReportTrust(self.registry.agent_keys(), lookup=self._pinned_key)
+        self._settle_expired()
         self._worker = threading.Thread(target=self._work, name="fleet-worker", daemon=True)
         self._worker.start()
         try:
@@ -182,6 +197,17 @@ class FleetCore:
             self.stop()
             raise
         return self
+
+    def _settle_expired(self, agent_id: str | None = None) -> None:
+        """Deployments left pending past their command's expiry (a hub that died while it waited,
+        an install result lost) are settled from the agents' reported states."""
+        for dep in self.registry.settle_expired_deployments(agent_id=agent_id):
+            log.info("deployment %s to %s settled as %s: %s", dep["id"], dep["agent_id"], dep["status"],
+                     dep["detail"])
+
+    def _pinned_key(self, agent_id: str) -> str | None:
+        row = self.registry.get_agent_key(agent_id)
+        return None if row is None else row["public_key"]
 
     def stop(self) -> None:
         goodbye = (topics.hub_status_topic(self.root), topics.OFFLINE.encode(), 1, True)
@@ -222,7 +248,14 @@ class FleetCore:
     # --- worker thread: owns registry writes ---------------------------------------------
     def _work(self) -> None:
         while True:
-            item = self._q.get()
+            try:
+                item = self._q.get(timeout=SETTLE_EVERY_S)
+            except queue.Empty:  # quiet: deployments whose command expired meanwhile are settled
+                try:
+                    self._settle_expired()
+                except Exception:
+                    log.exception("could not settle expired deployments")
+                continue
             if item is None or self._apply_batch(item):
                 return
 
@@ -266,6 +299,10 @@ class FleetCore:
     def _apply_one(self, topic: str, payload: bytes) -> None:
         try:
             self._apply(topic, payload)
+        except UnpinnedReportError as exc:
+            self._hold(topic, payload, exc)
+        except RefusedReportError as exc:
+            log.warning("%s", exc)
         except EdgeloopError as exc:
             log.warning("ignored malformed message on %s: %s", topic, exc)
         except Exception:
@@ -280,8 +317,9 @@ class FleetCore:
             self._writes.append((what, write))
 
     def _commit(self, writes: list[tuple[str, Callable[[], object]]]) -> None:
-        """All ``writes`` in one transaction; if one fails, all again, each in a savepoint of its
-        own, so that one bad write loses nothing else (it is logged)."""
+        """All ``writes`` in one transaction; if that fails, each again in a transaction of its own,
+        so that one bad write -- or a transaction that cannot commit -- loses nothing else (it is
+        logged). A write must have no effect outside the registry: it may run twice."""
         if not writes:
             return
         try:
@@ -291,13 +329,12 @@ class FleetCore:
             return
         except Exception as exc:
             log.warning("a batch of %d registry writes failed (%s); writing them one by one", len(writes), exc)
-        with self.registry.transaction():
-            for what, write in writes:
-                try:
-                    with self.registry.savepoint():
-                        write()
-                except Exception:
-                    log.exception("could not store %s", what)
+        for what, write in writes:
+            try:
+                with self.registry.transaction():
+                    write()
+            except Exception:
+                log.exception("could not store %s", what)
 
     def _later(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` once the registry holds what this batch wrote (at once outside a batch).
@@ -320,7 +357,7 @@ class FleetCore:
         parsed = topics.parse_agent_topic(topic, root=self.root)
         if parsed is None:
             return
-        agent_id, leaf = parsed
+        agent_id, leaf = parsed  # who sent it: the topic says, the agent's pinned key proves (see .trust)
         if leaf == topics.STATUS:
             if not payload:
                 return  # retained message cleared
@@ -328,23 +365,57 @@ class FleetCore:
         elif leaf == topics.STATE:
             if not payload:
                 return
-            st = _decode(payload, AgentState)
+            doc = load_json(payload, "agent state")
+            st = AgentState.from_dict(doc)
             if st.agent_id != agent_id:
-                raise MessageFormatError(f"state on {topic} names agent {st.agent_id}")
+                raise RefusedReportError(f"refused a state on the topic of agent {agent_id}: it names agent "
+                                         f"{st.agent_id!r}")
+            pin = self.trust.check_state(agent_id, doc, self.keyid in st.trusted_keys)
             self._apply_state(st)
+            if pin is not None:
+                self._store(f"report key of {agent_id}", lambda: self.registry.pin_agent_key(
+                    pin.agent_id, pin.public_key, pin.keyid, source="first_use", actor=f"agent:{agent_id}"))
+                self._release(agent_id)
         elif leaf == topics.EVENTS:
-            self._handle_event(_decode(payload, Event))
+            self._handle_event(self._report(agent_id, payload, Event))
         elif leaf == topics.DRIFT:
-            rep = _decode(payload, DriftReport)
-            if rep.agent_id != agent_id:
-                raise MessageFormatError(f"drift report on {topic} names agent {rep.agent_id}")
+            rep = self._report(agent_id, payload, DriftReport)
             if not self._listed(agent_id):
                 self._ignore(agent_id, "drift report")
                 return
-            self._store(f"drift report {rep.window} of {agent_id}", lambda: self.registry.add_drift_report(rep))
+            self._store(f"drift report {rep.window} of {agent_id}", lambda: self.registry.record_drift_report(rep))
             if rep.drifted_features:
                 log.info("agent %s reports drift on %s", agent_id, ", ".join(rep.drifted_features))
             self._changed("drift", rep)
+
+    def _hold(self, topic: str, payload: bytes, why: UnpinnedReportError) -> None:
+        """Keep a report of an agent with no pinned key until its state pins one (bounded: the oldest
+        is refused when :data:`HELD_MAX` wait)."""
+        if len(self._held) >= HELD_MAX:
+            old_topic, _ = self._held.popleft()
+            self.trust.refused += 1
+            log.warning("refused a report on %s: no key was pinned for its agent while %d reports waited",
+                        old_topic, HELD_MAX)
+        self._held.append((topic, payload))
+        log.info("%s; held until its state pins one", why)
+
+    def _release(self, agent_id: str) -> None:
+        """Apply the reports held for ``agent_id``, now that its key is pinned."""
+        mine = [(t, p) for t, p in self._held if (topics.parse_agent_topic(t, root=self.root) or ("",))[0] == agent_id]
+        if mine:
+            self._held = deque(x for x in self._held if x not in mine)
+            for topic, payload in mine:
+                self._apply_one(topic, payload)
+
+    def _report(self, agent_id: str, payload: bytes, cls: type[M]) -> M:
+        """An event or drift report, only if the key pinned for ``agent_id`` (the topic's) signed it
+        and it names that agent; else :class:`RefusedReportError`."""
+        doc = load_json(payload, cls.TYPE)
+        self.trust.check_report(agent_id, doc, cls.TYPE.replace("_", " "))
+        msg = cls.from_dict(doc)
+        if not isinstance(msg, cls):  # from_dict returns cls; this tells the type checker
+            raise MessageFormatError(f"expected a {cls.TYPE!r} message")
+        return msg
 
     def _apply_status(self, agent_id: str, status: str) -> None:
         with self._state_cond:
@@ -368,6 +439,8 @@ class FleetCore:
         stored = dataclasses.replace(st, status=topics.OFFLINE) if gone else st
         self._store(f"state of {st.agent_id}", lambda: self.registry.record_agent_state(
             stored, member=member, grace=self.options.offline_grace_s))
+        if member:
+            self._store(f"expired deployments of {st.agent_id}", lambda: self._settle_expired(st.agent_id))
         self._members[st.agent_id] = int(member)
         if member:
             self._ignored.discard(st.agent_id)
@@ -461,10 +534,3 @@ class FleetCore:
         self.wait_for(lambda: all(self.is_member(a) for a in agent_ids), timeout)
         return [a for a in agent_ids if not self.is_member(a)]
 
-
-def _decode(payload: bytes, cls: type[M]) -> M:
-    """Decode a message that must be of type ``cls``."""
-    msg = decode(payload, cls)
-    if not isinstance(msg, cls):  # decode() checks the type field; this tells the type checker
-        raise MessageFormatError(f"expected a {cls.TYPE!r} message")
-    return msg

@@ -139,6 +139,39 @@ class FleetAgents(RegistryDatabase):
                 db.conn.execute("UPDATE agents SET down = 1 WHERE agent_id = ?", [agent_id])
         return [r[0] for r in rows]
 
+    # -- report keys (schema 5) -------------------------------------------------------------------
+    def pin_agent_key(self, agent_id: str, public_key: str, keyid: str, *, source: str = "enrolled",
+                      actor: str = "hub", replace: bool = False) -> bool:
+        """Pin the public key (raw, base64) ``agent_id`` signs its reports with; audited
+        ``agent.key_pinned``. False, and nothing written, when another key is pinned already
+        and ``replace`` is not given (the same key again is a no-op that returns True)."""
+        with self._write() as db:
+            old = db.conn.execute("SELECT public_key FROM agent_keys WHERE agent_id = ?", [agent_id]).fetchone()
+            if old is not None and old[0] == public_key:
+                return True
+            if old is not None and not replace:
+                return False
+            db.conn.execute("INSERT OR REPLACE INTO agent_keys (agent_id, keyid, public_key, source, pinned_at, actor) "
+                            "VALUES (?, ?, ?, ?, ?, ?)", [agent_id, keyid, public_key, source, now(), actor])
+            self._audit(db, actor, "agent.key_pinned", agent_id, keyid=keyid, source=source,
+                        replaced=old is not None)
+        return True
+
+    def forget_agent_key(self, agent_id: str, *, actor: str = "hub") -> bool:
+        """Unpin an agent's key (its next signed state pins a new one); False if none was pinned."""
+        with self._write() as db:
+            gone = db.conn.execute("DELETE FROM agent_keys WHERE agent_id = ?", [agent_id]).rowcount
+            if gone:
+                self._audit(db, actor, "agent.key_forgotten", agent_id)
+        return bool(gone)
+
+    def agent_keys(self) -> dict[str, str]:
+        """``{agent_id: public key (raw, base64)}`` of every pinned key."""
+        return {r[0]: r[1] for r in self._db().execute("SELECT agent_id, public_key FROM agent_keys")}
+
+    def get_agent_key(self, agent_id: str) -> dict | None:
+        return self._first("agent_keys", "agent_id = ?", [agent_id])
+
     # -- reads ----------------------------------------------------------------------------------
     def get_agent(self, agent_id: str) -> dict:
         row = self._first("agents", "agent_id = ?", [agent_id])

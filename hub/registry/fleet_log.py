@@ -10,6 +10,7 @@ changes are audited as ``agent:<agent_id>``.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from edgeloop.agent.wire.messages import DriftReport, Event
@@ -17,9 +18,13 @@ from edgeloop.hub.errors import NotFoundError, RegistryError
 from edgeloop.hub.registry.catalog import Catalog
 from edgeloop.hub.registry.db import inserted_id
 from edgeloop.hub.registry.fields import HEX, MIN_PREFIX, check_choice, check_sha256, dumps, now
+from edgeloop.hub.registry.migrations import relative_to_home
+
+log = logging.getLogger(__name__)
 
 DEPLOY_KINDS = ("deploy", "rollback")
 DEPLOY_STATUSES = ("pending", "installed", "failed", "refused")
+_DRIFT_KEY = "agent_id = ? AND bundle_sha256 = ? AND window = ? AND started_at = ?"
 
 
 def _status_from_event(event: Event) -> str | None:
@@ -52,9 +57,9 @@ class FleetLog(Catalog):
                         f"bundle {sha[:12]} is already registered for {existing['version_id']}, "
                         f"not {version_id}"
                     )
-                return existing
+                return self._bundle_row(existing)
             db.table("bundles").insert({
-                "sha256": sha, "version_id": version_id, "path": str(path), "size": int(size),
+                "sha256": sha, "version_id": version_id, "path": self._home_relative(path), "size": int(size),
                 "key_id": key_id, "created_at": now(),
             })
             self._audit(db, actor, "bundle.add", sha, version_id=version_id, size=int(size),
@@ -71,21 +76,32 @@ class FleetLog(Catalog):
         row = self._unique_prefix("bundles", "sha256", prefix, "bundle")
         if row is None:
             raise NotFoundError(f"no bundle with sha256 {prefix}...; see list_bundles()")
-        return row
+        return self._bundle_row(row)
 
     def list_bundles(self, version: str | None = None) -> list[dict]:
         """Newest first; optionally only the bundles of one version (any get_version ref)."""
         if version is None:
-            return self._rows("bundles", order_by="created_at DESC")
+            return [self._bundle_row(r) for r in self._rows("bundles", order_by="created_at DESC")]
         version_id = self.get_version(version)["id"]
-        return self._rows("bundles", "version_id = ?", [version_id], "created_at DESC")
+        return [self._bundle_row(r) for r in self._rows("bundles", "version_id = ?", [version_id], "created_at DESC")]
+
+    def _home_relative(self, path: Path | str) -> str:
+        """How a bundle path is stored: relative to the registry's folder (the hub home) when under it."""
+        return relative_to_home(str(path), self.path.resolve().parent)
+
+    def _bundle_row(self, row: dict) -> dict:
+        """A bundle row as read: its ``path`` absolute, a stored relative path taken from this
+        registry's folder (so a copied hub home reads its own files)."""
+        path = Path(row["path"])
+        return row if path.is_absolute() else {**row, "path": str(self.path.resolve().parent / path)}
 
     # -- deployments ---------------------------------------------------------------------------
     def add_deployment(
         self, bundle_sha256: str | None, agent_id: str, kind: str, command_id: str, counter: int,
-        *, status: str = "pending", detail: str = "", actor: str = "hub",
+        *, status: str = "pending", detail: str = "", actor: str = "hub", expires_at: float | None = None,
     ) -> dict:
-        """Record a deploy/rollback command sent to ``agent_id``.
+        """Record a deploy/rollback command sent to ``agent_id`` (``expires_at``: when its signed
+        command expires; see :meth:`settle_expired_deployments`).
 
         ``target_sha256`` is always the full sha256 the command names.
         ``bundle_sha256`` links to the registered bundle (foreign key); it is None
@@ -108,7 +124,7 @@ class FleetLog(Catalog):
                 "id": dep_id, "bundle_sha256": target if registered else None,
                 "target_sha256": target, "agent_id": agent_id, "kind": kind,
                 "command_id": command_id, "counter": int(counter), "status": status,
-                "detail": detail, "created_at": at, "updated_at": at,
+                "detail": detail, "created_at": at, "updated_at": at, "expires_at": expires_at,
             })
             self._audit(db, actor, kind, agent_id, deployment=dep_id, bundle_sha256=target,
                         registered=registered, command_id=command_id, counter=int(counter))
@@ -150,6 +166,10 @@ class FleetLog(Catalog):
         dep = self._first("deployments", "command_id = ?", [event.command_id])
         if dep is None:
             return None
+        if dep["agent_id"] != event.agent_id:
+            log.warning("agent %s reported on command %s, which was sent to %s: ignored", event.agent_id,
+                        event.command_id, dep["agent_id"])
+            return None
         if status == "refused" and dep["status"] != "pending":
             # a duplicate or replay of a command that already settled: record it, keep the outcome
             if not self._recorded_refusal(dep["agent_id"], event):
@@ -162,6 +182,31 @@ class FleetLog(Catalog):
         return self.update_deployment_status(
             event.command_id, status, detail, actor=f"agent:{event.agent_id}"
         )
+
+    def settle_expired_deployments(self, *, agent_id: str | None = None, at: float | None = None) -> list[dict]:
+        """Settle every deployment still pending after its command expired (the agent can no longer
+        act on it: its install result was lost, or whoever sent it died) from the agent's last
+        reported state: ``installed`` when that state has the target active, else ``failed``.
+        Optionally only ``agent_id``'s. Returns the settled rows."""
+        at = now() if at is None else at
+        sql = ("SELECT d.command_id, d.target_sha256, a.active_bundle FROM deployments d "
+               "LEFT JOIN agents a ON a.agent_id = d.agent_id "
+               "WHERE d.status = 'pending' AND d.expires_at IS NOT NULL AND d.expires_at <= ?")
+        args: list = [at]
+        if agent_id is not None:
+            sql += " AND d.agent_id = ?"
+            args.append(agent_id)
+        settled = []
+        with self._write() as db:
+            for command_id, target, active in db.execute(sql, args).fetchall():
+                if active is not None and active == target:
+                    status, detail = "installed", "settled from the agent's state: the target bundle is active"
+                else:
+                    status = "failed"
+                    detail = (f"expired: no result before the command expired; the agent reports "
+                              f"{'bundle ' + active[:12] if active else 'no bundle'} active")
+                settled.append(self.update_deployment_status(command_id, status, detail, actor="hub"))
+        return settled
 
     def _recorded_refusal(self, agent_id: str, event: Event) -> bool:
         """Whether this very refusal (same command, same time on the agent) is audited already."""
@@ -188,12 +233,19 @@ class FleetLog(Catalog):
     # -- drift --------------------------------------------------------------------------------
     def add_drift_report(self, report: DriftReport) -> dict:
         """Store one drift window; a re-delivered report is stored once. Returns the row."""
+        row_id = self.record_drift_report(report)
+        if row_id is None:
+            key = [report.agent_id, report.bundle_sha256, report.window, report.started_at]
+            return self._existing("drift_reports", _DRIFT_KEY, key)
+        return self._existing("drift_reports", "id = ?", [row_id])
+
+    def record_drift_report(self, report: DriftReport) -> int | None:
+        """:meth:`add_drift_report` without reading the row back (the fleet's intake): the new
+        row's id, None when this window was stored already."""
         key = [report.agent_id, report.bundle_sha256, report.window, report.started_at]
-        where = "agent_id = ? AND bundle_sha256 = ? AND window = ? AND started_at = ?"
         with self._write() as db:
-            existing = self._first("drift_reports", where, key)
-            if existing is not None:
-                return existing
+            if db.execute(f"SELECT 1 FROM drift_reports WHERE {_DRIFT_KEY} LIMIT 1", key).fetchone():
+                return None
             drifted = report.drifted_features
             table = db.table("drift_reports").insert({
                 "agent_id": report.agent_id, "model": report.model, "version": report.version,
@@ -207,7 +259,7 @@ class FleetLog(Catalog):
                 self._audit(db, f"agent:{report.agent_id}", "drift.detected", report.agent_id,
                             model=report.model, version=report.version, window=report.window,
                             features=drifted, report_id=row_id)
-        return self._existing("drift_reports", "id = ?", [row_id])
+        return row_id
 
     def list_drift_reports(
         self, agent_id: str | None = None, *, model: str | None = None,

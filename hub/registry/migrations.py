@@ -11,6 +11,7 @@ schema-1 file to prove it).
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from sqlite_utils import Database
 
@@ -181,7 +182,54 @@ def _m004_evaluations(db: Database) -> None:
     db.table("evaluations").create_index(["version_id", "dataset_sha256", "artifact"])
 
 
+def _m005_agent_keys(db: Database) -> None:
+    """Version 5: agents' report keys, and bundle paths relative to the hub home.
+
+    * ``agent_keys``: the Ed25519 public key (raw, base64) each agent signs its reports with,
+      pinned once -- by the operator at enrollment (``source`` ``enrolled``) or from the
+      agent's first signed state (``first_use``); reports not signed by it are refused;
+    * ``bundles.path``: relative to the folder of the registry file (the hub home), so a copied
+      home reads its own files; absolute paths under that folder are rewritten, others
+      (bundles kept elsewhere) stay as they are;
+    * ``deployments.expires_at``: when the deployment's signed command expires -- a deployment
+      still pending then is settled from the agent's reported state; pending rows of older
+      registries get an hour from their creation.
+    """
+    db.table("deployments").add_column("expires_at", float)
+    db.execute("UPDATE deployments SET expires_at = created_at + 3600 WHERE status = 'pending'")
+    db.table("agent_keys").create(
+        {"agent_id": str, "keyid": str, "public_key": str, "source": str, "pinned_at": float, "actor": str},
+        pk="agent_id", not_null={"keyid", "public_key", "source", "pinned_at", "actor"},
+    )
+    home = registry_folder(db)
+    if home is None:
+        return
+    for sha, path in db.execute("SELECT sha256, path FROM bundles").fetchall():
+        rel = relative_to_home(path, home)
+        if rel != path:
+            db.execute("UPDATE bundles SET path = ? WHERE sha256 = ?", [rel, sha])
+
+
+def registry_folder(db: Database) -> Path | None:
+    """The folder of the registry's file (the hub home); None for an in-memory database."""
+    for _, name, file in db.execute("PRAGMA database_list").fetchall():
+        if name == "main" and file:
+            return Path(file).resolve().parent
+    return None
+
+
+def relative_to_home(path: str, home: Path) -> str:
+    """``path`` relative to ``home`` (POSIX separators) when it lies under it, else unchanged."""
+    p = Path(path)
+    if not p.is_absolute():
+        return path
+    try:
+        return p.resolve().relative_to(home).as_posix()
+    except ValueError:
+        return path
+
+
 # Append only: never edit a released migration, add a new one.
 MIGRATIONS: list[Callable[[Database], None]] = [_m001_initial, _m002_model_factory, _m003_live_fleet,
-                                                _m004_evaluations]
+                                                _m004_evaluations, _m005_agent_keys]
 SCHEMA_VERSION = len(MIGRATIONS)

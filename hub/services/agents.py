@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeloop.agent.connection import BrokerSettings, broker_from_options
+from edgeloop.agent.wire.envelope import key_id, load_public_pem, raw_public_key
+from edgeloop.agent.wire.topics import check_agent_id
 from edgeloop.hub.errors import FleetError
 from edgeloop.hub.services.promotion import HubPromotion
 
@@ -21,6 +24,12 @@ class UnknownAgentError(FleetError):
     """A command names an agent that is not in this hub's fleet."""
 
     code = "unknown_agent"
+
+
+class AgentKeyError(FleetError):
+    """An agent's report key cannot be pinned as asked."""
+
+    code = "agent_key"
 
 
 class HubAgents(HubPromotion):
@@ -92,6 +101,28 @@ class HubAgents(HubPromotion):
                             "this hub knows no agents yet (run `edgeloop hub serve`, and check the broker "
                             f"and the topic root {self.config.topic_root!r})"))
         raise UnknownAgentError("; ".join(lines))
+
+    # --- agents' report keys (docs/security.md, "Agent keys") -----------------------------------
+    def pin_agent_key(self, agent_id: str, public_key: bytes | str | Path, *, replace: bool = False) -> dict:
+        """Enroll an agent's report key: the PEM public key (bytes, or the path of the agent's
+        ``agent_key.pub.pem``) its reports must be signed with, pinned before the agent ever
+        connects (nothing on the broker can choose it then). Raises :class:`AgentKeyError` when
+        another key is pinned and ``replace`` is not given. Returns ``{"agent_id", "keyid", "source"}``."""
+        check_agent_id(agent_id)
+        pem = Path(public_key).read_bytes() if isinstance(public_key, (str, Path)) else public_key
+        pub = load_public_pem(pem, f"the report key of {agent_id}")
+        if not self.registry.pin_agent_key(agent_id, raw_public_key(pub), key_id(pub), source="enrolled",
+                                           actor=self.actor, replace=replace):
+            old = self.registry.get_agent_key(agent_id) or {}
+            raise AgentKeyError(f"agent {agent_id} already has report key {old.get('keyid')} pinned "
+                                f"({old.get('source')}); if the agent was reinstalled with a new key, pin this "
+                                "one with replace (the old key's reports are refused from then on)")
+        return {"agent_id": agent_id, "keyid": key_id(pub), "source": "enrolled"}
+
+    def forget_agent_key(self, agent_id: str) -> bool:
+        """Unpin an agent's report key: its next signed state pins a new one (trust on first use
+        again). False if none was pinned."""
+        return self.registry.forget_agent_key(agent_id, actor=self.actor)
 
     def drift_summary(self, agent_id: str | None = None) -> list[dict]:
         """Per (agent, model, version): windows, rows, features flagged and highest PSI

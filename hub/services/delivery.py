@@ -7,7 +7,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from edgeloop.hub.errors import NotFoundError
+from edgeloop.agent.wire.bundle import sha256 as sha256_hex
+from edgeloop.hub.errors import HubError, NotFoundError
 from edgeloop.hub.services.agents import HubAgents
 
 if TYPE_CHECKING:
@@ -15,6 +16,12 @@ if TYPE_CHECKING:
     from edgeloop.hub.pipeline import BundleBuild
 
 T = TypeVar("T")
+
+
+class BundleMismatchError(HubError):
+    """A bundle file on disk is not the bundle the registry recorded."""
+
+    code = "bundle_mismatch"
 
 
 class HubDelivery(HubAgents):
@@ -31,8 +38,23 @@ class HubDelivery(HubAgents):
                             actor=self.actor)
 
     def bundle_bytes(self, ref: str) -> tuple[dict, bytes]:
+        """A registered bundle and its bytes, checked against the sha256 the registry holds: a file
+        swapped or damaged in the bundle folder is refused (:class:`BundleMismatchError`), never sent."""
         rec = self.registry.get_bundle(ref)
-        return rec, Path(rec["path"]).read_bytes()
+        path = Path(rec["path"])
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise BundleMismatchError(f"bundle {rec['sha256'][:12]} ({rec['version_id']}) cannot be read from "
+                                      f"{path}: {exc}; restore the file or build the bundle again "
+                                      "(`edgeloop bundle build`)") from exc
+        actual = sha256_hex(data)
+        if actual != rec["sha256"]:
+            raise BundleMismatchError(
+                f"bundle file {path} does not match the registry: its sha256 is {actual[:12]}..., the registry "
+                f"recorded {rec['sha256'][:12]}... for {rec['version_id']}. The file was replaced or damaged "
+                "after it was built; nothing was sent. Restore it from a backup or build the bundle again")
+        return rec, data
 
     def resolve_bundle(self, ref: str) -> tuple[dict, bytes]:
         """The bundle a ref names: a bundle sha256 (prefix), or a version ref -- its newest

@@ -15,16 +15,20 @@ The methods live in one module per concern, each class building on the one befor
 :mod:`.core` (home, registry, key, audit log), :mod:`.datasets`, :mod:`.models`
 (training, versions, export), :mod:`.promotion` (aliases, gates, compare, lineage),
 :mod:`.agents` (fleet connection, agents, drift, discovery) and :mod:`.delivery`
-(bundles, deploy, rollback).
+(bundles, deploy, rollback); :mod:`.evaluation` (scoring versions on separate test data,
+predictions for a file) builds on :mod:`.promotion` beside them; :mod:`.drift` (the fleet's
+drift per model, agent and feature, for ``edgeloop drift`` and the GUI's charts) on :mod:`.core`.
 """
 
 from __future__ import annotations
 
 from edgeloop.hub.services.core import default_actor
 from edgeloop.hub.services.delivery import HubDelivery
+from edgeloop.hub.services.drift import HubDrift
+from edgeloop.hub.services.evaluation import HubEvaluation
 
 __all__ = ["Hub", "default_actor"]
 
 
-class Hub(HubDelivery):
+class Hub(HubEvaluation, HubDelivery, HubDrift):
     """The one way in to the hub, for the CLI, the GUI and scripts (see the module docstring)."""
