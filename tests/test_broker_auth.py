@@ -103,6 +103,8 @@ def test_agent_with_the_right_password_connects_and_serves(trained, tmp_path, au
     assert connected and all(f"u'{USER}'" in line for line in connected), auth_broker.log()
 
 
+@pytest.mark.reliability("broker access control", "an agent with a wrong broker password",
+                         "says so, keeps retrying with back-off, HTTP stays up, never online, no traceback")
 def test_agent_with_a_wrong_password_says_so_keeps_retrying_and_stays_up(trained, tmp_path, auth_broker,
                                                                         auth_fleet, agent_process):
     http_port = free_port()

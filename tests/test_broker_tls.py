@@ -161,6 +161,10 @@ CASES = ["wrong password", "unknown user", "no credentials", "untrusted CA", "ho
 
 
 @pytest.mark.parametrize("case", CASES)
+@pytest.mark.reliability("broker access control",
+                         "a hub with one wrong broker setting (password, user, CA, host name, client certificate, "
+                         "port, host)",
+                         "its own error within 3 s, exit 2; the API gives the same code")
 def test_each_wrong_setting_gets_its_own_error_at_once(trained, secure, capsys, case):
     options, code, says = _wrong(secure)[case]
     started = time.monotonic()
