@@ -20,6 +20,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 from edgeloop.agent.config import AgentConfig
 from edgeloop.agent.wire.envelope import SigningKey
 from edgeloop.hub.fleet import EmbeddedBroker, MosquittoBroker
+from tests.reliability import faults_tried, pytest_runtest_makereport, pytest_sessionfinish  # noqa: F401  (the ledger)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -88,6 +88,8 @@ def test_a_persistent_session_gets_what_was_published_while_it_was_away(mosquitt
 
 
 @pytest.mark.parametrize("url,code", [(None, "refused"), ("mqtt://no-such-broker.invalid", "unknown_host")])
+@pytest.mark.reliability("broker loss", "no broker listening; an unknown broker host",
+                         "refused / unknown_host at once, not after the connect timeout")
 def test_connect_fails_at_once(url, code):
     broker = BrokerSettings.parse(url) if url else BrokerSettings("127.0.0.1", free_port())
     started = time.monotonic()
@@ -98,6 +100,8 @@ def test_connect_fails_at_once(url, code):
     assert info.value.code == code and time.monotonic() - started < 5.0
 
 
+@pytest.mark.reliability("broker loss", "the broker is down when the link starts, then comes up",
+                         "the first failure reported; connects in the background once it is up")
 def test_start_reports_the_first_failure_and_keeps_trying_in_the_background():
     port = free_port()
     link = _link(BrokerSettings("127.0.0.1", port), "later").start()
@@ -124,6 +128,8 @@ def test_deploy_and_infer_on_the_embedded_broker_speak_311(trained, tmp_path, em
     assert "(MQTT 3.1.1)" in proc.log()
 
 
+@pytest.mark.reliability("broker loss", "an agent started with no broker listening",
+                         "says why, retries in the background, keeps running, no traceback")
 def test_an_agent_whose_broker_is_down_says_why_and_serves_on(trained, tmp_path, agent_process):
     port = free_port()
     cfg = write_agent_config(tmp_path, "lonely-edge", SimpleNamespace(address=BrokerSettings("127.0.0.1", port)),
@@ -135,6 +141,8 @@ def test_an_agent_whose_broker_is_down_says_why_and_serves_on(trained, tmp_path,
     assert "paho" not in proc.log()  # paho's own lines stay at DEBUG
 
 
+@pytest.mark.reliability("worker threads", "an MQTT message handler raises",
+                         "the network thread survives; later messages delivered")
 def test_callbacks_only_hand_over_work(mosquitto):
     """A message handler that raises neither kills the network thread nor loses later messages."""
     topic = f"edgeloop-test/raise/{uuid.uuid4().hex[:8]}"
@@ -178,6 +186,10 @@ B = BrokerSettings("broker.lan", 8883, username="edge", tls=TlsSettings())
     (TimeoutError("timed out"), "timeout", "did not answer within 2.0 s"),
     (ConnectionResetError(errno.ECONNRESET, "reset"), "protocol", "closed during the TLS handshake"),
 ])
+@pytest.mark.reliability("broker access control",
+                         "TLS and socket failures (expired or not-yet-valid certificate, hostname mismatch, unknown "
+                         "issuer, unreachable, timeout, reset)",
+                         "a named error saying what to do")
 def test_socket_and_certificate_failures_are_named(exc, code, says):
     err = from_socket_error(exc, B, 2.0)
     assert (err.code, err.broker_url) == (code, "mqtts://edge@broker.lan:8883") and says in str(err), str(err)
@@ -188,6 +200,8 @@ def test_socket_and_certificate_failures_are_named(exc, code, says):
     (0x85, "broker_refused", "rejected the client id"),
     (0x8A, "broker_refused", "refused the connection (Banned, code 138)"),
 ])
+@pytest.mark.reliability("broker access control", "the broker refuses the login, the client id, or bans the client",
+                         "a named error saying what to do")
 def test_connack_refusals_are_named(rc, code, says):
     err = from_connack(rc, "Banned" if rc == 0x8A else "x", B, mqtt5=True)
     assert err.code == code and says in str(err), str(err)
@@ -198,6 +212,8 @@ def test_connack_refusals_are_named(rc, code, says):
     ("TLSV1_ALERT_UNKNOWN_CA", "rejected this side's client certificate"),
     ("SOMETHING_ELSE", "TLS failed (SOMETHING_ELSE)"),
 ])
+@pytest.mark.reliability("broker access control", "TLS alerts from the broker (expired or unknown client certificate)",
+                         "a named error saying what to do")
 def test_tls_alerts_are_named(text, says):
     assert says in str(from_tls_text(text, B, handshake=True))
 

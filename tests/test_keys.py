@@ -70,7 +70,9 @@ def test_public_key_verifies_the_hubs_signatures(tmp_path):
     assert signed.keyid == key.keyid
 
 
-def test_stale_public_key_file_is_rewritten(tmp_path):
+@pytest.mark.reliability("signing keys", "a stale or missing public key file", "rewritten from the private key")
+def test_stale_public_key_file_is_rewritten(tmp_path, faults_tried):
+    faults_tried(2)
     key = load_or_create_hub_key(tmp_path)
     public_key_path(tmp_path).write_bytes(b"-----BEGIN PUBLIC KEY-----\nstale\n-----END PUBLIC KEY-----\n")
     load_or_create_hub_key(tmp_path)
@@ -81,7 +83,10 @@ def test_stale_public_key_file_is_rewritten(tmp_path):
 
 
 @posix_only
-def test_world_readable_key_is_refused_with_chmod_hint(tmp_path):
+@pytest.mark.reliability("signing keys", "the hub's private key readable by others (0644, 0640)",
+                         "refused, saying the chmod to run")
+def test_world_readable_key_is_refused_with_chmod_hint(tmp_path, faults_tried):
+    faults_tried(2)
     load_or_create_hub_key(tmp_path)
     path = private_key_path(tmp_path)
     os.chmod(path, 0o644)
@@ -97,6 +102,8 @@ def test_world_readable_key_is_refused_with_chmod_hint(tmp_path):
 
 
 @posix_only
+@pytest.mark.reliability("signing keys", "a corrupt private key file",
+                         "an error naming the file and the backup; never overwritten")
 def test_corrupt_key_file_is_named_in_the_error(tmp_path):
     path = private_key_path(tmp_path)
     path.parent.mkdir(mode=0o700)
@@ -111,6 +118,7 @@ def test_corrupt_key_file_is_named_in_the_error(tmp_path):
 
 
 @posix_only
+@pytest.mark.reliability("signing keys", "the keys folder open to others (0755)", "tightened to 0700")
 def test_loose_keys_directory_is_tightened(tmp_path):
     keys = tmp_path / "keys"
     keys.mkdir(mode=0o755)
@@ -119,6 +127,7 @@ def test_loose_keys_directory_is_tightened(tmp_path):
     assert mode(keys) == 0o700
 
 
+@pytest.mark.reliability("signing keys", "six threads create the hub key at once", "all get the same key")
 def test_concurrent_first_use_agrees_on_one_key(tmp_path):
     ids: list[str] = []
     errors: list[BaseException] = []

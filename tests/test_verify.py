@@ -66,12 +66,15 @@ def _flip_in(data: bytes, needle: bytes) -> bytes:
     return bytes(out)
 
 
+@pytest.mark.reliability("bundle verification", "one byte flipped in the model file",
+                         "refused hash_mismatch naming the file")
 def test_flipped_byte_in_model_refused(key):
     data = make_bundle(key)
     with pytest.raises(HashMismatchError, match="model.onnx"):
         verify_bundle(_flip_in(data, b"hashed all"), trusted(key))
 
 
+@pytest.mark.reliability("bundle verification", "one byte flipped in the manifest", "refused: altered")
 def test_flipped_byte_in_manifest_refused(key):
     data = make_bundle(key)
     with pytest.raises(SignatureError, match="altered"):
@@ -122,7 +125,9 @@ def _flip_outcomes(data: bytes, keys, offsets, mask: int) -> tuple[set[int], set
     return refused, harmless
 
 
-def test_every_single_byte_flip_is_refused(key):
+@pytest.mark.reliability("bundle verification", "every byte of a bundle inverted in turn",
+                         "every byte a reader looks at is refused; the others verify to the same content")
+def test_every_single_byte_flip_is_refused(key, faults_tried):
     """Invert each byte of a bundle in turn (all of them): every header or data byte is refused
     with an EdgeloopError; only the bytes no reader looks at (``_unread_bytes``) pass, and then
     with content identical to the original."""
@@ -130,16 +135,20 @@ def test_every_single_byte_flip_is_refused(key):
     unread = _unread_bytes(data)
     assert len(members := _member_names(data)) == 3 and len(data) - len(unread) > 3 * 512, members
     refused, harmless = _flip_outcomes(data, trusted(key), range(len(data)), 0xFF)
+    faults_tried(len(data))
     assert harmless == unread
     assert refused == set(range(len(data))) - unread
 
 
-def test_low_bit_flip_of_every_header_and_data_byte_is_refused(key):
+@pytest.mark.reliability("bundle verification", "the low bit of every header and data byte flipped in turn",
+                         "every one refused")
+def test_low_bit_flip_of_every_header_and_data_byte_is_refused(key, faults_tried):
     """Flipping only the low bit keeps JSON text valid (1 -> 0, a -> `, a key id digit changes...):
     every header and data byte must still be refused."""
     data = make_bundle(key, n_features=1)
     read = sorted(set(range(len(data))) - _unread_bytes(data))
     refused, harmless = _flip_outcomes(data, trusted(key), read, 0x01)
+    faults_tried(len(read))
     assert harmless == set() and refused == set(read)
 
 
@@ -148,7 +157,9 @@ def _member_names(data: bytes) -> list[str]:
         return tar.getnames()
 
 
-def test_truncated_bundle_refused(key):
+@pytest.mark.reliability("bundle verification", "a bundle cut short at 5 points", "refused (format, missing file)")
+def test_truncated_bundle_refused(key, faults_tried):
+    faults_tried(5)
     data = make_bundle(key)
     model_at = data.index(b"not really onnx")
     for cut in (10, 600, data.index(b'"model_name"'), model_at, model_at + 5):
@@ -156,12 +167,15 @@ def test_truncated_bundle_refused(key):
             verify_bundle(data[:cut], trusted(key))
 
 
+@pytest.mark.reliability("bundle verification", "a bundle signed by an untrusted key",
+                         "refused, saying to provision the key")
 def test_wrong_key_refused(key):
     other = SigningKey.generate()
     with pytest.raises(UntrustedKeyError, match="Provision"):
         verify_bundle(make_bundle(other), trusted(key))
 
 
+@pytest.mark.reliability("bundle verification", "an unsigned bundle (no manifest.sig)", "refused bundle_format")
 def test_missing_signature_refused(key):
     raw = read_container(make_bundle(key))
     no_sig = _tar([(_info("manifest.json"), raw.manifest), (_info("files/model.onnx"), raw.files["model.onnx"])])
@@ -170,7 +184,9 @@ def test_missing_signature_refused(key):
     assert err.value.code == "bundle_format"
 
 
-def test_missing_manifest_refused(key):
+@pytest.mark.reliability("bundle verification", "no manifest.json; an empty tar", "refused bundle_format")
+def test_missing_manifest_refused(key, faults_tried):
+    faults_tried(2)
     raw = read_container(make_bundle(key))
     no_manifest = _tar([(_info("manifest.sig"), raw.signature), (_info("files/model.onnx"), raw.files["model.onnx"])])
     with pytest.raises(BundleFormatError, match="no manifest.json: not an edgeloop bundle") as err:
@@ -180,7 +196,10 @@ def test_missing_manifest_refused(key):
         verify_bundle(_tar([]), trusted(key))  # an empty (but well-formed) tar
 
 
-def test_unexpected_missing_and_short_files(key):
+@pytest.mark.reliability("bundle verification", "an extra file, a missing file, a file one byte short",
+                         "refused naming the file")
+def test_unexpected_missing_and_short_files(key, faults_tried):
+    faults_tried(3)
     raw = read_container(make_bundle(key))
     extra = write_container(raw.manifest, raw.signature, {**raw.files, "evil.sh": b"rm -rf /"})
     with pytest.raises(UnexpectedFileError, match="evil.sh"):
@@ -193,6 +212,7 @@ def test_unexpected_missing_and_short_files(key):
         verify_bundle(short, trusted(key))
 
 
+@pytest.mark.reliability("bundle verification", "a tar entry ../escape", "refused: it would leave the bundle")
 def test_path_traversal_entry_refused(key):
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
@@ -232,6 +252,8 @@ def _signed_parts(key):
     ("fifo", _info("files/pipe", tarfile.FIFOTYPE)),
     ("character device", _info("files/null", tarfile.CHRTYPE)),
 ], ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.reliability("bundle verification", "a symlink, hard link, directory, fifo or device entry",
+                         "refused by type before anything is read")
 def test_non_regular_entries_refused(key, kind, entry):
     """Links, directories and devices are refused by type, whatever they point at, before anything is read."""
     data = _tar([*_signed_parts(key), (entry, None)])
@@ -241,6 +263,8 @@ def test_non_regular_entries_refused(key, kind, entry):
 
 
 @pytest.mark.parametrize("name", ["files/model.onnx", "manifest.json", "manifest.sig"])
+@pytest.mark.reliability("bundle verification", "an entry name twice (model, manifest or signature)",
+                         "refused bundle_format")
 def test_duplicate_entry_refused(key, name):
     """A name twice is ambiguous (tar readers disagree on which copy wins): refused, even with equal bytes."""
     raw = read_container(make_bundle(key))
@@ -251,6 +275,8 @@ def test_duplicate_entry_refused(key, name):
     assert err.value.code == "bundle_format"
 
 
+@pytest.mark.reliability("bundle verification", "both keys trusted, the manifest names one, the other signed it",
+                         "refused bad_signature")
 def test_signer_other_than_the_manifests_key_refused(key):
     """Both keys trusted, but the manifest names one and the other signed it."""
     other = SigningKey.generate()
@@ -271,6 +297,9 @@ def test_signer_other_than_the_manifests_key_refused(key):
     (b'{"schema":1,"payload_type":"application/vnd.edgeloop.manifest+json","signatures":[{"keyid":"k"}]}',
      r"signatures\[0\]\.sig must be a base64 string"),
 ], ids=["truncated", "binary", "array", "no-signatures", "future-schema", "no-sig"])
+@pytest.mark.reliability("bundle verification",
+                         "a malformed manifest.sig (truncated, binary, array, no signatures, future schema, no sig)",
+                         "refused bad_signature")
 def test_malformed_signature_document_refused(key, signature, match):
     raw = read_container(make_bundle(key))
     with pytest.raises(SignatureError, match=match) as err:
@@ -279,6 +308,7 @@ def test_malformed_signature_document_refused(key, signature, match):
     assert err.value.code == "bad_signature"
 
 
+@pytest.mark.reliability("bundle verification", "a manifest.sig with an empty signature list", "refused")
 def test_empty_signature_list_refused(key):
     raw = read_container(make_bundle(key))
     sig = dumps({"schema": 1, "payload_type": MANIFEST_PAYLOAD_TYPE, "signatures": []})
@@ -286,9 +316,12 @@ def test_empty_signature_list_refused(key):
         verify_bundle(write_container(raw.manifest, sig, raw.files), trusted(key))
 
 
-def test_signed_command_is_not_a_manifest_signature(key):
+@pytest.mark.reliability("bundle verification", "a signed command (as is, and relabelled) as the manifest signature",
+                         "refused bad_signature")
+def test_signed_command_is_not_a_manifest_signature(key, faults_tried):
     """DSSE binds the payload type: a command envelope from the same key does not sign a manifest,
     neither as it is nor relabelled as a manifest signature."""
+    faults_tried(2)
     raw = read_container(make_bundle(key))
     command = make_command(key, "a1", 5)
     with pytest.raises(SignatureError, match="command\\+json' payload where .*manifest\\+json' was expected") as err:
@@ -301,6 +334,7 @@ def test_signed_command_is_not_a_manifest_signature(key):
         verify_bundle(write_container(raw.manifest, relabelled, raw.files), trusted(key))
 
 
+@pytest.mark.reliability("bundle verification", "a bundle over the size cap", "refused bundle_too_large")
 def test_size_cap(key):
     data = make_bundle(key)
     with pytest.raises(BundleTooLargeError, match="accepts at most 100") as err:
@@ -309,6 +343,8 @@ def test_size_cap(key):
     assert verify_bundle(data, trusted(key), max_size=len(data)).keyid == key.keyid  # the cap itself is allowed
 
 
+@pytest.mark.reliability("bundle verification", "a tar header declaring more content than the archive holds",
+                         "refused bundle_too_large before reading")
 def test_declared_content_over_the_cap_refused_before_reading(key):
     """A header may claim more content than the archive holds: the total of the declared
     sizes is capped before any entry is read."""
@@ -327,6 +363,8 @@ def _set_size(data: bytearray, header: int, size: int) -> None:
     data[header + 148:header + 156] = b"%06o\0 " % sum(data[header:header + 512])
 
 
+@pytest.mark.reliability("bundle verification", "a validly signed manifest with missing fields",
+                         "refused bundle_format")
 def test_manifest_signed_but_invalid_is_refused(key):
     bad_manifest = canonical_json({"kind": "edgeloop.bundle", "schema": 1})
     sig = dumps(sign_detached(key, MANIFEST_PAYLOAD_TYPE, bad_manifest))
@@ -345,12 +383,14 @@ def test_good_command(key):
     assert vc.command.counter == 5 and vc.keyid == key.keyid
 
 
+@pytest.mark.reliability("signed commands", "a command signed by an untrusted key", "refused: untrusted key")
 def test_forged_command_refused(key):
     forged = make_command(SigningKey.generate(), "a1", 5)
     with pytest.raises(UntrustedKeyError):
         verify_command(forged, trusted(key), "a1", time.time(), {})
 
 
+@pytest.mark.reliability("signed commands", "a signed command with its target agent changed", "refused: bad signature")
 def test_tampered_command_refused(key):
     env = json.loads(make_command(key, "a1", 5))
     from edgeloop.agent.wire.envelope import b64d
@@ -362,7 +402,9 @@ def test_tampered_command_refused(key):
         verify_command(json.dumps(env).encode(), trusted(key), "a2", time.time(), {})
 
 
-def test_replayed_command_refused(key):
+@pytest.mark.reliability("signed commands", "a command replayed, and one with an older counter", "refused: replay")
+def test_replayed_command_refused(key, faults_tried):
+    faults_tried(2)
     cmd = make_command(key, "a1", 5)
     with pytest.raises(ReplayError, match="replay"):
         verify_command(cmd, trusted(key), "a1", time.time(), {key.keyid: 5})
@@ -370,7 +412,10 @@ def test_replayed_command_refused(key):
         verify_command(make_command(key, "a1", 4), trusted(key), "a1", time.time(), {key.keyid: 5})
 
 
-def test_expired_and_future_commands_refused(key):
+@pytest.mark.reliability("signed commands", "an expired command and one dated in the future",
+                         "refused: expired / future")
+def test_expired_and_future_commands_refused(key, faults_tried):
+    faults_tried(2)
     now = time.time()
     with pytest.raises(ExpiredCommandError, match="expired"):
         verify_command(make_command(key, "a1", 5, now=now - 1000, ttl=60), trusted(key), "a1", now, {})
@@ -378,16 +423,20 @@ def test_expired_and_future_commands_refused(key):
         verify_command(make_command(key, "a1", 5, now=now + 5000), trusted(key), "a1", now, {})
 
 
+@pytest.mark.reliability("signed commands", "a command for another agent", "refused: wrong target")
 def test_command_for_another_agent_refused(key):
     with pytest.raises(WrongTargetError, match="not this agent"):
         verify_command(make_command(key, "a2", 5), trusted(key), "a1", time.time(), {})
 
 
+@pytest.mark.reliability("signed commands", "a validly signed unknown command (format_disk)",
+                         "refused: unknown command")
 def test_unknown_command_refused(key):
     with pytest.raises(UnknownCommandError, match="unknown command 'format_disk'"):
         verify_command(make_command(key, "a1", 5, command="format_disk"), trusted(key), "a1", time.time(), {})
 
 
+@pytest.mark.reliability("signed commands", "a signed manifest sent as a command", "refused: wrong payload type")
 def test_manifest_signature_cannot_be_used_as_command(key):
     """DSSE binds the payload type: a signed manifest is not a signed command."""
     raw = read_container(make_bundle(key))
@@ -398,6 +447,9 @@ def test_manifest_signature_cannot_be_used_as_command(key):
 
 
 @pytest.mark.parametrize("payload", [b"", b"{", b"[]", b'{"schema":1}', b'{"schema":1,"payload":"@@@"}'])
+@pytest.mark.reliability("signed commands",
+                         "a malformed command envelope (empty, truncated, array, no payload, bad base64)",
+                         "refused: bad message")
 def test_malformed_command_envelopes(key, payload):
     with pytest.raises(MessageFormatError):
         verify_command(payload, trusted(key), "a1", time.time(), {})

@@ -56,7 +56,10 @@ def test_command_roundtrip_and_typed_args():
     assert back.transfer().chunks == 4
 
 
-def test_transfer_spec_rejects_inconsistent_counts():
+@pytest.mark.reliability("message decoding", "a transfer spec with a wrong chunk count or id",
+                         "refused with the reason")
+def test_transfer_spec_rejects_inconsistent_counts(faults_tried):
+    faults_tried(2)
     spec = {"transfer_id": "ab" * 16, "bundle_sha256": "cd" * 32, "size": 100, "chunk_size": 30, "chunks": 3}
     with pytest.raises(MessageFormatError, match="chunks=3"):
         m.TransferSpec.from_dict(spec)
@@ -106,17 +109,27 @@ def test_infer_request_lenient_for_iot_clients():
     (b'{"id": "1", "inputs": [], "schema": 9}', "schema 9"),
     (b"\xff\xfe", "not UTF-8|not valid JSON"),
 ])
+@pytest.mark.reliability("message decoding",
+                         "a malformed inference request (not JSON, array, no inputs, wildcard reply_to, future "
+                         "schema, not UTF-8)",
+                         "refused with the reason")
 def test_infer_request_malformed(payload, match):
     with pytest.raises(MessageFormatError, match=match):
         m.InferRequest.decode(payload)
 
 
+@pytest.mark.reliability("message decoding", "JSON over the size limit", "refused: payload too large")
 def test_oversized_json_refused():
     with pytest.raises(PayloadTooLargeError):
         m.load_json(b" " * 100, limit=10)
 
 
-def test_decode_rejects_unknown_type_wrong_schema_and_bad_fields():
+@pytest.mark.reliability("message decoding",
+                         "an unknown message type, a future schema, a mistyped field, another message type than "
+                         "expected",
+                         "refused with the reason")
+def test_decode_rejects_unknown_type_wrong_schema_and_bad_fields(faults_tried):
+    faults_tried(4)
     with pytest.raises(MessageFormatError, match="unknown message type"):
         m.decode(b'{"schema": 1, "type": "gossip"}')
     ev = m.Event(event="error", agent_id="a", ok=True, at=1.0).to_dict()
@@ -128,7 +141,10 @@ def test_decode_rejects_unknown_type_wrong_schema_and_bad_fields():
         m.decode(json.dumps(ev), expected=m.DriftReport)
 
 
-def test_chunk_roundtrip_and_corruption():
+@pytest.mark.reliability("message decoding", "a chunk with a flipped bit, bad magic, or cut short",
+                         "refused (CRC, magic, too short)")
+def test_chunk_roundtrip_and_corruption(faults_tried):
+    faults_tried(3)
     c = m.Chunk(transfer_id="ab" * 16, index=3, data=b"hello" * 10)
     raw = c.encode()
     assert m.Chunk.decode(raw) == c
@@ -150,7 +166,11 @@ def test_manifest_roundtrip_is_canonical():
     assert back == man and back.to_bytes() == data
 
 
-def test_manifest_rejects_escaping_paths_and_bad_entrypoint():
+@pytest.mark.reliability("message decoding",
+                         "a manifest with a ../../etc/passwd path, an unknown entrypoint, a future schema",
+                         "refused with the reason")
+def test_manifest_rejects_escaping_paths_and_bad_entrypoint(faults_tried):
+    faults_tried(3)
     key = SigningKey.generate()
     d = make_manifest(key, {"model.onnx": b"abc"}).to_dict()
     d["files"][0]["path"] = "../../etc/passwd"
@@ -294,7 +314,9 @@ def _scribble(value):
 
 
 @pytest.mark.parametrize("name", sorted(CODECS))
-def test_missing_field_is_named_or_defaulted(name):
+@pytest.mark.reliability("message decoding", "each field of each message left out",
+                         "a required field refused by name, an optional one defaulted")
+def test_missing_field_is_named_or_defaulted(name, faults_tried):
     """A required field left out is refused by name; an optional one decodes to its default."""
     sample, decode = CODECS[name]
     for f in dataclasses.fields(sample):
@@ -303,6 +325,7 @@ def test_missing_field_is_named_or_defaulted(name):
             assert getattr(sample, f.name) is None and f.default is None, f.name
             continue
         del d[f.name]
+        faults_tried()
         optional = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
         if optional and f.name not in HEADER_KEYS:
             default = f.default_factory() if callable(f.default_factory) else f.default
@@ -314,6 +337,7 @@ def test_missing_field_is_named_or_defaulted(name):
         for header in ("schema", "type"):
             d = sample.to_dict()
             del d[header]
+            faults_tried()
             with pytest.raises(MessageFormatError, match=header):
                 decode(d)
 
@@ -330,7 +354,9 @@ def _json_kind(value) -> str:
 
 
 @pytest.mark.parametrize("name", sorted(CODECS))
-def test_wrong_json_type_is_refused_by_name(name):
+@pytest.mark.reliability("message decoding", "each field of each message given another JSON kind",
+                         "refused naming the field")
+def test_wrong_json_type_is_refused_by_name(name, faults_tried):
     """Any field given a value of another JSON kind -> MessageFormatError naming it (never KeyError/TypeError)."""
     sample, decode = CODECS[name]
     refused = 0
@@ -347,6 +373,7 @@ def test_wrong_json_type_is_refused_by_name(name):
             with pytest.raises(MessageFormatError, match=key):
                 decode(d)
             refused += 1
+    faults_tried(refused)
     assert refused >= 4
 
 
@@ -390,7 +417,10 @@ def test_infer_request_codec_roundtrip_with_and_without_optional_fields():
     assert bare.to_dict()["type"] == "infer_request"
 
 
-def test_chunk_codec_edges():
+@pytest.mark.reliability("message decoding", "chunks with a bad id, a negative index, too much data, a future version",
+                         "refused with the reason")
+def test_chunk_codec_edges(faults_tried):
+    faults_tried(6)
     for c in (m.Chunk("0" * 32, 0, b""), m.Chunk("f" * 32, 2**32 - 1, b"\0" * m.MAX_CHUNK_SIZE)):
         raw = c.encode()
         assert len(raw) == m.CHUNK_HEADER_SIZE + len(c.data)
@@ -479,20 +509,28 @@ MALFORMED = [
 
 
 @pytest.mark.parametrize("name,path,value,error,match", MALFORMED, ids=[f"{c[0]}:{c[1]}" for c in MALFORMED])
+@pytest.mark.reliability("message decoding",
+                         "semantically bad documents (bad counts, paths, kinds, edges, signatures...)",
+                         "refused with the reason")
 def test_malformed_documents_are_refused_with_the_reason(name, path, value, error, match):
     sample, decode = CODECS[name]
     with pytest.raises(error, match=match):
         decode(_mutate(sample.to_dict(), path, value))
 
 
-def test_manifest_from_bytes_refuses_non_objects():
+@pytest.mark.reliability("message decoding", "a manifest that is an array, or not JSON", "refused with the reason")
+def test_manifest_from_bytes_refuses_non_objects(faults_tried):
+    faults_tried(2)
     with pytest.raises(MessageFormatError, match="manifest must be a JSON object, got list"):
         Manifest.from_bytes(b"[]")
     with pytest.raises(MessageFormatError, match="manifest is not valid JSON"):
         Manifest.from_bytes(b"{")
 
 
-def test_typed_command_args_are_checked():
+@pytest.mark.reliability("message decoding", "command arguments with required fields missing",
+                         "refused naming the field")
+def test_typed_command_args_are_checked(faults_tried):
+    faults_tried(2)
     cmd = m.Command("deploy", "c1", "a1", 1, 1.0, 2.0, args={"model": "demo"})
     with pytest.raises(MessageFormatError, match="deploy.args: missing field 'transfer'"):
         cmd.transfer()
