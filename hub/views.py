@@ -61,7 +61,7 @@ def headline(metrics: Mapping[str, Any] | None) -> str:
     return "-"
 
 
-FLEET_COLUMNS = ["agent", "status", "serving", "bundle", "http", "last seen"]
+FLEET_COLUMNS = ["agent", "status", "serving", "bundle", "http", "tags", "last seen"]
 MEMBERSHIP = {1: "member", 0: "foreign", None: "?"}  # agents.member: this hub's key trusted, not, undecided
 
 
@@ -73,7 +73,9 @@ def fleet_table(agents: Iterable[Mapping[str, Any]], now: float | None = None, *
         keys.append(str(a["agent_id"]))
         row = [str(a["agent_id"]), a.get("status") or "?",
                f"{a.get('active_model') or '-'} {a.get('active_version') or ''}".strip(),
-               (a.get("active_bundle") or "-")[:12], a.get("http_url") or "-", ago(a.get("last_seen"), now)]
+               (a.get("active_bundle") or "-")[:12], a.get("http_url") or "-",
+               ",".join(f"{k}={v}" for k, v in sorted((a.get("tags") or {}).items())) or "-",
+               ago(a.get("last_seen"), now)]
         rows.append(row + [MEMBERSHIP.get(a.get("member"), "?")] if membership else row)
     return Table(list(FLEET_COLUMNS) + (["fleet"] if membership else []), rows, keys)
 
@@ -165,7 +167,8 @@ def audit_note(entry: Mapping[str, Any]) -> str:
 def gate_text(check: Mapping[str, Any]) -> str:
     """A gate check in one line: ``passed (test_accuracy 0.93 >= 0.9 ok)`` or ``FAILED (...)``."""
     parts = [f"{c['metric']} {num(c['value'])} {'>=' if c['bound'] == 'min' else '<='} {num(c['threshold'])}"
-             f" {'ok' if c['passed'] else 'FAIL'}" for c in check["checks"]]
+             f" {'ok' if c['passed'] else 'FAIL'}" + (f" on {c['rows']} rows" if c.get("rows") is not None else "")
+             for c in check["checks"]]
     return ("passed" if check["passed"] else "FAILED") + " (" + "; ".join(parts) + ")"
 
 

@@ -340,6 +340,15 @@ def test_registry_evaluation_rows_and_gate_checks(tmp_path):
         assert reg.list_audit(action="evaluation.add")[0]["detail"]["scores"] == {"accuracy": 0.95}
         names = reg.metric_names("iris")
         assert names["runs"] == ["test_accuracy"] and "eval.macro_f1" in names["evaluations"]
+        # a decision resting on fewer than 30 rows is taken, and said to be noisy; 50 evaluation rows are enough
+        few = make_version(reg, data="few.csv", metrics={"test_accuracy": 0.9, "n_test": 12})
+        reg.add_evaluation(few["id"], "fp32", sha, 50, {"accuracy": 0.95}, dataset_name="t")
+        reg.set_gate("iris", {"test_accuracy": 0.8, "eval.accuracy": 0.9})
+        check = reg.check_gate(few["id"])
+        assert check["passed"] and {c["metric"]: c["rows"] for c in check["checks"]} == {
+            "test_accuracy": 12, "eval.accuracy": 50}
+        (warning,) = check["warnings"]
+        assert warning.startswith("gate metric test_accuracy rests on 12 rows (< 30)") and "edgeloop eval" in warning
 
 
 # --- windows and regression -------------------------------------------------------------------------
@@ -428,7 +437,15 @@ def test_recordings_import_unmodified_train_by_default_and_eval_beats_one_neares
         return json.loads(capsys.readouterr().out)
 
     imported = run_json("data", "import", str(train))  # held and stuck columns: warnings, not refusals
+    rules = {w["rule"]: w["columns"] for w in imported["warnings"]}
+    assert rules["constant_column"] == [f"ch2_t{t}" for t in range(sr.STEPS)]  # the stuck sensor
+    assert rules["duplicate_column"] == [f"ch1_t{t}" for t in range(1, sr.STEPS, 2)]  # held samples
     built = run_json("train", "--data", imported["id"], "--model", "rec", "--quiet")  # the defaults
+    run = built["run"]
+    assert run["params"]["arch"] == "cnn1d"  # windows get the 1D-CNN without being asked
+    m = run["metrics"]
+    # validation loss decided when to stop, well before the ceiling, and the best epoch's weights were kept
+    assert m["stop_reason"] == "early_stop" and m["best_epoch"] < m["epochs_run"] < m["max_epochs"], m
     doc = run_json("eval", built["version"]["id"], "--data", str(test))
     shipped = next(e for e in doc["evaluations"] if e["shipped"])
     assert shipped["artifact"] == built["version"]["chosen"] and shipped["rows"] == 600

@@ -112,7 +112,8 @@ def test_gate_blocks_alias_until_overridden_with_a_recorded_reason(reg):
     assert not check["passed"] and check["has_gate"]
     by_metric = {c["metric"]: c for c in check["checks"]}
     assert by_metric["test_accuracy"] == {"metric": "test_accuracy", "bound": "min", "threshold": 0.9,
-                                          "value": 0.82, "passed": False, "problem": "below the minimum"}
+                                          "value": 0.82, "passed": False, "problem": "below the minimum",
+                                          "rows": None}  # the metrics say no test-split size
     assert by_metric["test_macro_f1"]["passed"]
     assert by_metric["test_loss"]["problem"] == "above the maximum"
     assert [f["metric"] for f in check["failures"]] == ["test_accuracy", "test_loss"]
@@ -168,7 +169,7 @@ def test_gate_format_missing_metrics_and_clearing(reg):
     assert reg.get_gate("iris") == {"min": {}, "max": {}}
     assert reg.check_gate("iris:1") | {"checks": None} == {
         "version": "iris:1", "model": "iris", "gate": {"min": {}, "max": {}}, "has_gate": False,
-        "passed": True, "checks": None, "failures": []}
+        "passed": True, "checks": None, "failures": [], "warnings": []}
     assert [a["action"] for a in reg.list_audit(action="model.gate")] == ["model.gate", "model.gate"]
 
 
@@ -317,11 +318,11 @@ def test_a_frozen_schema_1_registry_is_migrated_to_the_newest_keeping_its_data(t
     assert len(before["audit"][1]) == 23 and len(before["versions"][1]) == 2  # the dump holds real rows
 
     with Registry(path) as reg:
-        assert reg.schema_version == SCHEMA_VERSION == len(MIGRATIONS) == 5
+        assert reg.schema_version == SCHEMA_VERSION == len(MIGRATIONS) == 6
     for table, (columns, rows) in before.items():  # every schema-1 row, unchanged, but for the version
         if table != "meta":
             assert rows_of(path, table, columns) == rows, table
-    assert rows_of(path, "meta", ["key", "value"]) == [("schema_version", "5")]
+    assert rows_of(path, "meta", ["key", "value"]) == [("schema_version", "6")]
     assert rows_of(path, "models", ["name", "gate"]) == [("iris", None)]
     after = schema(path)
     assert {"aliases", "alias_history", "listeners", "evaluations", "agent_keys"} <= set(after)

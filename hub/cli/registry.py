@@ -213,6 +213,7 @@ def cmd_registry_gate(args) -> int:
         if checks:
             lines.append("versions:")
             lines += [f"  {c['version']:<20} {gate_text(c)}" for c in checks]
+            lines += [f"  warning ({c['version']}): {w}" for c in checks for w in c.get("warnings") or []]
     emit(args, doc, lines)
     return 0
 

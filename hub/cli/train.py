@@ -133,6 +133,7 @@ def _trained(build, gate: dict) -> tuple[dict, list[str]]:
     if gate["has_gate"]:
         lines.append("  gate: " + ("passed" if gate["passed"] else "FAILED -- " + "; ".join(
             f"{f['metric']} {num(f['value'])} vs {f['bound']} {num(f['threshold'])}" for f in gate["failures"])))
+        lines += [f"  warning: {w}" for w in gate.get("warnings") or []]
     lines.append(f"next: edgeloop registry alias {v['model_name']} staging {v['id']}   |   "
                  f"edgeloop export {v['id']} --out DIR")
     return doc, lines

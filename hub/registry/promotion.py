@@ -381,11 +381,17 @@ class Promotion(Evaluations):
                     ok, problem = value >= threshold, "" if value >= threshold else "below the minimum"
                 else:
                     ok, problem = value <= threshold, "" if value <= threshold else "above the maximum"
+                rows = _rows_behind(metric, metrics, extra.get("evaluation"))
                 checks.append({"metric": metric, "bound": bound, "threshold": threshold,
-                               "value": value, "passed": ok, "problem": problem, **extra})
+                               "value": value, "passed": ok, "problem": problem, "rows": rows, **extra})
         failures = [c for c in checks if not c["passed"]]
+        warnings = [f"gate metric {c['metric']} rests on {c['rows']} rows (< {FEW_DECISION_ROWS}), so the decision is "
+                    "noisy; score the version on a larger test set (edgeloop eval VERSION --data TEST_SET) and "
+                    "gate on eval.* metrics"
+                    for c in checks if c["rows"] is not None and c["rows"] < FEW_DECISION_ROWS]
         return {"version": version["id"], "model": version["model_name"], "gate": gate,
-                "has_gate": bool(checks), "passed": not failures, "checks": checks, "failures": failures}
+                "has_gate": bool(checks), "passed": not failures, "checks": checks, "failures": failures,
+                "warnings": warnings}
 
     def _gate_evaluation(self, version: dict, metric: str, gate: dict) -> tuple[float | None, str, dict | None]:
         """An ``eval.`` gate metric of a version: (value, why it is missing, the evaluation read)."""
@@ -437,6 +443,19 @@ class Promotion(Evaluations):
                 "params": _params_diff(ra.get("params") or {}, rb.get("params") or {}),
                 "quantization": {"a": _quantization(va), "b": _quantization(vb)},
                 "same_dataset": ra["dataset_id"] == rb["dataset_id"], "gate": {"a": ga, "b": gb}}
+
+
+FEW_DECISION_ROWS = 30  # below this many rows a gate decision is reported as noisy
+
+
+def _rows_behind(metric: str, metrics: dict[str, float], evaluation: dict | None) -> int | None:
+    """How many rows a gate metric was measured on: the evaluation's, else the split its name says (test_, val_)."""
+    if evaluation is not None:
+        return int(evaluation["rows"])
+    for prefix, count in (("test_", "n_test"), ("val_", "n_val"), ("train_", "n_train")):
+        if metric.startswith(prefix) and count in metrics:
+            return int(metrics[count])
+    return None
 
 
 def _params_diff(a: dict, b: dict) -> dict[str, dict]:
