@@ -269,7 +269,10 @@ def test_a_command_naming_an_unknown_agent_fails_in_under_a_second(hubs, tmp_pat
         assert retained(mosquitto, topics.agent_topic(x, topics.STATE), timeout=30)
     # the registry never heard of them (no runtime ran), but the broker holds their states
     with hub.fleet(mosquitto.address.url) as fleet:
-        hub.require_agents([aid], fleet)
+        # the default wait (0.5 s) is for a CLI on an idle hub; a busy CI box may take longer to hand over
+        # the retained states, and a member ends the wait as soon as it is seen
+        hub.require_agents([aid], fleet, wait=30)
+        assert wait_until(lambda: theirs in fleet.agents(), 30)
         with pytest.raises(UnknownAgentError, match=f"agent {theirs} does not trust this hub's key {hub.key.keyid}"):
             hub.require_agents([theirs], fleet)
 

@@ -97,8 +97,15 @@ def pair(hub, mosquitto):
                 a.close()
 
 
+@pytest.mark.reliability("signed reports",
+                         "one agent forges another's install result and drift report: on the victim's topic with "
+                         "its own key, on its own topic naming the victim, unsigned, a state carrying a new key, "
+                         "an answer to the victim's command id under its own name",
+                         "each refused or ignored: deployment stays pending, no drift stored, pin unchanged, "
+                         "waiter not woken; the genuine reports after them are taken")
 def test_forged_install_results_and_drift_reports_are_refused_and_the_genuine_ones_taken(hub, pair, mosquitto,
-                                                                                         caplog):
+                                                                                         caplog, faults_tried):
+    faults_tried(8)
     fleet, victim, mallory = pair
     cmd = fleet.make_command(victim.id, "rollback", {"bundle_sha256": SHA, "reason": "test"})
     hub.registry.add_deployment(None, victim.id, "rollback", cmd.command_id, cmd.counter, expires_at=cmd.expires_at)
@@ -150,12 +157,19 @@ def test_forged_install_results_and_drift_reports_are_refused_and_the_genuine_on
     waiter.join(30)
     assert outcome and outcome[0].ok and outcome[0].message == "genuine"
     assert wait_until(lambda: hub.registry.get_deployment(cmd.command_id)["status"] == "installed", 10)
+    assert wait_until(lambda: hub.drift_reports(victim.id), 10)  # drift is stored in batches, apart from events
     assert [r["window"] for r in hub.drift_reports(victim.id)] == [7]
     assert fleet.trust.refused == len(attacks)
     assert caplog.text.count("refused a ") >= len(attacks)
 
 
-def test_pins_outlive_the_hub_and_an_enrolled_key_cannot_be_taken_over(hub, pair, mosquitto, tmp_path):
+@pytest.mark.reliability("signed reports",
+                         "a forged drift report after a hub restart; a state signed by another key for an agent "
+                         "pinned at enrollment; an operator re-pin of another key without replace",
+                         "refused (pins come from the registry), the real agent then joins; AgentKeyError")
+def test_pins_outlive_the_hub_and_an_enrolled_key_cannot_be_taken_over(hub, pair, mosquitto, tmp_path,
+                                                                      faults_tried):
+    faults_tried(3)
     fleet, victim, mallory = pair
     fleet.stop()
     with hub.fleet(mosquitto.address.url) as again:  # a new hub process: the pins come from the registry
@@ -185,7 +199,11 @@ def test_pins_outlive_the_hub_and_an_enrolled_key_cannot_be_taken_over(hub, pair
         enrolled.close()
 
 
-def test_a_hub_signed_counter_far_ahead_is_refused_so_it_cannot_lock_the_hub_out():
+@pytest.mark.reliability("signed commands",
+                         "a hub-signed counter of 2^62 (after 41, and as a first command)",
+                         "refused counter_jump; a counter at the bound (2^32 ahead) accepted")
+def test_a_hub_signed_counter_far_ahead_is_refused_so_it_cannot_lock_the_hub_out(faults_tried):
+    faults_tried(2)
     from edgeloop.agent.errors import ReplayError
     from edgeloop.agent.wire.commands import MAX_COUNTER_JUMP, seal_command
     from edgeloop.agent.wire.messages import Command
@@ -224,6 +242,9 @@ def test_an_agent_makes_its_key_once_private_and_keeps_it(tmp_path):
     assert AgentConfig.from_dict(tomllib.loads(moved.to_toml())).agent_key == moved.agent_key
 
 
+@pytest.mark.reliability("signed reports",
+                         "a signed drift report before the agent's first state (no key pinned yet)",
+                         "held, not stored; stored once the state pins the key")
 def test_reports_that_arrive_before_the_agents_first_state_wait_for_its_key(hub, mosquitto, caplog):
     """A hub's queued messages can reach it before an agent's retained state: held, not lost, not believed."""
     late = FakeAgent(mosquitto, f"late-{uuid.uuid4().hex[:6]}", hub.key.keyid)
