@@ -5,6 +5,8 @@ Example (``edgeloop agent init`` and the demo write one like it)::
     agent_id = "edge-1"
     state_dir = "/var/lib/edgeloop-agent/edge-1"
     trusted_keys = ["/etc/edgeloop/hub_ed25519.pub.pem"]
+    trusted_roots = ["/etc/edgeloop/root_ed25519.pub.pem"]  # optional: hub keys certified by this offline root
+                         # are trusted too (docs/security.md, "Root key, certificates, rotation")
     agent_key = "/var/lib/edgeloop-agent/edge-1/agent_key.pem"  # optional: the key this agent signs its
                          # reports with; created (0600, with agent_key.pub.pem beside it) when missing
 
@@ -50,9 +52,17 @@ Example (``edgeloop agent init`` and the demo write one like it)::
     min_rows = 100         # a window closed with fewer rows is reported as too_few_rows, not judged
     consecutive = 2        # flagged windows in a row before a feature is reported drifted
 
+    [homeassistant]      # opt-in MQTT discovery: sensors for the last prediction, drift, latency
+    enabled = false
+    discovery_prefix = "homeassistant"
+
     [discovery]
     zeroconf = false     # announce _edgeloop._tcp on the local network
     interfaces = []      # addresses to announce on; empty = all
+
+    [tags]               # optional: what rollouts target (site=plant-a,hw=pi5); shown by `edgeloop fleet`
+    site = "plant-a"
+    hw = "pi5"
 """
 
 from __future__ import annotations
@@ -63,11 +73,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeloop.agent.capture import CaptureSettings
 from edgeloop.agent.connection import CONFIG_KEYS, BrokerSettings, TlsSettings, parse_url, resolve_password
-from edgeloop.agent.errors import ConfigError, KeyFileError
+from edgeloop.agent.errors import ConfigError, KeyFileError, MessageFormatError
 from edgeloop.agent.fsutil import atomic_write_bytes
 from edgeloop.agent.wire import topics
 from edgeloop.agent.wire.envelope import SigningKey, TrustedKeys
+from edgeloop.agent.wire.messages import check_tags
 from edgeloop.agent.wire.topics import check_agent_id
 
 AGENT_KEY_FILE = "agent_key.pem"
@@ -104,21 +116,27 @@ class AgentConfig:
     version_floor: bool = False  # refuse deploys below the newest installed version of a model (agent/floors.py)
     zeroconf_interfaces: list[str] = field(default_factory=list)  # empty: all interfaces
     log_level: str = "INFO"
+    ha_enabled: bool = False  # [homeassistant] enabled: publish MQTT discovery configs (docs/metrics.md)
+    ha_discovery_prefix: str = "homeassistant"
     drift: dict[str, Any] = field(default_factory=dict)  # [drift] overrides: window_rows, window_seconds, ...
     agent_key: Path | None = None  # the agent's own signing key; None: <state_dir>/agent_key.pem
+    capture: CaptureSettings = field(default_factory=CaptureSettings)  # [capture]: opt-in, off by default
+    tags: dict[str, str] = field(default_factory=dict)  # [tags]: name = "value", carried in the agent's state
+    trusted_roots: list[Path] = field(default_factory=list)  # root keys that certify hub keys (agent/trust_store.py)
     source: Path | None = field(default=None, compare=False)
 
-    def load_trusted_keys(self) -> TrustedKeys:
+    def load_trusted_keys(self, roots: bool = False) -> TrustedKeys:
+        """The ``trusted_keys`` (``trusted_roots`` with ``roots``) as public keys."""
         pems = []
-        for p in self.trusted_keys:
+        for p in self.trusted_roots if roots else self.trusted_keys:
             try:
                 pems.append(Path(p).read_bytes())
             except OSError as exc:
-                raise KeyFileError(f"trusted key {p} cannot be read: {exc}") from exc
+                raise KeyFileError(f"trusted {'root' if roots else 'key'} {p} cannot be read: {exc}") from exc
         keys = TrustedKeys.from_pems(pems)
-        if not len(keys):
+        if not len(keys) and not roots and not self.trusted_roots:
             raise ConfigError("no trusted keys configured: the agent would refuse every bundle; "
-                              "add the hub's public key to trusted_keys")
+                              "add the hub's public key to trusted_keys (or its root to trusted_roots)")
         return keys
 
     @property
@@ -212,7 +230,12 @@ class AgentConfig:
             zeroconf_interfaces=[str(x) for x in get("discovery", "interfaces", list, [])],
             log_level=get(None, "log_level", str, "INFO"),
             drift=_drift_table(doc.get("drift", {}), get),
+            capture=CaptureSettings.from_table(doc.get("capture", {})),
+            ha_enabled=get("homeassistant", "enabled", bool, False),
+            ha_discovery_prefix=_discovery_prefix(get("homeassistant", "discovery_prefix", str, "homeassistant")),
             agent_key=resolve(agent_key) if (agent_key := get(None, "agent_key", str, None)) else None,
+            tags=_tags_table(doc.get("tags", {})),
+            trusted_roots=[resolve(k) for k in get(None, "trusted_roots", list, [])],
             source=source,
         )
         if cfg.mqtt_protocol not in ("auto", "5", "3.1.1"):
@@ -252,6 +275,7 @@ class AgentConfig:
             "agent_id": self.agent_id,
             "state_dir": str(self.state_dir),
             "trusted_keys": [str(k) for k in self.trusted_keys],
+            **({"trusted_roots": [str(k) for k in self.trusted_roots]} if self.trusted_roots else {}),
             "log_level": self.log_level,
             **({"agent_key": str(self.agent_key)} if self.agent_key is not None else {}),
             "mqtt": mqtt,
@@ -266,6 +290,9 @@ class AgentConfig:
             "discovery": {"zeroconf": self.zeroconf, "interfaces": list(self.zeroconf_interfaces)},
             "security": {"version_floor": self.version_floor},
             **({"drift": dict(self.drift)} if self.drift else {}),
+            **({"capture": self.capture.to_table()} if self.capture != CaptureSettings() else {}),
+            "homeassistant": {"enabled": self.ha_enabled, "discovery_prefix": self.ha_discovery_prefix},
+            **({"tags": dict(self.tags)} if self.tags else {}),
         }
         return tomli_w.dumps(doc)
 
@@ -276,6 +303,22 @@ class AgentConfig:
 
 _DRIFT_KEYS: dict[str, tuple[str, type]] = {"window_rows": ("rows", int), "window_seconds": ("seconds", float),
                                             "min_rows": ("min_rows", int), "consecutive": ("consecutive", int)}
+
+
+def _tags_table(table: Any) -> dict[str, str]:
+    """The ``[tags]`` table, checked (names and values a rollout target can name)."""
+    try:
+        return check_tags(table, "config [tags]")
+    except MessageFormatError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _discovery_prefix(prefix: str) -> str:
+    """Home Assistant's discovery prefix: a topic of one or more levels, no wildcards, no empty level."""
+    if not prefix or any(not level or set(level) & set("+#\x00") for level in prefix.split("/")):
+        raise ConfigError(f"config homeassistant.discovery_prefix {prefix!r} is not a topic prefix: use "
+                          "Home Assistant's own (default \"homeassistant\", set in its MQTT integration)")
+    return prefix
 
 
 def _drift_table(table: Any, get: Callable[..., Any]) -> dict[str, Any]:

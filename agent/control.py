@@ -30,8 +30,10 @@ import logging
 import queue
 import shutil
 import time
+from typing import TYPE_CHECKING
 
-from edgeloop.agent.core import AgentCore, Loaded
+from edgeloop.agent.core import Loaded
+from edgeloop.agent.dead_man import DeadManSwitch
 from edgeloop.agent.errors import (
     BundleMismatchError,
     BundleTooLargeError,
@@ -48,9 +50,11 @@ from edgeloop.agent.floors import check_floor, raise_floor
 from edgeloop.agent.fsutil import crash_point
 from edgeloop.agent.transfer import Transfer
 from edgeloop.agent.wire import topics
-from edgeloop.agent.wire.bundle import VerifiedBundle, verify_bundle
-from edgeloop.agent.wire.commands import verify_command
+from edgeloop.agent.wire.bundle import VerifiedBundle
 from edgeloop.agent.wire.messages import Chunk, Command
+
+if TYPE_CHECKING:
+    from edgeloop.agent.airgap import Inbox
 
 log = logging.getLogger("edgeloop.agent.service")
 
@@ -61,10 +65,11 @@ DISK_FULL_REPORT_INTERVAL = 600.0  # seconds between disk_full events not answer
 INTERNAL_REPORT_INTERVAL = 60.0  # seconds between "internal" error events (each failure is logged)
 
 
-class AgentControl(AgentCore):
+class AgentControl(DeadManSwitch):
     _storage_reported_at: float | None = None  # when the last disk_full / storage event went out
     _recovered = False  # interrupted commands were finished or reported (once per process)
     _internal_reported_at: float | None = None  # when the last "internal" error event went out
+    _inbox: Inbox | None = None  # air-gapped files handed over by `edgeloop-agent install` (.airgap)
 
     # --- restore after a restart ---------------------------------------------------------
     def _restore(self) -> None:
@@ -145,6 +150,7 @@ class AgentControl(AgentCore):
         if not self._recovered:  # once per process, not again when the watchdog restarts this thread
             self._recovered = True
             self._guarded("recovery after a restart", self._recover_interrupted)
+            self._guarded("probation after a restart", self._resume_probation)  # before the state goes out
         while True:
             try:
                 kind, payload = self._control_q.get(timeout=0.5)
@@ -160,8 +166,18 @@ class AgentControl(AgentCore):
                 self._guarded(kind, self._handle_chunk, payload)
             elif kind == SHARED_CHUNK:
                 self._guarded(kind, self._handle_chunk, payload, True)
+            self._guarded("air-gapped files", self._check_inbox)  # edgeloop-agent install FILE (.airgap)
             self._guarded("idle transfers", self._check_idle_transfers)
+            self._guarded("probation", self._check_probation)  # the dead-man switch: needs no broker
             self._guarded("drift windows", self.serving.tick_drift)  # close time-closed windows without a request
+
+    def _check_inbox(self) -> None:
+        """Apply the files ``edgeloop-agent install`` dropped into ``<state_dir>/inbox`` (:mod:`.airgap`)."""
+        from edgeloop.agent.airgap import Inbox, check_inbox
+
+        if self._inbox is None:
+            self._inbox = Inbox(self.cfg.state_dir)
+        check_inbox(self, self._inbox)
 
     def _guarded(self, what: str, fn, *args) -> None:
         """Run one step of the control thread; whatever it raises, the thread goes on and says so."""
@@ -238,7 +254,7 @@ class AgentControl(AgentCore):
 
     def _handle_command(self, payload: bytes) -> None:
         try:
-            vc = verify_command(payload, self.trusted, self.id, self.clock(), self.store.counters())
+            vc = self.trust.verify_command(payload, self.id, self.clock(), self.store.counters())
         except EdgeloopError as exc:
             cid = _peek_command_id(payload)
             log.warning("refused command %s: %s", cid or "?", exc)
@@ -263,6 +279,12 @@ class AgentControl(AgentCore):
                 self._start_deploy(cmd)
             elif cmd.command == "rollback":
                 self._rollback(cmd)
+            elif cmd.command == "confirm":
+                self._confirm(cmd)
+            elif cmd.command in ("capture", "capture_upload", "capture_ack"):
+                self._capture_command(cmd)  # edgeloop.agent.core (opt-in capture)
+            elif cmd.command == "set_tags":
+                self._set_tags(cmd)  # edgeloop.agent.core
         except (EdgeloopError, OSError) as exc:
             self._fail(kind, exc, cmd.command_id)
         except Exception as exc:  # a bug: still answered, with the command id
@@ -287,7 +309,7 @@ class AgentControl(AgentCore):
                 f"only {free / 2**20:.1f} MiB free in {self.cfg.state_dir}; a bundle of {spec.size / 2**20:.1f} MiB "
                 f"needs {need / 2**20:.1f} MiB (its size plus limits.min_free_bytes = "
                 f"{self.cfg.min_free_bytes / 2**20:.1f} MiB): free some space or lower limits.min_free_bytes")
-        meta = {"model": cmd.args.get("model", ""), "version": cmd.args.get("version", "")}
+        meta = _deploy_meta(cmd)
         check_floor(self.cfg, meta, self.store.active())  # [security] version_floor: no deploy below it
         stored = self.store.get(spec.bundle_sha256)
         if stored is not None:
@@ -402,11 +424,12 @@ class AgentControl(AgentCore):
         started = time.perf_counter()
         try:
             path = t.finish()
-            vb = verify_bundle(path.read_bytes(), self.trusted, self.cfg.max_bundle_bytes)
+            vb = self.trust.verify_bundle(path.read_bytes(), self.cfg.max_bundle_bytes)
             m = vb.manifest
             _check_deploy_names(t.meta, m.model_name, m.version)
             loaded = self._load_verified(vb, sha)
             crash_point("bundle_verified")
+            self._prepare_probation(t.meta, m.model_name, m.version, sha, t.command_id)
             self.store.install_file(sha, path, m.model_name, m.version,
                                     before_save=lambda: crash_point("bundle_in_store"))
             crash_point("state_saved")
@@ -431,7 +454,7 @@ class AgentControl(AgentCore):
         if digest != sha:
             raise HashMismatchError(f"stored bundle {sha[:12]} has sha256 {digest[:12]} on disk: altered or "
                                     "corrupted in the store; deploy it again")
-        return verify_bundle(data, self.trusted, self.cfg.max_bundle_bytes)
+        return self.trust.verify_bundle(data, self.cfg.max_bundle_bytes)
 
     def _load_stored(self, sha: str) -> Loaded:
         return self._load_verified(self._verified_from_store(sha), sha)
@@ -443,6 +466,8 @@ class AgentControl(AgentCore):
         if want is not None:
             _check_deploy_names(want, vb.manifest.model_name, vb.manifest.version)
         loaded = self._load_verified(vb, sha)
+        self._prepare_probation(want if event == "install_result" else None, vb.manifest.model_name,
+                                vb.manifest.version, sha, command_id)
         if self.store.get(sha) is None:  # renamed into the store before a crash, never named by the state
             self.store.activate_file(sha, vb.manifest.model_name, vb.manifest.version)
         else:
@@ -475,12 +500,23 @@ def _check_lifetime(command_id: str, expires_at: float, now: float) -> None:
             "lifetime (or check the hub's clock)")
 
 
-def _journal_entry(cmd: Command) -> dict:
-    """What the journal keeps of an accepted command to finish or report it after a crash."""
+def _journal_entry(cmd: Command) -> dict | None:
+    """What the journal keeps of an accepted command to finish or report it after a crash (a confirm:
+    nothing; one lost to a crash is not answered, and the hub sends another)."""
     if cmd.command == "rollback":
         return {"event": "rollback_result", "bundle_sha256": cmd.target_bundle()}
-    return {"event": "install_result", "bundle_sha256": cmd.transfer().bundle_sha256,
-            "model": cmd.args.get("model", ""), "version": cmd.args.get("version", "")}
+    if cmd.command in ("confirm", "capture", "capture_upload", "capture_ack", "set_tags"):
+        return None
+    return {"event": "install_result", "bundle_sha256": cmd.transfer().bundle_sha256, **_deploy_meta(cmd)}
+
+
+def _deploy_meta(cmd: Command) -> dict:
+    """The deploy's model, version and (if it asks for one) probation: checked against the bundle, and
+    the probation started when it is activated."""
+    meta = {"model": cmd.args.get("model", ""), "version": cmd.args.get("version", "")}
+    if cmd.args.get("probation") is not None:
+        meta["probation"] = cmd.args["probation"]
+    return meta
 
 
 def _check_deploy_names(want: dict, model: str, version: str) -> None:

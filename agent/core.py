@@ -17,23 +17,37 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from edgeloop.agent import __version__
+from edgeloop.agent.capture import SPOOL_DIR, Capture, CaptureError
 from edgeloop.agent.config import AgentConfig
 from edgeloop.agent.deadline import Deadline
 from edgeloop.agent.drift import DriftMonitor, WindowPolicy
 from edgeloop.agent.errors import BundleError, EdgeloopError
-from edgeloop.agent.http_api import HttpApi
+from edgeloop.agent.http_api import HttpApi, HttpError
+from edgeloop.agent.metrics import AgentMetrics, AgentProbes
 from edgeloop.agent.mqtt_link import MqttLink, Will
 from edgeloop.agent.outbox import DRIFT, EVENTS, Outbox
 from edgeloop.agent.runtime import ModelRunner
 from edgeloop.agent.serving import ModelHealth, Serving
 from edgeloop.agent.store import AgentStore
 from edgeloop.agent.transfer import Transfer
+from edgeloop.agent.trust_store import AgentTrust
 from edgeloop.agent.watchdog import Watchdog
 from edgeloop.agent.wire import topics
-from edgeloop.agent.wire.bundle import VerifiedBundle, verify_bundle
+from edgeloop.agent.wire.bundle import VerifiedBundle
+from edgeloop.agent.wire.capture import FEEDBACK, Feedback
 from edgeloop.agent.wire.envelope import REPORT_KEY_FIELD, raw_public_key, sign_report
 from edgeloop.agent.wire.fields import dumps
-from edgeloop.agent.wire.messages import ActiveModel, AgentState, DriftReport, Event, Message, decode
+from edgeloop.agent.wire.messages import (
+    ActiveModel,
+    AgentState,
+    Command,
+    DriftReport,
+    Event,
+    Message,
+    ProbationStatus,
+    check_tags,
+    decode,
+)
 
 if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
@@ -62,10 +76,16 @@ class AgentCore:
         self.id = config.agent_id
         self.root = config.topic_root  # every topic this agent subscribes or publishes is under it
         self.clock = clock
-        self.trusted = config.load_trusted_keys()
+        # trusted_keys, trusted_roots and what certificates, revocations and rotations taught it (docs/security.md)
+        self.trust = AgentTrust(config.load_trusted_keys(), config.load_trusted_keys(roots=True), config.state_dir,
+                                clock)
         self.report_key = config.load_agent_key()  # signs every event, drift report and state (docs/security.md)
         self.store = AgentStore(config.state_dir)
-        self.serving = Serving(on_drift_report=self._publish_drift, on_health_change=self._publish_model_health)
+        self.serving = Serving(on_drift_report=self._publish_drift, on_health_change=self._publish_model_health,
+                               on_activate=lambda runner: self.metrics.model_swapped())
+        self.metrics = AgentMetrics(self.id, AgentProbes(  # GET /metrics (docs/metrics.md)
+            active=lambda: self.serving.active, health=self.health, queue_depth=lambda: self._infer_q.qsize(),
+            transfers=self._transfer_progress))
         self.watchdog = Watchdog(self._worker_restarted, self._worker_given_up)
         self.http: HttpApi | None = None
         self.started_at = clock()
@@ -87,6 +107,7 @@ class AgentCore:
                 (self._topic(topics.CMD), 1),
                 (self._topic(topics.BUNDLE), 1),
                 (self._topic(topics.INFER), 1),
+                (self._topic(FEEDBACK), 1),
             ],
             will=Will(self._topic(topics.STATUS), topics.OFFLINE.encode(), 1, True),
         )
@@ -98,6 +119,45 @@ class AgentCore:
             dropped_report=self._dropped_report,
             max_messages=config.outbox_max_messages, max_bytes=config.outbox_max_bytes,
         )
+        # opt-in capture of served rows, uploaded to the hub (edgeloop.agent.capture; off by default)
+        self.capture = Capture(config.capture, config.state_dir / SPOOL_DIR, agent_id=self.id,
+                               sign=lambda doc: dumps(sign_report(self.report_key, doc)),
+                               publish=lambda leaf, data: self.link.publish(self._topic(leaf), data, qos=1),
+                               connected=self.link.connected.is_set, clock=clock)
+        self.serving.capture = self.capture.observe
+
+    # --- opt-in capture (edgeloop.agent.capture) -----------------------------------------------
+    def _capture_command(self, cmd: Any) -> None:
+        """A signed ``capture`` (settings), ``capture_upload`` (cut the sample now) or ``capture_ack`` (the hub
+        has a batch: it leaves the spool; not answered) command."""
+        if cmd.command == "capture_ack":
+            self.capture.acknowledged(str(cmd.args.get("batch_id", "")))
+            return
+        if cmd.command == "capture":
+            s = self.capture.configure(cmd.args)
+            msg, details = f"capture {'on' if s.enabled else 'off'}", s.to_table()
+        else:
+            n = self.capture.request_upload()
+            msg, details = f"capture sample of {n} rows cut for upload", {"rows": n}
+        self._publish_event(self._event("command_result", True, "ok", msg, cmd.command_id, details))
+
+    def feedback(self, payload: bytes, model: str | None = None) -> dict:
+        """A ground-truth label (``{"id", "label"}``) for a captured request: ``{"id", "labelled_rows"}``."""
+        fb = Feedback.decode(payload)
+        return {"id": fb.id, "labelled_rows": self.capture.feedback(fb, model)}
+
+    def http_feedback(self, model: str, body: bytes) -> dict:
+        """``POST /v2/models/{model}/feedback``: :meth:`feedback`; 409 while capture is off."""
+        try:
+            return self.feedback(body, model)
+        except CaptureError as exc:
+            raise HttpError(409, exc.code, str(exc)) from None
+
+    def _mqtt_feedback(self, payload: bytes) -> None:
+        try:
+            self.feedback(payload)
+        except EdgeloopError as exc:
+            log.warning("feedback on MQTT refused: %s", exc)
 
     def _topic(self, leaf: str) -> str:
         """This agent's topic ``leaf`` under its fleet's topic root."""
@@ -110,7 +170,7 @@ class AgentCore:
     def _load_installed(self, sha256: str) -> Loaded:
         """Re-verify a stored bundle (disk may have been tampered with) and load it."""
         data = self.store.read_bundle(sha256)
-        vb = verify_bundle(data, self.trusted, self.cfg.max_bundle_bytes)
+        vb = self.trust.verify_bundle(data, self.cfg.max_bundle_bytes)
         return self._load_verified(vb, sha256)
 
     def _load_verified(self, vb: VerifiedBundle, sha256: str) -> Loaded:
@@ -149,9 +209,15 @@ class AgentCore:
 
     def _publish_drift(self, report: DriftReport) -> None:
         """Called on the serving thread that closed the window: never waits for the disk or the broker."""
+        self.metrics.drift(report)
         if report.drifted_features:
             log.warning("drift on %s (window %d): %s", report.model, report.window, ", ".join(report.drifted_features))
         self.outbox.submit(DRIFT, self._signed(report))
+
+    def _transfer_progress(self) -> list[tuple[str, int, int]]:
+        """(transfer id, bytes received, size) of every transfer in progress (read when /metrics is scraped)."""
+        return [(t.spec.transfer_id, min(t.count_received * t.spec.chunk_size, t.spec.size), t.spec.size)
+                for t in list(self._transfers.values())]
 
     def _publish_report(self, kind: str, payload: bytes) -> mqtt.MQTTMessageInfo:
         """The outbox's way out: one event or drift report at QoS 1."""
@@ -173,8 +239,29 @@ class AgentCore:
             http_url=self.http.url if self.http is not None else None,
             active=ActiveModel(active.model, active.version, active.sha256) if active else None,
             installed=[ActiveModel(b.model, b.version, b.sha256) for b in self.store.installed()],
-            trusted_keys=self.trusted.keyids(),
+            trusted_keys=self.trust.keyids(), tags=self._tags(),
+            probation=self._probation_status(),
         )
+
+    def _tags(self) -> dict[str, str]:
+        """The tags in the state: those the hub set (signed ``set_tags``), else the config's ``[tags]``."""
+        hub = self.store.tags()
+        return dict(self.cfg.tags) if hub is None else hub
+
+    def _set_tags(self, cmd: Command) -> None:
+        """The hub's signed ``set_tags``: ``{"tags": {...}}`` replaces the tags (``null``: back to the
+        config's); saved before the new state is announced."""
+        raw = cmd.args.get("tags")
+        tags = None if raw is None else check_tags(raw, "set_tags.args.tags")
+        self.store.set_tags(tags)
+        self._publish_state()
+        shown = ",".join(f"{k}={v}" for k, v in sorted(self._tags().items())) or "(none)"
+        log.info("tags set by command %s: %s", cmd.command_id, shown)
+        self._publish_event(self._event("command_result", True, "ok", f"tags: {shown}", cmd.command_id))
+
+    def _probation_status(self) -> ProbationStatus | None:
+        """The active version's probation, if any (the dead-man switch, :mod:`edgeloop.agent.dead_man`)."""
+        return None
 
     def _publish_state(self) -> None:
         self.link.publish(self._topic(topics.STATE), self._state_payload(topics.ONLINE), qos=1, retain=True)

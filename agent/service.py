@@ -36,6 +36,7 @@ from edgeloop.agent.http_api import HttpApi
 from edgeloop.agent.inference import AgentInference
 from edgeloop.agent.transfer import Transfer
 from edgeloop.agent.wire import topics
+from edgeloop.agent.wire.capture import FEEDBACK
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +52,17 @@ class Agent(AgentControl, AgentInference):
             self.http = HttpApi(
                 self.serving, host=self.cfg.http_host, port=self.cfg.http_port,
                 max_body=self.cfg.max_request_bytes, max_connections=self.cfg.http_max_connections,
-                health=self.health,
+                health=self.health, metrics=self.metrics, feedback=self.http_feedback,
             ).start()
             log.info("HTTP (Open Inference Protocol v2) on %s", self.http.url)
         self.outbox.start()
+        self.capture.start()  # uploads captured batches (edgeloop.agent.capture)
         self._start_workers([("control", self._control_loop), ("inference", self._infer_loop)])  # + watchdog
         self.link.start()
+        if self.cfg.ha_enabled:  # opt-in Home Assistant MQTT discovery (docs/metrics.md)
+            from edgeloop.agent.homeassistant import HomeAssistant
+
+            self._threads.append(HomeAssistant.for_agent(self).start(self._stop))
         if self.cfg.zeroconf:
             self._start_discovery()
         log.info("agent %s started (state in %s, broker %s:%s, topic root %s)", self.id, self.cfg.state_dir,
@@ -79,6 +85,7 @@ class Agent(AgentControl, AgentInference):
                     self._infer_q.get_nowait()
         for t in self._threads:
             t.join(timeout=5)
+        self.capture.stop()  # batches cut are on disk
         self.outbox.stop()  # what was handed over is sent or on disk; later reports are kept inline
         delivered = False
         try:
@@ -124,6 +131,7 @@ class Agent(AgentControl, AgentInference):
         """Control thread, on every connect: the birth state first, then what the outbox kept."""
         super()._on_connected()
         self.outbox.flush_soon()
+        self.capture.wake()
 
     # --- network thread: sort, never block --------------------------------------------
     def _on_message(self, topic: str, payload: bytes, msg: Any) -> None:
@@ -137,6 +145,8 @@ class Agent(AgentControl, AgentInference):
         leaf = parsed[1]
         if leaf in (topics.CMD, topics.BUNDLE):
             self._control_q.put((leaf, payload))
+        elif leaf == FEEDBACK:
+            self._mqtt_feedback(payload)  # a label for a captured request (small; no disk, no broker)
         elif leaf == topics.INFER:
             self._accept_infer(payload, msg)  # answered now or queued, with its QoS and MQTT 5 properties
 

@@ -2,8 +2,9 @@
 
 Layout under ``state_dir``::
 
-    state.json              active bundle, history, accepted command counters, session, and the
-                            commands accepted but not yet answered (``pending``)
+    state.json              active bundle, history, accepted command counters, session, the
+                            commands accepted but not yet answered (``pending``), and the active
+                            version's ``probation`` (the dead-man switch, edgeloop.agent.dead_man)
     state.prev.json         the last state written before it (the fallback when state.json is unreadable)
     bundles/<sha256>.elb    verified bundles exactly as received (re-verified on every load)
     incoming/<id>.part      bundle transfers in progress (see edgeloop.agent.transfer); a
@@ -73,13 +74,18 @@ class StoreState:
     session: int = 0  # increments on every broker connect
     # command id -> {"event": result event kind, "bundle_sha256": ...}: accepted, result not yet reported
     pending: dict[str, dict] = field(default_factory=dict)
+    # the active version on probation (the dead-man switch, edgeloop.agent.probation): None when it is not
+    probation: dict | None = None
+    tags: dict[str, str] | None = None  # set by the hub's signed set_tags: replaces the config's [tags]
     schema: int = STATE_SCHEMA
 
     def to_dict(self) -> dict:
         return {"active": self.active, "history": list(self.history),
                 "installed": {sha: b.to_dict() for sha, b in self.installed.items()},
                 "counters": dict(self.counters), "session": self.session,
-                "pending": copy.deepcopy(self.pending), "schema": self.schema}
+                "pending": copy.deepcopy(self.pending), "schema": self.schema,
+                **({"probation": copy.deepcopy(self.probation)} if self.probation is not None else {}),
+                **({"tags": dict(self.tags)} if self.tags is not None else {})}
 
     @classmethod
     def from_dict(cls, d: dict) -> StoreState:
@@ -97,6 +103,8 @@ class StoreState:
             counters={str(k): int(v) for k, v in d.get("counters", {}).items()},
             session=int(d.get("session", 0)),
             pending={str(k): dict(v) for k, v in pending.items()},
+            probation=dict(d["probation"]) if isinstance(d.get("probation"), dict) else None,
+            tags={str(k): str(v) for k, v in d["tags"].items()} if isinstance(d.get("tags"), dict) else None,
         )
 
 
@@ -341,10 +349,12 @@ class AgentStore:
                 raise StoreError(f"bundle {sha256[:12]} is not installed on this agent")
             self._activate(sha256)
 
-    def _activate(self, sha256: str, new: InstalledBundle | None = None) -> None:
+    def _activate(self, sha256: str, new: InstalledBundle | None = None, end_probation: bool = False) -> None:
         dropped: list[str] = []
 
         def edit(st: StoreState) -> None:
+            if end_probation:
+                st.probation = None
             if new is not None:
                 st.installed[sha256] = new
             prev = st.active
@@ -361,6 +371,36 @@ class AgentStore:
                 os.unlink(self.bundle_path(sha))
             except OSError:
                 pass
+
+    # --- probation (the dead-man switch) ----------------------------------------
+    def probation(self) -> dict | None:
+        with self._lock:
+            return copy.deepcopy(self.state.probation)
+
+    def tags(self) -> dict[str, str] | None:
+        """The tags the hub set with a signed ``set_tags`` (None: the config's ``[tags]`` apply)."""
+        with self._lock:
+            return None if self.state.tags is None else dict(self.state.tags)
+
+    def set_tags(self, tags: dict[str, str] | None) -> None:
+        """Save the tags the hub set (None: back to the config's)."""
+        self._change(lambda st: setattr(st, "tags", None if tags is None else dict(tags)))
+
+    def set_probation(self, probation: dict | None) -> None:
+        """Save the probation of the active version (None: it has none, or it ended)."""
+        self._change(lambda st: setattr(st, "probation", copy.deepcopy(probation)))
+
+    def revert_probation(self, sha256: str | None) -> None:
+        """End the probation by making ``sha256`` active again (None: no bundle), in one save."""
+        with self._lock:
+            if sha256 is not None and sha256 not in self.state.installed:
+                raise StoreError(f"bundle {sha256[:12]} to revert to is not installed on this agent")
+            if sha256 is None:
+                def edit(st: StoreState) -> None:
+                    st.active, st.probation = None, None
+                self._change(edit)
+            else:
+                self._activate(sha256, end_probation=True)
 
     def deactivate(self) -> None:
         self._change(lambda st: setattr(st, "active", None))
@@ -389,6 +429,8 @@ class AgentStore:
 def _prune(st: StoreState) -> list[str]:
     keep = {st.active, *st.history[: HISTORY_LIMIT - 1]}
     keep |= {p.get("bundle_sha256") for p in st.pending.values()}
+    if st.probation is not None:  # what a version on probation reverts to
+        keep.add(st.probation.get("previous_sha256"))
     dropped = [sha for sha in st.installed if sha not in keep]
     for sha in dropped:
         st.installed.pop(sha)

@@ -411,6 +411,9 @@ def _stored(trained, aid: str) -> list[dict]:
 
 
 @pytest.mark.broker
+@pytest.mark.reliability("broker loss",
+                         "40 kept reports, acknowledgements slower than the outbox waits, a new report every 0.2 s",
+                         "the outbox drains while traffic goes on; each window on the wire once")
 def test_a_flush_cut_short_goes_on_under_steady_traffic_and_sends_each_report_once(tmp_path, mosquitto):
     """Acknowledgements slower than the outbox waits (ack_timeout 0): each flush stops after one batch.
     New reports keep coming every 0.2 s, so the outbox is never idle for a second; the kept reports
@@ -443,6 +446,10 @@ def test_a_flush_cut_short_goes_on_under_steady_traffic_and_sends_each_report_on
 
 
 @pytest.mark.broker
+@pytest.mark.reliability("broker loss",
+                         "5 kept reports flushed while the link is down (paho keeps them: MQTT_ERR_NO_CONN), 2 "
+                         "retries, then the link returns",
+                         "each report on the wire once (not three times)")
 def test_reports_paho_holds_while_the_link_is_down_are_not_published_again(tmp_path, mosquitto):
     """A flush while the link is down (paho answers MQTT_ERR_NO_CONN but keeps each message and sends it
     once reconnected), retried every second until the link is back: each report reaches the broker once

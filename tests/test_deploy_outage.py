@@ -60,6 +60,10 @@ def start_agent(tmp_path, trained, broker, agent_process, fleet: Fleet) -> str:
     return aid
 
 
+@pytest.mark.reliability("broker loss",
+                         "Mosquitto stopped after a deploy's first chunk, back on the same port 3 s later (real "
+                         "agent)",
+                         "the deploy waits and installs: installed (no RuntimeError)")
 def test_a_deploy_waits_out_a_broker_outage_and_installs(tmp_path, trained, private_broker, agent_process):
     broker, restart = private_broker
     with Fleet(broker.address, trained.hub.registry, trained.hub.key) as fleet:
@@ -77,6 +81,10 @@ def test_a_deploy_waits_out_a_broker_outage_and_installs(tmp_path, trained, priv
         assert trained.hub.registry.get_deployment(out.command_id)["status"] == "installed"
 
 
+@pytest.mark.reliability("broker loss",
+                         "Mosquitto stopped after a deploy's first chunk, never back (limit 2 s)",
+                         "outcome broker_unreachable naming the broker and what to do; deployment failed, not "
+                         "pending")
 def test_a_broker_away_for_too_long_ends_the_deploy_with_a_clear_error(tmp_path, trained, private_broker,
                                                                       agent_process):
     broker, _ = private_broker
@@ -94,7 +102,13 @@ def test_a_broker_away_for_too_long_ends_the_deploy_with_a_clear_error(tmp_path,
         assert dep["status"] == "failed" and dep["detail"].startswith("broker_unreachable: ")
 
 
-def test_deployments_left_pending_are_settled_from_the_agents_state_when_a_hub_starts(tmp_path, mosquitto):
+@pytest.mark.reliability("hub restart",
+                         "deployments left pending by a dead hub (expired and landed, expired and lost, not "
+                         "expired)",
+                         "settled from the agents' state: installed, failed, still pending")
+def test_deployments_left_pending_are_settled_from_the_agents_state_when_a_hub_starts(tmp_path, mosquitto,
+                                                                                      faults_tried):
+    faults_tried(3)
     hub = Hub(tmp_path / "hub", actor="tests")
     reg = hub.registry
     landed, lost, fresh = "a1" * 32, "b2" * 32, "c3" * 32
@@ -111,6 +125,9 @@ def test_deployments_left_pending_are_settled_from_the_agents_state_when_a_hub_s
     assert "expired" in reg.get_deployment("cmd-lost")["detail"]
 
 
+@pytest.mark.reliability("rollback protection",
+                         "an older signed bundle copied over the newer one's file in the hub's bundle folder",
+                         "BundleMismatchError; no deployment recorded, nothing sent")
 def test_a_bundle_file_swapped_in_the_hubs_folder_is_refused_before_anything_is_sent(tmp_path, trained):
     copy = tmp_path / "home"  # a copy of the hub home: its registry reads its own bundle files
     shutil.copytree(trained.hub.home.root, copy, ignore=shutil.ignore_patterns("registry.sqlite*", "*.lock"))

@@ -108,6 +108,10 @@ def test_migration_5_makes_the_absolute_bundle_paths_of_a_schema_4_home_relative
     conn.execute("UPDATE bundles SET path = ?", [str(home / "bundles" / "b.elb")])
     conn.execute("DROP TABLE agent_keys")
     conn.execute("ALTER TABLE deployments DROP COLUMN expires_at")
+    conn.execute("ALTER TABLE agents DROP COLUMN tags")  # migration 6
+    conn.execute("ALTER TABLE agents DROP COLUMN hub_tags")
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'captures'").fetchone():  # migration 7
+        conn.execute("DROP TABLE captures")
     conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
     conn.commit()
     conn.close()

@@ -236,10 +236,13 @@ CODECS: dict[str, tuple[Any, Callable[[dict], Any]]] = {
     "agent_state_full": (m.AgentState(
         agent_id="a1", status="online", session=3, agent_version="0.1.0", started_at=1.5, host="pi",
         http_url="http://127.0.0.1:8080", active=m.ActiveModel("demo", "2", "ab" * 32),
-        installed=[m.ActiveModel("demo", "1", "cd" * 32)], trusted_keys=["ab" * 8, "cd" * 8]),
-        m.AgentState.from_dict),
+        installed=[m.ActiveModel("demo", "1", "cd" * 32)], trusted_keys=["ab" * 8, "cd" * 8],
+        tags={"site": "plant-a", "hw": "pi5"}), m.AgentState.from_dict),
     "agent_state_bare": (m.AgentState(agent_id="a1", status="offline", session=0, agent_version="0.1.0",
                                       started_at=0.0), m.AgentState.from_dict),
+    "agent_state_probation": (m.AgentState(
+        agent_id="a1", status="online", session=1, agent_version="0.1.0", started_at=0.0,
+        probation=m.ProbationStatus("2", 9.5, 3, 1, "demo", "ab" * 32, 5, True, False)), m.AgentState.from_dict),
     "transfer_spec": (_SPEC, lambda d: m.TransferSpec.from_dict(d, "transfer")),
     "transfer_spec_shared_topic": (dataclasses.replace(_SPEC, topic="edgeloop/v1/transfers/" + "ab" * 16),
                                    lambda d: m.TransferSpec.from_dict(d, "transfer")),
@@ -386,6 +389,8 @@ def test_codecs_write_the_documents_they_always_wrote():
         expected = dataclasses.asdict(sample)
         if isinstance(sample, m.TransferSpec) and sample.topic is None:
             del expected["topic"]  # added later, optional: absent when the agent's own topic carries the chunks
+        if isinstance(sample, m.AgentState) and sample.probation is None:
+            del expected["probation"]  # added later (the dead-man switch), optional: absent when none
         if isinstance(sample, m.Message):
             expected = {"schema": m.SCHEMA, "type": sample.TYPE, **expected}
         if isinstance(sample, m.DriftReport):

@@ -27,7 +27,7 @@ from edgeloop.agent.wire.envelope import (
     parse_json_object,
     seal,
 )
-from edgeloop.agent.wire.fields import MAX_JSON_MESSAGE, dumps, load_json
+from edgeloop.agent.wire.fields import MAX_JSON_MESSAGE, dumps, load_json, obj, opt, req
 from edgeloop.agent.wire.messages import COMMAND_TYPES, Command
 
 MAX_CLOCK_SKEW = 600.0  # seconds a command may claim to come from the future
@@ -36,15 +36,76 @@ MAX_CLOCK_SKEW = 600.0  # seconds a command may claim to come from the future
 MAX_COUNTER_JUMP = 1 << 32
 
 
+MAX_PROBATION_SECONDS = 7 * 24 * 3600.0  # a probation longer than a command may live makes no sense
+MAX_PROBATION_REQUESTS = 1_000_000_000
+PROBATION_FIELDS = ("seconds", "min_requests", "require_confirm")
+
+
+class ProbationArgsError(MessageFormatError):
+    """A deploy's ``probation`` argument is malformed: the deploy is refused, nothing is installed."""
+
+    code = "bad_probation"
+
+
+@dataclass(frozen=True)
+class Probation:
+    """A deploy's ``probation`` argument (the dead-man switch, docs/protocol.md): after activating, the
+    agent keeps the previous version loaded and reverts to it unless, within ``seconds``, the new one
+    served ``min_requests`` real requests without failing and -- with ``require_confirm`` -- the hub
+    sent a signed ``confirm``."""
+
+    seconds: float
+    min_requests: int = 0
+    require_confirm: bool = False
+
+    def __post_init__(self) -> None:
+        if not (0 < self.seconds <= MAX_PROBATION_SECONDS):  # NaN too
+            raise ProbationArgsError(f"deploy.args.probation: seconds must be above 0 and at most "
+                                     f"{MAX_PROBATION_SECONDS:.0f} (7 days), got {self.seconds!r}")
+        if not 0 <= self.min_requests <= MAX_PROBATION_REQUESTS:
+            raise ProbationArgsError(f"deploy.args.probation: min_requests must be 0 to {MAX_PROBATION_REQUESTS}, "
+                                     f"got {self.min_requests!r}")
+
+    def to_dict(self) -> dict:
+        return {"seconds": self.seconds, "min_requests": self.min_requests, "require_confirm": self.require_confirm}
+
+    @classmethod
+    def from_dict(cls, d: object, where: str = "deploy.args.probation") -> Probation:
+        fields = obj(d, where)
+        unknown = sorted(set(fields) - set(PROBATION_FIELDS))
+        if unknown:
+            raise ProbationArgsError(f"{where}: unknown field(s) {', '.join(unknown)}; known: "
+                                     f"{', '.join(PROBATION_FIELDS)} (upgrade the agent if the hub is newer)")
+        return cls(seconds=req(fields, "seconds", float, where),
+                   min_requests=opt(fields, "min_requests", int, where, 0),
+                   require_confirm=opt(fields, "require_confirm", bool, where, False))
+
+
+def probation_of(cmd: Command) -> Probation | None:
+    """The deploy's probation, None when it asks for none (a plain deploy: no dead-man switch)."""
+    raw = cmd.args.get("probation") if cmd.command == "deploy" else None
+    return None if raw is None else Probation.from_dict(raw)
+
+
+def confirm_target(cmd: Command) -> str:
+    """The bundle a ``confirm`` command confirms (sha256, 64 lowercase hex digits)."""
+    sha = req(cmd.args, "bundle_sha256", str, "confirm.args")
+    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise MessageFormatError("confirm.args: bundle_sha256 must be 64 lowercase hex digits (the bundle to confirm)")
+    return sha
+
+
 @dataclass(frozen=True)
 class VerifiedCommand:
     command: Command
     keyid: str
 
 
-def seal_command(key: SigningKey, command: Command) -> bytes:
-    """Sign a command; the bytes go to ``edgeloop/v1/agents/{id}/cmd``."""
-    return dumps(seal(key, COMMAND_PAYLOAD_TYPE, dumps(command.to_dict())))
+def seal_command(key: SigningKey, command: Command, trust: Mapping | None = None) -> bytes:
+    """Sign a command; the bytes go to ``edgeloop/v1/agents/{id}/cmd``. ``trust``: the hub's certificates,
+    revocation list and rotation statements, carried unsigned beside the envelope (agent/wire/keychain.py)."""
+    env = seal(key, COMMAND_PAYLOAD_TYPE, dumps(command.to_dict()))
+    return dumps({**env, "trust": dict(trust)} if trust else env)
 
 
 def verify_command(
@@ -83,4 +144,7 @@ def verify_command(
             "\"Counters\")", code="counter_jump")
     if cmd.command not in COMMAND_TYPES:
         raise UnknownCommandError(f"unknown command {cmd.command!r}; this agent knows {', '.join(COMMAND_TYPES)}")
+    probation_of(cmd)  # a malformed probation refuses the deploy before its counter is used
+    if cmd.command == "confirm":
+        confirm_target(cmd)
     return VerifiedCommand(cmd, signed.keyid)

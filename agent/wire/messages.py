@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import struct
 import uuid
 import zlib
@@ -88,6 +89,36 @@ class ActiveModel:
 
 
 @dataclass
+class ProbationStatus:
+    """A version on probation (the dead-man switch): reverted unless confirmed by ``deadline`` (wall clock)."""
+
+    version: str
+    deadline: float
+    requests: int = 0  # real requests served by it on probation
+    errors: int = 0  # of them, failed
+    model: str = ""
+    bundle_sha256: str = ""
+    min_requests: int = 0
+    require_confirm: bool = False
+    confirmed: bool = False  # the hub's signed confirm came
+
+    def to_dict(self) -> dict:
+        return {"version": self.version, "deadline": self.deadline, "requests": self.requests, "errors": self.errors,
+                "model": self.model, "bundle_sha256": self.bundle_sha256, "min_requests": self.min_requests,
+                "require_confirm": self.require_confirm, "confirmed": self.confirmed}
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "probation") -> ProbationStatus:
+        obj(d, where)
+        return cls(version=req(d, "version", str, where), deadline=req(d, "deadline", float, where),
+                   requests=opt(d, "requests", int, where, 0), errors=opt(d, "errors", int, where, 0),
+                   model=opt(d, "model", str, where, ""), bundle_sha256=opt(d, "bundle_sha256", str, where, ""),
+                   min_requests=opt(d, "min_requests", int, where, 0),
+                   require_confirm=opt(d, "require_confirm", bool, where, False),
+                   confirmed=opt(d, "confirmed", bool, where, False))
+
+
+@dataclass
 class AgentState(Message):
     TYPE: ClassVar[str] = "agent_state"
     agent_id: str
@@ -101,15 +132,22 @@ class AgentState(Message):
     installed: list[ActiveModel] = field(default_factory=list)
     # ids of the hub keys this agent trusts: a hub lists an agent as its own when its key is here
     trusted_keys: list[str] = field(default_factory=list)
+    # the agent's tags (its config's [tags]), for rollout targets such as site=plant-a,hw=pi5; optional
+    tags: dict[str, str] = field(default_factory=dict)
+    probation: ProbationStatus | None = None  # the active version is on probation (absent: it is not)
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             **self._header(),
             "agent_id": self.agent_id, "status": self.status, "session": self.session,
             "agent_version": self.agent_version, "started_at": self.started_at, "host": self.host,
             "http_url": self.http_url, "active": self.active.to_dict() if self.active is not None else None,
             "installed": [m.to_dict() for m in self.installed], "trusted_keys": list(self.trusted_keys),
+            "tags": dict(self.tags),  # optional when read: states of older agents have none
         }
+        if self.probation is not None:  # left out when none: older hubs and agents read the same
+            d["probation"] = self.probation.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> AgentState:
@@ -127,11 +165,37 @@ class AgentState(Message):
             active=ActiveModel.from_dict(active, f"{w}.active") if active is not None else None,
             installed=[ActiveModel.from_dict(x, where) for x, where in objects(d, "installed", w, [])],
             trusted_keys=list_of(d, "trusted_keys", str, w, []),
+            tags=check_tags(opt(d, "tags", dict, w, {}), f"{w}.tags"),
+            probation=ProbationStatus.from_dict(p, f"{w}.probation") if (p := opt(d, "probation", dict, w)) else None,
         )
 
 
+# --- agent tags ---------------------------------------------------------------
+MAX_TAGS = 32
+_TAG_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/]{0,63}")
+_TAG_VALUE = re.compile(r"[A-Za-z0-9_.\-:/]{1,128}")
+
+
+def check_tags(tags: Any, where: str = "tags") -> dict[str, str]:
+    """``tags`` as a ``{name: value}`` dict of strings, or :class:`MessageFormatError` naming the bad
+    one. Names: letters, digits, ``_ . - /`` (first a letter or digit, at most 64); values: letters,
+    digits, ``_ . - : /`` (1-128) -- what a rollout target such as ``site=plant-a,hw=pi5`` can name."""
+    if not isinstance(tags, dict):
+        raise MessageFormatError(f"{where} must be a table of name = \"value\", got {type(tags).__name__}")
+    if len(tags) > MAX_TAGS:
+        raise MessageFormatError(f"{where} has {len(tags)} tags; at most {MAX_TAGS} are allowed")
+    for k, v in tags.items():
+        if not isinstance(k, str) or not _TAG_KEY.fullmatch(k):
+            raise MessageFormatError(f"{where}: tag name {k!r} is not allowed: use letters, digits, '_', '.', "
+                                     "'-' or '/' (starting with a letter or digit, at most 64)")
+        if not isinstance(v, str) or not _TAG_VALUE.fullmatch(v):
+            raise MessageFormatError(f"{where}: tag {k} = {v!r} is not allowed: a value is 1-128 letters, digits, "
+                                     f"'_', '.', '-', ':' or '/' (in TOML: {k} = \"plant-a\")")
+    return dict(tags)
+
+
 # --- commands (payload of a signed envelope) --------------------------------
-COMMAND_TYPES = ("deploy", "rollback")
+COMMAND_TYPES = ("deploy", "rollback", "confirm", "capture", "capture_upload", "capture_ack", "set_tags")
 
 
 @dataclass
@@ -234,6 +298,8 @@ EVENT_KINDS = (
     "transfer_missing",  # agent asks for chunks again (after a gap or restart)
     "install_result",  # bundle verified + installed + smoke-tested + activated, or not
     "rollback_result",
+    "reverted",  # the dead-man switch: a version on probation was not confirmed; the previous one serves again
+    "confirmed",  # a version on probation passed it (confirmed by the hub, or healthy until its deadline)
     "error",  # anything else worth telling the hub
 )
 
@@ -580,8 +646,9 @@ def new_id() -> str:
 
 
 __all__ = [
-    "SCHEMA", "MAX_JSON_MESSAGE", "load_json", "dumps", "Message", "ActiveModel", "AgentState",
-    "COMMAND_TYPES", "TransferSpec", "Command", "EVENT_KINDS", "Event", "InferRequest", "InferResult",
+    "SCHEMA", "MAX_JSON_MESSAGE", "load_json", "dumps", "Message", "ActiveModel", "ProbationStatus", "AgentState",
+    "check_tags", "MAX_TAGS", "COMMAND_TYPES", "TransferSpec", "Command", "EVENT_KINDS", "Event", "InferRequest",
+    "InferResult",
     "InferError", "decode_infer_reply", "FeatureDrift", "DriftReport", "DRIFT_STATUSES", "DRIFT_CLOSED_BY",
     "decode", "CHUNK_MAGIC",
     "CHUNK_VERSION", "CHUNK_HEADER_SIZE", "MAX_CHUNK_SIZE", "Chunk", "new_id",

@@ -1,5 +1,5 @@
-"""``edgeloop fleet``, ``drift``, ``deploy``, ``rollback`` and ``discover``: the agents, what
-they report, and getting bundles onto them."""
+"""``edgeloop fleet``, ``drift``, ``deploy``, ``confirm``, ``rollback`` and ``discover``: the agents,
+what they report, and getting bundles onto them."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from edgeloop.hub.cli.common import Parents, add_broker_options, command, open_hub
+from edgeloop.agent.errors import MessageFormatError
+from edgeloop.agent.wire.commands import Probation
+from edgeloop.hub.cli.common import Parents, UsageError, add_broker_options, command, open_hub
 from edgeloop.hub.cli.render import emit, table_lines, text_table
 from edgeloop.hub.views import drift_overview_lines, fleet_table, freshness_line
 
@@ -52,16 +54,39 @@ def _on_known_agents(hub: Hub, broker: BrokerSettings, agent_ids: list[str], act
         return act(fleet)
 
 
+def _probation(args) -> Probation | None:
+    """--probation SECONDS [--min-requests N] [--require-confirm] as the deploy's probation (or None)."""
+    if args.probation is None:
+        if args.min_requests or args.require_confirm:
+            raise UsageError("--min-requests and --require-confirm need --probation SECONDS (the deadline)")
+        return None
+    try:
+        return Probation(args.probation, args.min_requests, args.require_confirm)
+    except MessageFormatError as exc:
+        raise UsageError(f"{exc}: give --probation a number of seconds above 0") from exc
+
+
 def cmd_deploy(args) -> int:
+    probation = _probation(args)
     with open_hub(args) as hub:
         if not args.override_gate:  # a version below its gate is refused before anything connects
             hub.check_deployable(hub.version_of(args.ref)["id"])
         results = _on_known_agents(hub, args.broker, args.agent, lambda fleet: hub.deploy(
-            fleet, args.agent, args.ref, override_reason=args.override_gate, timeout=args.timeout))
+            fleet, args.agent, args.ref, override_reason=args.override_gate, timeout=args.timeout,
+            probation=probation))
     lines = [f"{r['agent']}: {'OK' if r['ok'] else 'FAILED'} [{r['code']}] {r['message']}" for r in results]
     if results and results[0]["gate"]["overridden"]:
         lines.insert(0, f"evaluation gate of {results[0]['version']} OVERRIDDEN: {args.override_gate}")
     emit(args, results, lines)
+    return 0 if all(r["ok"] for r in results) else 1
+
+
+def cmd_confirm(args) -> int:
+    with open_hub(args) as hub:
+        results = _on_known_agents(hub, args.broker, args.agent, lambda fleet: hub.confirm(
+            fleet, args.agent, args.ref, timeout=args.timeout))
+    emit(args, results, [f"{r['agent']}: {'CONFIRMED' if r['ok'] else 'NOT CONFIRMED'} [{r['code']}] {r['message']}"
+                         for r in results])
     return 0 if all(r["ok"] for r in results) else 1
 
 
@@ -84,7 +109,7 @@ def cmd_discover(args) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction, parents: Parents) -> None:
-    """fleet, drift, deploy and rollback (discover comes later in the command list)."""
+    """fleet, drift, deploy, confirm and rollback (discover comes later in the command list)."""
     hub_opts = parents.hub
     f = command(sub, "fleet", "agents, their status and what they serve (as last reported to the registry)",
                 parents=hub_opts,
@@ -115,7 +140,24 @@ def add_commands(sub: argparse._SubParsersAction, parents: Parents) -> None:
     x.add_argument("--agent", action="append", required=True, help="agent id (repeat for several)")
     add_broker_options(x)
     x.add_argument("--timeout", type=float, default=120.0, help="seconds to wait per agent")
+    x.add_argument("--probation", type=float, default=None, metavar="SECONDS",
+                   help="dead-man switch: each agent keeps the previous version ready and reverts to it on its own "
+                        "unless the new one is confirmed within SECONDS (see --min-requests, --require-confirm)")
+    x.add_argument("--min-requests", type=int, default=0, metavar="N",
+                   help="with --probation: the new version must serve N real requests without failing in time")
+    x.add_argument("--require-confirm", action="store_true",
+                   help="with --probation: the agent also waits for `edgeloop confirm` before the deadline")
     x.set_defaults(func=cmd_deploy)
+    x = command(sub, "confirm", "confirm a version deployed with --probation, so the agents keep it",
+                parents=hub_opts,
+                description="Send each agent a signed confirm of the version it runs on probation (deployed with "
+                            "--probation --require-confirm): it keeps that version instead of reverting to the "
+                            "previous one at the deadline. An agent that already reverted answers not_on_probation.")
+    x.add_argument("ref", help="model:version, model@alias or bundle sha256 prefix (the version on probation)")
+    x.add_argument("--agent", action="append", required=True, help="agent id (repeat for several)")
+    add_broker_options(x)
+    x.add_argument("--timeout", type=float, default=30.0, help="seconds to wait per agent")
+    x.set_defaults(func=cmd_confirm)
     x = command(sub, "rollback", "send a signed rollback to a bundle the agents hold", parents=hub_opts)
     x.add_argument("--to", required=True, help="model:version, model@alias or bundle sha256 prefix to return to")
     x.add_argument("--reason", default="", help="recorded in the audit log")

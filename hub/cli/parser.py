@@ -18,7 +18,7 @@ import logging
 import sys
 
 from edgeloop.agent.errors import EdgeloopError
-from edgeloop.hub.cli import agent, app, bundles, data, demo, evaluate, fleet, hub, keys, registry, train
+from edgeloop.hub.cli import agent, app, bundles, capture, data, demo, evaluate, fleet, hub, keys, registry, train
 from edgeloop.hub.cli.common import UsageError, make_parents
 
 __all__ = ["EPILOG", "UsageError", "build_parser", "main"]
@@ -32,8 +32,10 @@ Registry:  edgeloop registry list|show|compare|lineage|audit
 Promote:   edgeloop registry gate|alias|aliases|unalias
 Export:    edgeloop export VERSION --out DIR,  edgeloop bundle build|inspect|verify
 Fleet:     edgeloop fleet, edgeloop drift, edgeloop deploy, edgeloop rollback
+Capture:   edgeloop capture list|show|on|off|upload|purge   (field data, opt-in)
 Listen:    edgeloop hub serve [--broker URL]    keep the fleet view current (systemd-friendly)
 Agent:     edgeloop agent run --config FILE   (on the device)
+Enroll:    edgeloop agent enroll ID --broker URL --out DIR,  edgeloop agent keys|tag
 GUI:       edgeloop app
 
 Versions are named model:n (model:3), model (its newest) or model@alias (model@production).
@@ -57,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     registry.add_commands(sub, parents)
     bundles.add_export_command(sub, parents)
     fleet.add_commands(sub, parents)
+    capture.add_commands(sub, parents)
     hub.add_commands(sub, parents)
     bundles.add_bundle_commands(sub, parents)
     keys.add_commands(sub, parents)

@@ -52,6 +52,15 @@ class FleetCommands(FleetCore):
             if w is not None:
                 w.offer(ev)
 
+    def _ack_capture(self, agent_id: str, batch_id: str) -> None:
+        """A signed ``capture_ack``: the batch is in the registry, the agent may delete it (not answered)."""
+        try:
+            cmd = self.make_command(agent_id, "capture_ack", {"batch_id": batch_id})
+            self.send(cmd)
+            self._forget(cmd.command_id)
+        except Exception:  # the agent sends the batch again, and is acknowledged then
+            log.exception("could not acknowledge capture batch %s of %s", batch_id, agent_id)
+
     # --- commands ------------------------------------------------------------------------------
     def make_command(self, agent_id: str, command: str, args: dict, ttl: float = COMMAND_TTL) -> Command:
         now = time.time()
@@ -65,7 +74,8 @@ class FleetCommands(FleetCore):
         With ``raw``, publish those bytes as they are (used to show that a replayed
         command is refused); earlier results for the same command id are forgotten.
         """
-        payload = raw if raw is not None else seal_command(key or self.key, cmd)
+        trust = self.options.key_trust() if self.options.key_trust is not None else None
+        payload = raw if raw is not None else seal_command(key or self.key, cmd, trust)
         with self._lock:
             self._sent_to[cmd.command_id] = cmd.agent_id
             while len(self._sent_to) > SENT_REMEMBERED:
@@ -106,6 +116,14 @@ class FleetCommands(FleetCore):
                                      expires_at=cmd.expires_at)
         self.send(cmd)
         return self.outcome(cmd.command_id, ("rollback_result",), timeout, started)
+
+    def confirm(self, agent_id: str, bundle_sha256: str, *, timeout: float = 30.0) -> CommandOutcome:
+        """Send a signed ``confirm`` of the bundle on probation on the agent (the dead-man switch) and wait
+        for its answer: ok, or ``not_on_probation`` (it reverted already, or another version is on probation)."""
+        started = time.perf_counter()
+        cmd = self.make_command(agent_id, "confirm", {"bundle_sha256": bundle_sha256})
+        self.send(cmd)
+        return self.outcome(cmd.command_id, ("command_result",), timeout, started)
 
     def outcome(self, command_id: str, kinds: tuple[str, ...], timeout: float, started: float | None = None,
                 ) -> CommandOutcome:

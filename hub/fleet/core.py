@@ -34,7 +34,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Self, TypeVar
 
@@ -43,6 +43,7 @@ from edgeloop.agent.connection import BrokerSettings
 from edgeloop.agent.errors import EdgeloopError, MessageFormatError
 from edgeloop.agent.mqtt_link import MqttLink, Will
 from edgeloop.agent.wire import topics
+from edgeloop.agent.wire.capture import CAPTURE, capture_filter
 from edgeloop.agent.wire.envelope import SigningKey
 from edgeloop.agent.wire.fields import load_json
 from edgeloop.agent.wire.messages import (
@@ -53,6 +54,7 @@ from edgeloop.agent.wire.messages import (
     TransferSpec,
     decode_infer_reply,
 )
+from edgeloop.hub.fleet.capture_intake import CaptureIntake
 from edgeloop.hub.fleet.trust import RefusedReportError, ReportTrust, UnpinnedReportError
 from edgeloop.hub.registry import OFFLINE_GRACE_S
 
@@ -84,6 +86,8 @@ class FleetOptions:
     batch_ms: float = 50.0  # milliseconds per registry transaction at most
     gap_ms: float = 2.0  # a batch ends when no message follows within this (a lone message waits no longer)
     broker_outage_s: float = 120.0  # a deploy waits this long for a broker that went away, then fails clearly
+    anchor_keyids: tuple[str, ...] = ()  # the hub's root key ids: an agent whose state lists one is a member too
+    key_trust: Callable[[], Mapping | None] | None = None  # certificates etc. sent with commands (hub/keys.py)
 
 
 class Waiter:
@@ -129,9 +133,10 @@ class FleetCore:
         self.registry = registry
         self.key = key
         self.actor = actor
-        self.on_change = on_change  # (kind, obj) for GUIs: "status", "state", "event", "drift"
+        self.on_change = on_change  # (kind, obj) for GUIs: "status", "state", "event", "drift", "capture"
         self.options = options or FleetOptions()
         self.keyid = key.keyid  # agents whose state lists it are this hub's fleet
+        self.fleet_keyids = frozenset({key.keyid, *self.options.anchor_keyids})  # ... or the hub's root
         self.root = topics.check_root(self.options.topic_root)
         self.client_id = self.options.client_id or f"edgeloop-hub-{uuid.uuid4().hex[:8]}"
         self.reply_topic = f"{self.root}/hub/{self.client_id}/replies"
@@ -158,6 +163,8 @@ class FleetCore:
         self._state_cond = threading.Condition(self._lock)
         self._worker: threading.Thread | None = None
         self.trust = ReportTrust({})  # the agents' pinned report keys: loaded from the registry at start
+        self.captures = CaptureIntake(registry, lambda: self.trust,  # captured field data (.capture_intake)
+                                      ack=lambda aid, batch: self._later(lambda: self._ack_capture(aid, batch)))
         self.link = MqttLink(
             client_id=self.client_id, broker=self._session(broker),
             on_message=self._on_message,
@@ -172,7 +179,8 @@ class FleetCore:
 
     def _subscriptions(self) -> list[tuple[str, int]]:
         """QoS 1, under this fleet's root only (a persistent session keeps what they match)."""
-        return [(topics.all_agents(leaf, root=self.root), 1) for leaf in INTAKE_LEAVES] + [(self.reply_topic, 1)]
+        return ([(topics.all_agents(leaf, root=self.root), 1) for leaf in INTAKE_LEAVES] + [(self.reply_topic, 1)]
+                + [(capture_filter(self.root), 1)])
 
     def _will(self) -> Will | None:
         """Only the hub runtime speaks for the hub: one-shot commands leave its status alone."""
@@ -370,7 +378,7 @@ class FleetCore:
             if st.agent_id != agent_id:
                 raise RefusedReportError(f"refused a state on the topic of agent {agent_id}: it names agent "
                                          f"{st.agent_id!r}")
-            pin = self.trust.check_state(agent_id, doc, self.keyid in st.trusted_keys)
+            pin = self.trust.check_state(agent_id, doc, not self.fleet_keyids.isdisjoint(st.trusted_keys))
             self._apply_state(st)
             if pin is not None:
                 self._store(f"report key of {agent_id}", lambda: self.registry.pin_agent_key(
@@ -378,6 +386,10 @@ class FleetCore:
                 self._release(agent_id)
         elif leaf == topics.EVENTS:
             self._handle_event(self._report(agent_id, payload, Event))
+        elif leaf.startswith(CAPTURE + "/"):  # the signed manifest proves the agent (held while no key is pinned)
+            record = self.captures.take(agent_id, leaf, payload, self._store)
+            if record is not None:
+                self._changed("capture", record)
         elif leaf == topics.DRIFT:
             rep = self._report(agent_id, payload, DriftReport)
             if not self._listed(agent_id):
@@ -430,7 +442,7 @@ class FleetCore:
         self._changed("status", (agent_id, status))
 
     def _apply_state(self, st: AgentState) -> None:
-        member = self.keyid in st.trusted_keys
+        member = not self.fleet_keyids.isdisjoint(st.trusted_keys)
         with self._state_cond:
             self._states[st.agent_id] = st
             gone = self._gone_by_status(st)
@@ -483,6 +495,9 @@ class FleetCore:
         except Exception:
             log.exception("could not record %s of command %s", ev.event, ev.command_id)
 
+    def _ack_capture(self, agent_id: str, batch_id: str) -> None:
+        """Tell the agent its captured batch is kept (a signed ``capture_ack``; see :mod:`.commands`)."""
+
     def _deliver_event(self, ev: Event) -> None:
         """Hand an event to whoever waits for it (see :class:`~edgeloop.hub.fleet.commands.FleetCommands`)."""
 
@@ -526,7 +541,7 @@ class FleetCore:
         """Whether the agent's state, as seen by this connection, lists this hub's key."""
         with self._lock:
             st = self._states.get(agent_id)
-            return st is not None and self.keyid in st.trusted_keys
+            return st is not None and not self.fleet_keyids.isdisjoint(st.trusted_keys)
 
     def wait_members(self, agent_ids: list[str], timeout: float) -> list[str]:
         """Wait up to ``timeout`` s for each agent's state to name this hub's key (retained

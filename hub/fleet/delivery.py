@@ -27,6 +27,7 @@ import paho.mqtt.client as mqtt
 from edgeloop.agent.mqtt_link import kept, wait_acked
 from edgeloop.agent.wire import topics
 from edgeloop.agent.wire.bundle import sha256 as sha256_hex
+from edgeloop.agent.wire.commands import Probation
 from edgeloop.agent.wire.messages import (
     Chunk,
     Command,
@@ -113,20 +114,23 @@ class FleetDelivery(FleetCommands):
         return topics.transfer_topic(transfer_id, self.root)
 
     def deploy(self, agent_id: str, bundle: bytes, *, model: str, version: str, timeout: float = 120.0,
-               chunk_size: int = DEFAULT_CHUNK_SIZE, progress: Progress | None = None) -> CommandOutcome:
+               chunk_size: int = DEFAULT_CHUNK_SIZE, progress: Progress | None = None,
+               probation: Probation | None = None) -> CommandOutcome:
         """Send a signed deploy command, stream the bundle in chunks, wait for the install result."""
         return self.deploy_many([agent_id], bundle, model=model, version=version, timeout=timeout,
-                                chunk_size=chunk_size, progress=progress)[agent_id]
+                                chunk_size=chunk_size, progress=progress, probation=probation)[agent_id]
 
     def deploy_many(self, agent_ids: Sequence[str], bundle: bytes, *, model: str, version: str,
                     timeout: float = 120.0, chunk_size: int = DEFAULT_CHUNK_SIZE, progress: Progress | None = None,
-                    ) -> dict[str, CommandOutcome]:
+                    probation: Probation | None = None) -> dict[str, CommandOutcome]:
         """Deploy ``bundle`` to every agent of ``agent_ids`` at once; one outcome per agent.
 
         Each agent gets its own signed command (recorded as a deployment); the chunks are
         published once for all of them (see the module docstring). An agent has
         ``min(timeout, 30)`` s to answer its command and ``timeout`` s after the chunks went
-        out to report its install. ``progress(sent, total)`` follows the chunks.
+        out to report its install. ``progress(sent, total)`` follows the chunks. With ``probation``
+        each agent keeps the previous version ready and reverts on its own unless the new one is
+        confirmed (the dead-man switch, docs/protocol.md; :meth:`confirm`).
         """
         started = time.perf_counter()
         ids = list(dict.fromkeys(agent_ids))
@@ -137,6 +141,8 @@ class FleetDelivery(FleetCommands):
         spec = TransferSpec(tid, sha, len(bundle), chunk_size, math.ceil(len(bundle) / chunk_size),
                             topic=self.transfer_topic(tid) if len(ids) > 1 else None)
         args = {"transfer": spec.to_dict(), "bundle_sha256": sha, "model": model, "version": version}
+        if probation is not None:
+            args["probation"] = probation.to_dict()
         with self.registry.transaction():  # every agent's counter and deployment row: one commit
             # valid as long as the hub waits for it: the agent abandons the transfer once it expired
             cmds = [self.make_command(aid, "deploy", args, ttl=max(COMMAND_TTL, timeout + 60.0)) for aid in ids]

@@ -20,11 +20,17 @@ returns within the grace period leaves no audit row):
 
 Agent-originated changes are audited as ``agent:<agent_id>``, the hub's own findings
 (status topic, grace period) as ``hub``.
+
+Tags (schema 6): ``tags`` holds what the agent's state carries, ``hub_tags`` the operator's
+changes (``agent.tags`` audited); every agent row read here has ``tags`` merged from the two
+(a hub value overrides the agent's, a hub ``null`` removes it), ``reported_tags`` and ``hub_tags``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sqlite_utils import Database
@@ -40,6 +46,21 @@ ONLINE = "online"
 OFFLINE_GRACE_S = 120.0  # an agent offline for longer than this is audited (agent.offline)
 
 _COLUMNS = ("status", "session", "started_at", "active_bundle", "member", "offline_since", "down")
+
+
+def _json_object(text: Any) -> dict:
+    if isinstance(text, dict):
+        return text
+    return json.loads(text) if isinstance(text, str) and text else {}
+
+
+def _with_tags(row: dict) -> dict:
+    """The row with ``tags`` (the agent's own merged with the hub's changes), ``reported_tags`` and ``hub_tags``."""
+    reported, hub = _json_object(row.get("tags")), _json_object(row.get("hub_tags"))
+    merged = {**reported, **hub}
+    row.update(reported_tags=reported, hub_tags=hub,
+               tags={k: v for k, v in sorted(merged.items()) if v is not None})
+    return row
 
 
 def _member_flag(member: bool | None) -> int | None:
@@ -81,7 +102,7 @@ class FleetAgents(RegistryDatabase):
                 "active_version": active.version if active else None,
                 "active_bundle": active.bundle_sha256 if active else None,
                 "started_at": state.started_at, "last_seen": at, "state": dumps(state.to_dict()),
-                "member": flag,
+                "member": flag, "tags": dumps(state.tags) if state.tags else None,
             }
             actor = f"agent:{state.agent_id}"
             values.update(self._status_change(db, state.agent_id, old, state.status, flag, at, grace, actor))
@@ -172,17 +193,49 @@ class FleetAgents(RegistryDatabase):
     def get_agent_key(self, agent_id: str) -> dict | None:
         return self._first("agent_keys", "agent_id = ?", [agent_id])
 
+    def list_agent_keys(self) -> list[dict]:
+        """Every pinned key's row (agent_id, keyid, public_key, source, pinned_at, actor), by agent id."""
+        return self._rows("agent_keys", None, None, "agent_id")
+
+    # -- tags (schema 6) -------------------------------------------------------------------------
+    def set_hub_tags(self, agent_id: str, tags: Mapping[str, str], remove: Iterable[str] = (), *,
+                     actor: str = "hub") -> dict:
+        """Set (``tags``) or remove (``remove``) tags of an agent the registry lists, on the hub's side:
+        they override what the agent reports until changed again; audited ``agent.tags``. Returns the
+        agent's row (``tags`` merged)."""
+        remove = list(remove)
+        with self._write() as db:
+            row = db.conn.execute("SELECT hub_tags FROM agents WHERE agent_id = ?", [agent_id]).fetchone()
+            if row is None:
+                raise NotFoundError(f"no agent {agent_id!r} has reported to this hub: tags can be changed once it "
+                                    "is listed by `edgeloop fleet` (or set them in its config's [tags])")
+            hub = {**_json_object(row[0]), **dict(tags), **dict.fromkeys(remove)}
+            db.conn.execute("UPDATE agents SET hub_tags = ? WHERE agent_id = ?",
+                            [dumps(hub) if hub else None, agent_id])
+            self._audit(db, actor, "agent.tags", agent_id, set=dict(tags), removed=remove)
+        return self.get_agent(agent_id)
+
+    def clear_hub_tags(self, agent_id: str, *, actor: str = "hub") -> bool:
+        """Drop the hub's tag changes of an agent (its own tags apply again); False if it had none."""
+        with self._write() as db:
+            n = db.conn.execute("UPDATE agents SET hub_tags = NULL WHERE agent_id = ? AND hub_tags IS NOT NULL",
+                                [agent_id]).rowcount
+            if n:
+                self._audit(db, actor, "agent.tags", agent_id, cleared=True)
+        return bool(n)
+
     # -- reads ----------------------------------------------------------------------------------
     def get_agent(self, agent_id: str) -> dict:
         row = self._first("agents", "agent_id = ?", [agent_id])
         if row is None:
             raise NotFoundError(f"no agent {agent_id!r} has reported to this hub; see list_agents()")
-        return row
+        return _with_tags(row)
 
     def list_agents(self, *, include_foreign: bool = False) -> list[dict]:
         """Agents by id: this hub's fleet (members and undecided rows), or every agent
         heard of with ``include_foreign``."""
-        return self._rows("agents", None if include_foreign else "member IS NOT 0", None, "agent_id")
+        return [_with_tags(r) for r in
+                self._rows("agents", None if include_foreign else "member IS NOT 0", None, "agent_id")]
 
     def agent_membership(self) -> dict[str, int | None]:
         """``{agent_id: 1 | 0 | None}`` for every agent row (see the module docstring)."""

@@ -229,7 +229,42 @@ def relative_to_home(path: str, home: Path) -> str:
         return path
 
 
+def _m006_agent_tags(db: Database) -> None:
+    """Version 6: agents' tags (what rollouts target, e.g. ``site=plant-a,hw=pi5``).
+
+    * ``agents.tags``: JSON object of the tags the agent's state carries (its config's ``[tags]``);
+      NULL for agents that reported none (and rows of older registries);
+    * ``agents.hub_tags``: JSON object of the operator's changes made on the hub
+      (``edgeloop agent tag``): ``name: value`` sets or overrides a tag, ``name: null`` removes
+      the agent's own; NULL for none. The tags shown and targeted are the two merged.
+    """
+    agents = db.table("agents")
+    agents.add_column("tags", str)
+    agents.add_column("hub_tags", str)
+
+
+def _m007_captures(db: Database) -> None:
+    """Version 7: batches of field data captured by agents (opt-in; ``edgeloop capture``).
+
+    ``captures``: one row per batch received whole (sha256 checked against its manifest, signed by
+    the agent): its lineage -- agent, model, version, bundle, time range of the requests -- the rows,
+    labelled rows, rows served while it was sampled, where the hub keeps the batch's CSV
+    (``path``, relative to the hub home) and the dataset its labelled rows were registered as
+    (``dataset_id``; NULL when too few rows carried a label, the reason in ``note``).
+    """
+    db.table("captures").create(
+        {"batch_id": str, "agent_id": str, "model": str, "version": str, "bundle_sha256": str, "task": str,
+         "rows": int, "labelled_rows": int, "seen_rows": int, "first_at": float, "last_at": float,
+         "created_at": float, "received_at": float, "sha256": str, "size": int, "path": str,
+         "dataset_id": str, "note": str, "manifest": str},
+        pk="batch_id", foreign_keys=[("dataset_id", "datasets", "id")],
+        not_null={"agent_id", "model", "version", "rows", "labelled_rows", "received_at", "sha256", "path"},
+    )
+    db.table("captures").create_index(["agent_id", "model", "received_at"])
+
+
 # Append only: never edit a released migration, add a new one.
 MIGRATIONS: list[Callable[[Database], None]] = [_m001_initial, _m002_model_factory, _m003_live_fleet,
-                                                _m004_evaluations, _m005_agent_keys]
+                                                _m004_evaluations, _m005_agent_keys, _m006_agent_tags,
+                                                _m007_captures]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -66,6 +66,7 @@ row keeps ``target_sha256`` (the sha256 its command names) and ``bundle_sha256``
 from __future__ import annotations
 
 from edgeloop.hub.registry.agents import FleetAgents
+from edgeloop.hub.registry.captures import Captures
 from edgeloop.hub.registry.evaluations import Evaluations
 from edgeloop.hub.registry.fleet_log import FleetLog
 from edgeloop.hub.registry.lineage import Lineage
@@ -73,7 +74,7 @@ from edgeloop.hub.registry.listeners import Listeners
 from edgeloop.hub.registry.promotion import Promotion
 
 
-class Registry(Promotion, Evaluations, FleetLog, FleetAgents, Listeners, Lineage):
+class Registry(Promotion, Evaluations, FleetLog, FleetAgents, Listeners, Lineage, Captures):
     """The hub's registry in the SQLite file ``path`` (created and migrated on open).
 
     Composed of its parts, each a module of this package over the common base

@@ -55,11 +55,13 @@ class HubAgents(HubPromotion):
         """How a fleet of this hub connects: one-shot commands get a random client id and a
         clean session; the runtime gets the home's fixed client id and a persistent session."""
         from edgeloop.hub.fleet import FleetOptions
+        from edgeloop.hub.keys import anchor_keyids, trust_material
 
         c = self.config
         return FleetOptions(topic_root=c.topic_root, client_id=self.registry.hub_client_id() if runtime else None,
                             persistent=runtime, announce=runtime, offline_grace_s=c.offline_grace_s,
-                            batch_max=c.batch_max, batch_ms=c.batch_ms)
+                            batch_max=c.batch_max, batch_ms=c.batch_ms, anchor_keyids=tuple(anchor_keyids(self.home)),
+                            key_trust=lambda: trust_material(self.home))  # read at each command: certify may run
 
     def list_agents(self, *, include_foreign: bool = False) -> list[dict]:
         """The agents of this hub's fleet with their last known state; with ``include_foreign``

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from edgeloop.agent.wire.bundle import sha256 as sha256_hex
+from edgeloop.agent.wire.commands import Probation
 from edgeloop.hub.errors import HubError, NotFoundError
 from edgeloop.hub.services.agents import HubAgents
 
@@ -81,7 +82,8 @@ class HubDelivery(HubAgents):
 
     # --- deploy and rollback -----------------------------------------------------------------
     def deploy(self, fleet: Fleet | str, agent_ids: Sequence[str], ref: str, *,
-               override_reason: str | None = None, timeout: float = 120.0) -> list[dict]:
+               override_reason: str | None = None, timeout: float = 120.0,
+               probation: Probation | None = None) -> list[dict]:
         """Gate-check ``ref`` (:meth:`check_deployable`), then push its signed bundle to the agents.
 
         ``ref`` is a version ref or a bundle sha256 (prefix); a version without a
@@ -93,7 +95,9 @@ class HubDelivery(HubAgents):
         agent: ``{"agent", "ok", "code", "message", "seconds", "version",
         "bundle_sha256", "gate"}``. Raises :class:`GateError` before anything is sent
         when the version fails its gate and no ``override_reason`` is given. Each
-        deployment is recorded (and audited) by the fleet as it is sent.
+        deployment is recorded (and audited) by the fleet as it is sent. With ``probation``
+        (the dead-man switch) each agent reverts on its own unless the new version is confirmed
+        in time (:meth:`confirm`, docs/protocol.md).
         """
         version = self.version_of(ref)
         gate = self.check_deployable(version["id"], override_reason)
@@ -102,7 +106,7 @@ class HubDelivery(HubAgents):
 
         def all_at_once(started: Fleet) -> list[dict]:
             outs = started.deploy_many(agent_ids, data, model=version["model_name"], version=version["version"],
-                                       timeout=timeout)
+                                       timeout=timeout, probation=probation)
             return [{**_result(aid, outs[aid], version["id"], rec["sha256"]), "gate": gate_note} for aid in agent_ids]
 
         return self._with_fleet(fleet, all_at_once)
@@ -129,6 +133,23 @@ class HubDelivery(HubAgents):
         results = self._on_fleet(fleet, agent_ids, one)
         self.registry.audit(self.actor, "rollback.request", version_id, bundle_sha256=rec["sha256"],
                             reason=reason, results={r["agent"]: r["code"] for r in results})
+        return results
+
+    def confirm(self, fleet: Fleet | str, agent_ids: Sequence[str], ref: str, *, timeout: float = 30.0) -> list[dict]:
+        """Send each agent a signed ``confirm`` of the bundle ``ref`` names (a bundle sha256 prefix or
+        a version ref: its newest bundle), deployed on probation: the agent keeps it instead of
+        reverting at the probation's deadline. Returns one result per agent, as :meth:`rollback`
+        does (``code`` ``not_on_probation`` when the agent has no such version on probation: it
+        reverted already, or it was never deployed with a probation); audited as ``deploy.confirm``."""
+        rec = self._bundle_record(ref)
+
+        def one(started: Fleet, aid: str) -> dict:
+            return _result(aid, started.confirm(aid, rec["sha256"], timeout=timeout), rec["version_id"],
+                           rec["sha256"])
+
+        results = self._on_fleet(fleet, agent_ids, one)
+        self.registry.audit(self.actor, "deploy.confirm", rec["version_id"], bundle_sha256=rec["sha256"],
+                            results={r["agent"]: r["code"] for r in results})
         return results
 
     def _on_fleet(self, fleet: Fleet | str, agent_ids: Sequence[str],

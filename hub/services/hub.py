@@ -17,18 +17,23 @@ The methods live in one module per concern, each class building on the one befor
 :mod:`.agents` (fleet connection, agents, drift, discovery) and :mod:`.delivery`
 (bundles, deploy, rollback); :mod:`.evaluation` (scoring versions on separate test data,
 predictions for a file) builds on :mod:`.promotion` beside them; :mod:`.drift` (the fleet's
-drift per model, agent and feature, for ``edgeloop drift`` and the GUI's charts) on :mod:`.core`.
+drift per model, agent and feature, for ``edgeloop drift`` and the GUI's charts) on :mod:`.core`;
+:mod:`.enrollment` (enrolling an agent in one step, report keys, tags) on :mod:`.agents`;
+:mod:`.captures` (field data captured by agents, turning capture on) on :mod:`.delivery`.
 """
 
 from __future__ import annotations
 
+from edgeloop.hub.services.airgap import HubAirgap
+from edgeloop.hub.services.captures import HubCaptures
 from edgeloop.hub.services.core import default_actor
 from edgeloop.hub.services.delivery import HubDelivery
 from edgeloop.hub.services.drift import HubDrift
+from edgeloop.hub.services.enrollment import HubEnrollment
 from edgeloop.hub.services.evaluation import HubEvaluation
 
 __all__ = ["Hub", "default_actor"]
 
 
-class Hub(HubEvaluation, HubDelivery, HubDrift):
+class Hub(HubEvaluation, HubAirgap, HubCaptures, HubDelivery, HubDrift, HubEnrollment):
     """The one way in to the hub, for the CLI, the GUI and scripts (see the module docstring)."""
