@@ -20,7 +20,7 @@ from edgeloop.agent.errors import ConfigError, EdgeloopError
 
 
 def add_agent_commands(sub: argparse._SubParsersAction) -> None:
-    """Register ``run``, ``init`` and ``status`` on a subparsers object."""
+    """Register ``run``, ``init``, ``status`` and ``install`` on a subparsers object."""
     p = sub.add_parser("run", help="run the agent until interrupted (SIGINT/SIGTERM stop it cleanly)",
                        description="Connect to the broker, serve the active model over MQTT and HTTP, "
                                    "accept signed deploy/rollback commands, report drift.")
@@ -63,6 +63,22 @@ def add_agent_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", "-c", required=True, type=Path)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
+
+
+    p = sub.add_parser("install", help="apply an air-gapped file from `edgeloop bundle export` (deploy or rollback)",
+                       description="Apply FILE (written by `edgeloop bundle export`) with the same checks as a "
+                                   "deploy or rollback over MQTT: signature, target agent, counter (a file is "
+                                   "applied once; again it is refused as replayed), expiry, bundle hash, manifest, "
+                                   "smoke test, atomic install. A running agent is handed the file through its "
+                                   "inbox (<state_dir>/inbox); a stopped one is updated in-process. The result is "
+                                   "reported to the hub when the agent next reaches the broker. Exit 0 when "
+                                   "installed, 2 when refused, 1 when no result came within --timeout.")
+    p.add_argument("file", type=Path, help="the file (.airgap) from `edgeloop bundle export`")
+    p.add_argument("--config", "-c", required=True, type=Path, help="agent config file (TOML)")
+    p.add_argument("--timeout", type=float, default=300.0,
+                   help="seconds to wait for a running agent's result (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_install)
 
 
 def setup_logging(level: str) -> None:
@@ -146,6 +162,53 @@ def cmd_status(args: argparse.Namespace) -> int:
         for b in store.installed():
             print(f"  installed: {b.model} {b.version} [{b.sha256[:12]}]")
     return 0
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    from edgeloop.agent.airgap import NEXT_STEP, Inbox, install_in_process
+    from edgeloop.agent.control import MAX_COMMAND_LIFETIME
+    from edgeloop.agent.service import Agent
+    from edgeloop.agent.wire.airgap import AirgapFile
+
+    cfg = AgentConfig.load(args.config)
+    try:
+        data = args.file.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {args.file}: {exc}") from exc
+    try:
+        AirgapFile.decode(data, cfg.max_bundle_bytes)  # a damaged copy is told at once, the agent decodes again
+    except EdgeloopError as exc:
+        return _print_install(args, {"ok": False, "code": exc.code, "message": str(exc), "agent_id": cfg.agent_id,
+                                     "next_step": NEXT_STEP.get(exc.code), "mode": "none"})
+    inbox = Inbox(cfg.state_dir)
+    if inbox.can_tell_running() and inbox.try_lock():  # no agent runs on this state folder: apply it here
+        try:
+            result = {**install_in_process(Agent(cfg), data, MAX_COMMAND_LIFETIME), "mode": "in-process"}
+        finally:
+            inbox.unlock()
+    else:
+        name = inbox.drop(data)
+        got = inbox.wait_result(name, args.timeout)
+        if got is None:
+            print(f"handed {args.file} to the running agent {cfg.agent_id}, but no result came within "
+                  f"{args.timeout:.0f} s; it may still be installing: its result will be in "
+                  f"{inbox.dir / (name + '.result.json')} and is reported to the hub", file=sys.stderr)
+            return 1
+        result = {**got, "mode": "running agent"}
+    return _print_install(args, result)
+
+
+def _print_install(args: argparse.Namespace, result: dict) -> int:
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif result["ok"]:
+        print(f"{result['message']} (agent {result['agent_id']}, {result['mode']}); the result is reported to "
+              "the hub now if the agent is connected, else when it next reaches the broker")
+    else:
+        print(f"REFUSED [{result['code']}]: {result['message']}", file=sys.stderr)
+        if result.get("next_step"):
+            print(f"  next: {result['next_step']}", file=sys.stderr)
+    return 0 if result["ok"] else 2
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,5 +1,5 @@
-"""``edgeloop export`` and ``edgeloop bundle build|inspect|verify``: a version's files and its
-signed bundle."""
+"""``edgeloop export`` and ``edgeloop bundle build|inspect|verify|export``: a version's files, its
+signed bundle, and air-gapped delivery files."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from edgeloop.agent.errors import EdgeloopError
-from edgeloop.hub.cli.common import Parents, command, open_hub
+from edgeloop.hub.cli.common import Parents, UsageError, command, open_hub
 from edgeloop.hub.cli.render import emit
 from edgeloop.hub.views import feature_summary
 
@@ -91,6 +91,33 @@ def cmd_bundle_verify(args) -> int:
     return 0
 
 
+def cmd_bundle_export(args) -> int:
+    if (args.version is None) == (args.rollback is None):
+        raise UsageError("give either VERSION (a deploy) or --rollback TO_VERSION, not both or neither")
+    probation = None
+    if args.probation is not None:
+        from edgeloop.agent.wire.commands import Probation
+
+        try:
+            probation = Probation(args.probation, args.min_requests)
+        except EdgeloopError as exc:
+            raise UsageError(f"{exc}: give --probation a number of seconds above 0") from exc
+    elif args.min_requests:
+        raise UsageError("--min-requests needs --probation SECONDS (the deadline)")
+    with open_hub(args) as hub:
+        doc = hub.export_airgap(args.rollback or args.version, args.out, args.agent, rollback=bool(args.rollback),
+                                expires_days=args.expires_days, reason=args.reason or "",
+                                override_reason=args.override_gate, probation=probation)
+    until = time.strftime("%Y-%m-%d %H:%M", time.localtime(doc["expires_at"]))
+    what = "rollback to" if doc["kind"] == "rollback" else "deploy of"
+    lines = [f"wrote {doc['path']} ({doc['size']} bytes): signed {what} {doc['version']} "
+             f"[bundle {doc['bundle_sha256'][:12]}{'' if doc['bundle_included'] else ', not included'}]",
+             *(f"  agent {c['agent']}: command {c['command_id']} (counter {c['counter']})" for c in doc["commands"]),
+             f"  valid until {until}; apply on the device with: edgeloop-agent install {doc['path']} --config CONFIG"]
+    emit(args, doc, lines)
+    return 0
+
+
 def add_export_command(sub: argparse._SubParsersAction, parents: Parents) -> None:
     x = command(sub, "export", "copy a version's ONNX models (fp32, int8) and a JSON report to a folder",
                 parents=parents.hub,
@@ -119,3 +146,32 @@ def add_bundle_commands(sub: argparse._SubParsersAction, parents: Parents) -> No
     x.add_argument("file", type=Path, help="the bundle file (.elb)")
     x.add_argument("--key", action="append", help="trusted public key PEM (repeat)")
     x.set_defaults(func=cmd_bundle_verify)
+    x = command(b, "export", "write a signed deploy (or rollback) for air-gapped agents to one file",
+                parents=parents.hub,
+                description="Write FILE holding VERSION's signed bundle and one signed deploy command per --agent "
+                            "(or, with --rollback, signed rollback commands to that version's bundle, which the "
+                            "agents must still hold). Carry it to the device and run `edgeloop-agent install FILE`: "
+                            "it is verified exactly as over MQTT (signature, target, counter, expiry, hash, smoke "
+                            "test) and applied once. The commands use the hub's counter like MQTT commands: a newer "
+                            "command sent to the agent before the file is installed makes the file a replay. "
+                            "Commands are valid for --expires-days (default 7, the most an agent accepts). Each is "
+                            "recorded as a pending deployment, settled when the agent reports after it next "
+                            "reaches the broker. A version below its gate is refused unless --override-gate.")
+    x.add_argument("version", nargs="?", default=None, help="model:n, model (its newest), model@alias or a bundle "
+                   "sha256 (deploy)")
+    x.add_argument("--rollback", metavar="TO_VERSION", default=None,
+                   help="write rollback commands to this version (or bundle sha256) instead of a deploy")
+    x.add_argument("--out", "-o", type=Path, required=True, help="file to write (e.g. sensor-mlp-3.airgap)")
+    x.add_argument("--agent", action="append", required=True, metavar="ID",
+                   help="agent the file is for (repeat; each gets its own signed command)")
+    x.add_argument("--expires-days", type=float, default=7.0,
+                   help="days the commands stay valid, at most 7 (default %(default)s)")
+    x.add_argument("--reason", default=None, help="why (recorded with a rollback)")
+    x.add_argument("--override-gate", default=None, metavar="REASON",
+                   help="deploy a version below its evaluation gate anyway (audited)")
+    x.add_argument("--probation", type=float, default=None, metavar="SECONDS",
+                   help="deploy on the agent's dead-man switch: it reverts on its own unless the new version "
+                        "passes its checks within SECONDS (no hub confirm: the device may never reach the hub)")
+    x.add_argument("--min-requests", type=int, default=0, metavar="N",
+                   help="with --probation: the new version must serve N real requests without failing in time")
+    x.set_defaults(func=cmd_bundle_export)
