@@ -9,6 +9,8 @@ Routes (``{v}`` segments are optional: ``/v2/models/{name}/versions/{v}/...``)::
     GET  /v2/models/{name}            model metadata (404 if not served)
     GET  /v2/models/{name}/ready      200 ready, 404 another model is served, 503 none is
     POST /v2/models/{name}/infer      inference
+    POST /v2/models/{name}/feedback   a ground-truth label for a request: {"id", "label"} (capture on)
+    GET  /metrics                     Prometheus text format (edgeloop.agent.metrics; docs/metrics.md)
 
 The infer body is the v2 tensor form ``{"id": "1", "inputs": [{"name": "features",
 "shape": [n, F], "datatype": "FP32", "data": [...]}]}`` (``data`` flat or nested)
@@ -43,6 +45,7 @@ from edgeloop.agent.errors import (
     PayloadTooLargeError,
 )
 from edgeloop.agent.http_server import JsonHttpServer, error_body
+from edgeloop.agent.metrics import CONTENT_TYPE, AgentMetrics, AgentProbes
 from edgeloop.agent.runtime import CLASSIFICATION_OUTPUT, REGRESSION_OUTPUT
 from edgeloop.agent.serving import InferOutcome, Serving
 from edgeloop.agent.wire.manifest import Manifest
@@ -227,9 +230,15 @@ class HttpApi:
     def __init__(self, serving: Serving, host: str = "127.0.0.1", port: int = 0, *,
                  max_body: int = DEFAULT_MAX_BODY, max_rows: int | None = None,
                  request_timeout: float = 30.0, max_connections: int = 64, head_timeout: float = 10.0,
-                 max_connections_per_ip: int | None = None, health: Callable[[], dict] | None = None) -> None:
+                 max_connections_per_ip: int | None = None, health: Callable[[], dict] | None = None,
+                 metrics: AgentMetrics | None = None,
+                 feedback: Callable[[str, bytes], dict] | None = None) -> None:
         self.serving = serving
+        self.feedback = feedback  # (model, body) -> answer: labels for captured rows (edgeloop.agent.capture)
         self.health = health  # the agent's health (AgentCore.health); None: the served model's alone
+        # the agent's metrics; None: this API's own (requests it answers, the served model)
+        self.metrics = metrics if metrics is not None else AgentMetrics("", AgentProbes(
+            active=lambda: serving.active, health=lambda: self._server_ready()[1]))
         self.max_connections = max_connections
         self.head_timeout = head_timeout
         self.max_connections_per_ip = max_connections_per_ip
@@ -315,6 +324,8 @@ class HttpApi:
         except Exception:  # a bug: log it here, tell the client nothing more
             log.exception("HTTP %s %s failed", method, path)
             return 500, error_body("internal", "internal error; see the agent log"), headers
+        if isinstance(payload, bytes):  # a text answer (/metrics)
+            return status, payload, {"Content-Type": CONTENT_TYPE}
         try:
             return status, _ENCODE(payload).encode("utf-8"), headers
         except ValueError:
@@ -322,7 +333,7 @@ class HttpApi:
             return 500, error_body("internal", "the model produced a value JSON cannot carry"), {}
 
     # --- routes (return status and JSON body) ----------------------------------------------------------
-    def route(self, method: str, path: str) -> tuple[str, Callable[[bytes], tuple[int, dict]]]:
+    def route(self, method: str, path: str) -> tuple[str, Callable[[bytes], tuple[int, Any]]]:
         """(allowed method, handler) for ``path``; raises :class:`HttpError` 404 when no route matches."""
         stripped = path.strip("/")
         parts = stripped.split("/") if stripped else []
@@ -334,6 +345,8 @@ class HttpApi:
             return "GET", lambda body: (200, {"live": True})
         if parts == ["v2", "health", "ready"]:
             return "GET", lambda body: self._server_ready()
+        if parts == ["metrics"]:
+            return "GET", lambda body: (200, self.metrics.exposition())
         if len(parts) >= 3 and parts[:2] == ["v2", "models"] and parts[2]:
             name, rest = parts[2], parts[3:]
             version = None
@@ -345,6 +358,9 @@ class HttpApi:
                 return "GET", lambda body: self._model_ready(name, version)
             if rest == ["infer"]:
                 return "POST", lambda body: (200, self._infer(name, version, body))
+            if rest == ["feedback"] and self.feedback is not None:
+                feedback = self.feedback
+                return "POST", lambda body: (200, feedback(name, body))
         raise HttpError(404, "not_found", f"no route {method} {path}; see /v2 and /v2/models/<name>/infer")
 
     def _server_ready(self) -> tuple[int, dict]:
@@ -364,13 +380,22 @@ class HttpApi:
         return 200, {"name": name, "ready": True}
 
     def _infer(self, name: str, version: str | None, body: bytes) -> dict:
-        served = self.serving.lookup(name, version)  # this model reads, answers and describes the request
-        if not body:
-            raise MessageFormatError("request body is empty; send a JSON object with 'inputs'")
-        doc = load_json(body, "inference request", self.max_body)
-        call = parse_infer_body(doc, served.runner.manifest, self.max_rows)
-        out = self.serving.infer(call.inputs, served=served, max_rows=self.max_rows)
-        return infer_response(out, call.id, call.outputs)
+        try:
+            served = self.serving.lookup(name, version)  # this model reads, answers and describes the request
+            if not body:
+                raise MessageFormatError("request body is empty; send a JSON object with 'inputs'")
+            doc = load_json(body, "inference request", self.max_body)
+            call = parse_infer_body(doc, served.runner.manifest, self.max_rows)
+            out = self.serving.infer(call.inputs, served=served, max_rows=self.max_rows, request_id=call.id)
+            answer = infer_response(out, call.id, call.outputs)
+        except EdgeloopError as exc:
+            self.metrics.failed("http", exc.code)
+            raise
+        except Exception:
+            self.metrics.failed("http", "internal")
+            raise
+        self.metrics.answered("http", out.runner, out.latency_ms, out.outputs)
+        return answer
 
 
 __all__ = ["HttpApi", "HttpError", "InferCall", "parse_infer_body", "infer_response", "status_for",

@@ -25,7 +25,8 @@ others wait tens of milliseconds. Here one thread waits on every socket with
 * every refusal is a JSON body ``{"error": "<code>: <message>"}``; a broken client only
   ever closes its own connection.
 
-The application is one callable ``app(method, path, body) -> (status, body, headers)``
+The application is one callable ``app(method, path, body) -> (status, body, headers)`` (the body is
+JSON unless ``headers`` names another ``Content-Type``)
 (``path`` without the query string; ``HEAD`` is passed through and its body dropped
 here). It runs on the server's thread, one request at a time: right for models that
 answer in milliseconds (the agent's), not for slow handlers.
@@ -463,10 +464,13 @@ class JsonHttpServer:
     # --- answers -------------------------------------------------------------------------------------
     def _answer(self, conn: _Conn, status: int, data: bytes, headers: dict[str, str], keep_alive: bool,
                 head_only: bool = False, http10: bool = False) -> None:
+        ctype = headers.get("Content-Type")  # JSON unless the app says otherwise (/metrics: text)
         parts = [b"HTTP/1.1 %d %s" % (status, _REASONS.get(status, b"Unknown")), self._server_line, self._date(),
-                 b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n" % len(data)]
+                 b"\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
+                 % (b"application/json" if ctype is None else ctype.encode("latin-1"), len(data))]
         for k, v in headers.items():
-            parts.append(f"{k}: {v}\r\n".encode("latin-1"))
+            if k != "Content-Type":
+                parts.append(f"{k}: {v}\r\n".encode("latin-1"))
         if not keep_alive:
             parts.append(b"Connection: close\r\n\r\n")
         else:  # HTTP/1.1 persists unless told otherwise; HTTP/1.0 only when told so

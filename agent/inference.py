@@ -181,17 +181,19 @@ class AgentInference(AgentCore):
             return
         runner = self.serving.active
         try:
-            out = self.serving.infer(req.inputs, req.model, max_rows=self.cfg.max_rows)
+            out = self.serving.infer(req.inputs, req.model, max_rows=self.cfg.max_rows, request_id=req.id)
         except InferenceError as exc:
             self._reply_error(job, exc.code, str(exc), rid=req.id, reply=reply)
             return
         self._quick = runner if out.latency_ms < INLINE_MAX_MS else None
+        self.metrics.answered("mqtt", out.runner, out.latency_ms, out.outputs)
         res = InferResult(id=req.id, model=out.model, version=out.version, outputs=out.outputs,
                           latency_ms=round(out.latency_ms, 3))
         self._answer(job, reply, res.encode())
 
     def _drop_expired(self, job: InferJob) -> None:
         self.expired_requests += 1
+        self.metrics.failed("mqtt", "expired")
         waited = time.monotonic() - job.received
         (log.warning if self.expired_requests == 1 else log.debug)(
             "dropped an inference request that waited %.1f s, past its Message Expiry of %d s "
@@ -208,6 +210,7 @@ class AgentInference(AgentCore):
         """Answer an error; ``rid``/``reply`` default to what can be read from a possibly malformed request
         (read with one parse). Never raises: an answer that cannot be published is logged and dropped."""
         try:
+            self.metrics.failed("mqtt", code)
             if rid is None or reply is None:
                 peeked_id, peeked_reply = _peek_fields(job.payload)
                 rid = peeked_id if rid is None else rid

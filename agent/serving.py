@@ -233,10 +233,14 @@ class Serving:
 
     def __init__(self, on_drift_report: DriftCallback | None = None, *, max_rows: int = DEFAULT_MAX_ROWS,
                  on_health_change: Callable[[ModelHealth], None] | None = None,
+                 on_activate: Callable[[ModelRunner], None] | None = None,
                  health_window: int = HEALTH_WINDOW, health_min_requests: int = HEALTH_MIN_REQUESTS,
                  health_max_error_rate: float = HEALTH_MAX_ERROR_RATE) -> None:
         self.on_drift_report = on_drift_report
         self.on_health_change = on_health_change
+        self.on_activate = on_activate  # told of every model swap (the agent's metrics count them)
+        # rows of every answered request with their outputs and request id (the agent's opt-in capture)
+        self.capture: Callable[[ModelRunner, np.ndarray, dict[str, list], str], None] | None = None
         self.max_rows = max_rows
         self._health_limits = (health_window, min(health_min_requests, health_window), health_max_error_rate)
         self._lock = threading.Lock()
@@ -252,6 +256,8 @@ class Serving:
                 feed = old.feed if old is not None and old.monitor is monitor else _DriftFeed(monitor)
             self._slot = Served(runner, monitor, feed, _ErrorWindow(*self._health_limits))
         log.info("serving %s version %s", runner.name, runner.version)
+        if self.on_activate is not None and (old is None or old.runner is not runner):
+            self.on_activate(runner)
         if old is not None and old.monitor is not monitor:
             self._flush(old)
 
@@ -309,7 +315,7 @@ class Serving:
         return slot
 
     def infer(self, inputs: Any, model: str | None = None, *, version: str | None = None,
-              max_rows: int | None = None, served: Served | None = None) -> InferOutcome:
+              max_rows: int | None = None, served: Served | None = None, request_id: str = "") -> InferOutcome:
         """Validate ``inputs``, run the model, feed its drift monitor.
 
         The model is ``served`` (from :meth:`lookup`: it answers even if another one was activated
@@ -334,6 +340,8 @@ class Serving:
         if served.feed is not None:
             for report in served.feed.add(x, served.feed.predictions(predicted, outputs)):
                 self._emit(report)
+        if self.capture is not None:
+            self.capture(runner, x, outputs, request_id)
         return InferOutcome(model=runner.name, version=runner.version, outputs=outputs, rows=int(x.shape[0]),
                             latency_ms=latency_ms, runner=runner)
 

@@ -42,6 +42,9 @@ For systemd: logs go to stderr with timestamps, SIGTERM or SIGINT stop it cleanl
 (received reports stored, retained hub status set offline, exit 0); it exits 1 when the
 broker cannot be reached at start (Restart=on-failure retries) and 2 when the home is
 already served or the settings are wrong. packaging/edgeloop-hub.service is a unit file.
+
+--metrics-port PORT serves fleet-level Prometheus metrics (agents online/offline, deployments
+by outcome, drift reports received, flagged agents) at http://HOST:PORT/metrics.
 """
 
 
@@ -69,7 +72,7 @@ def cmd_serve(args) -> int:
         broker = broker_settings(args)
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
-            runtime = HubRuntime(hub, broker)
+            runtime = HubRuntime(hub, broker, metrics_port=args.metrics_port, metrics_host=args.metrics_host)
             try:
                 runtime.start(timeout=args.connect_timeout)
             except (BrokerConnectError, FleetError) as exc:  # systemd's Restart=on-failure tries again
@@ -117,6 +120,10 @@ def add_commands(sub: argparse._SubParsersAction, parents: Parents) -> None:
                    help="the fleet's topic root (default: [fleet] topic_root in <home>/hub.toml, else edgeloop/v1)")
     x.add_argument("--connect-timeout", type=float, default=10.0, metavar="S",
                    help="seconds to reach the broker at start before giving up (default %(default)s)")
+    x.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                   help="serve fleet-level Prometheus metrics on http://HOST:PORT/metrics (docs/metrics.md)")
+    x.add_argument("--metrics-host", default="0.0.0.0", metavar="HOST",
+                   help="address the metrics server listens on (default %(default)s)")
     x.set_defaults(func=cmd_serve)
     x = command(hs, "status", "whether a hub runtime listens for this home, and since when (exit 1 if not)",
                 parents=parents.hub)

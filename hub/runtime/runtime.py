@@ -7,7 +7,8 @@ while it is away; they are stored when it returns), publishes the hub's retained
 status, ingests status, state, events and drift into the registry in batches, and
 records a heartbeat that CLI reads turn into "hub listening since ..." (see
 :meth:`edgeloop.hub.registry.Registry.listening`). On every heartbeat it also audits
-the agents that stayed offline past the grace period.
+the agents that stayed offline past the grace period. With ``metrics_port`` it also serves
+fleet-level Prometheus metrics (:mod:`edgeloop.hub.runtime.metrics`, docs/metrics.md).
 
 ``edgeloop hub serve`` runs one headless; the GUI runs one in-process when it is given
 a broker. One-shot CLI commands keep their own clean sessions with random client ids.
@@ -22,11 +23,13 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Self
 
+from edgeloop.hub.errors import HubError
 from edgeloop.hub.runtime.lock import HomeLock
 
 if TYPE_CHECKING:
     from edgeloop.agent.connection import BrokerSettings
     from edgeloop.hub.fleet import Fleet
+    from edgeloop.hub.runtime.metrics import FleetMetricsServer
     from edgeloop.hub.services import Hub
 
 log = logging.getLogger(__name__)
@@ -36,7 +39,8 @@ class HubRuntime:
     """The fleet connection of the hub ``hub`` to ``broker`` (settings or a URL; see the module docstring)."""
 
     def __init__(self, hub: Hub, broker: BrokerSettings | str, *,
-                 on_change: Callable[[str, object], None] | None = None, heartbeat_s: float | None = None) -> None:
+                 on_change: Callable[[str, object], None] | None = None, heartbeat_s: float | None = None,
+                 metrics_port: int | None = None, metrics_host: str = "0.0.0.0") -> None:
         self.hub = hub
         self.broker = broker
         self.on_change = on_change
@@ -45,6 +49,8 @@ class HubRuntime:
         self.fleet: Fleet | None = None
         self._stopping = threading.Event()
         self._beat: threading.Thread | None = None
+        self.metrics_port, self.metrics_host = metrics_port, metrics_host  # None: no /metrics
+        self.metrics: FleetMetricsServer | None = None
 
     @property
     def client_id(self) -> str:
@@ -77,6 +83,8 @@ class HubRuntime:
             self.lock.release()
             raise
         self.fleet = fleet
+        if self.metrics_port is not None:
+            self._serve_metrics(fleet)
         self._stopping.clear()
         self._heartbeat()
         self._beat = threading.Thread(target=self._beat_loop, name="hub-heartbeat", daemon=True)
@@ -89,6 +97,9 @@ class HubRuntime:
         """Stop the heartbeat, store what was received, say goodbye, give the lock back."""
         fleet, self.fleet = self.fleet, None
         self._stopping.set()
+        metrics, self.metrics = self.metrics, None
+        if metrics is not None:
+            metrics.stop()
         if self._beat is not None:
             self._beat.join(timeout=max(5.0, self.heartbeat_s))
             self._beat = None
@@ -107,6 +118,20 @@ class HubRuntime:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+    def _serve_metrics(self, fleet: Fleet) -> None:
+        from edgeloop.hub.runtime.metrics import FleetCollector, FleetMetricsServer
+
+        collector = FleetCollector(self.hub, connected=fleet.link.connected.is_set, ingested=lambda: fleet.ingested)
+        try:
+            self.metrics = FleetMetricsServer(collector, int(self.metrics_port or 0), self.metrics_host)
+        except OSError as exc:
+            fleet.stop()
+            self.hub.registry.listener_stopped(fleet.client_id, connected=False)
+            self.fleet = None
+            self.lock.release()
+            raise HubError(f"cannot serve metrics on {self.metrics_host}:{self.metrics_port}: {exc}; "
+                           "pick a free port with --metrics-port") from exc
 
     # --- heartbeat -------------------------------------------------------------------------------
     def _beat_loop(self) -> None:
