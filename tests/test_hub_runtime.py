@@ -276,6 +276,10 @@ def test_a_command_naming_an_unknown_agent_fails_in_under_a_second(hubs, tmp_pat
         with pytest.raises(UnknownAgentError, match=f"agent {theirs} does not trust this hub's key {hub.key.keyid}"):
             hub.require_agents([theirs], fleet)
 
+    # the CLI below lists the agents it knows; let this hub's registry hear of ours first (a busy machine may
+    # not hand the retained states over within the CLI's half-second wait)
+    with trained.hub.fleet(mosquitto.address.url) as fleet:
+        assert wait_until(lambda: any(a["agent_id"] == aid for a in trained.hub.list_agents()), 30)
     for argv in (["deploy", "sensor-mlp:1"], ["rollback", "--to", "sensor-mlp:1"]):
         started = time.monotonic()
         rc = cli_main([*argv, "--agent", "edge-l", "--home", str(trained.hub.home.root),

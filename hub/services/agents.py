@@ -89,7 +89,10 @@ class HubAgents(HubPromotion):
             return
         rows = {a["agent_id"]: a for a in self.registry.list_agents(include_foreign=True)}
         foreign = [a for a in missing if a in rows or (fleet is not None and a in fleet.agents())]
-        known = sorted({a for a, r in rows.items() if r["member"] != 0} - set(missing))
+        known_ids = {a for a, r in rows.items() if r["member"] != 0}
+        if fleet is not None:  # members seen on the broker just now, before the registry has stored them
+            known_ids |= {a for a in fleet.agents() if fleet.is_member(a)}
+        known = sorted(known_ids - set(missing))
         lines = []
         if foreign:
             lines.append(f"agent{'s' if len(foreign) > 1 else ''} {', '.join(foreign)} "
