@@ -4,6 +4,7 @@ broker, MQTT 5 properties both ways, persistent sessions, and errors that come a
 from __future__ import annotations
 
 import errno
+import logging
 import ssl
 import threading
 import time
@@ -30,14 +31,17 @@ def _link(broker: BrokerSettings, name: str, subs=(), got: list | None = None, *
                     **kw)
 
 
-def test_mosquitto_gets_mqtt5_and_the_embedded_broker_falls_back_to_311(mosquitto, embedded_broker):
+def test_mosquitto_gets_mqtt5_and_the_embedded_broker_falls_back_to_311(mosquitto, embedded_broker, caplog):
     five = _link(mosquitto.address, "five").connect(5)
-    three = _link(embedded_broker.address, "three").connect(5)
+    with caplog.at_level(logging.WARNING, logger="amqtt.broker"):
+        three = _link(embedded_broker.address, "three").connect(5)
     try:
         assert (five.protocol, three.protocol) == ("5", "3.1.1")
     finally:
         five.stop()
         three.stop()
+    # amqtt refused the MQTT 5 attempt; the user sees no warning about a probe that fell back at once
+    assert not [r for r in caplog.records if r.name == "amqtt.broker" and r.levelno >= logging.WARNING]
     forced = _link(embedded_broker.address.replace(protocol="5"), "forced")
     with pytest.raises(BrokerConnectError, match="does not accept MQTT 5; set the protocol to auto") as info:
         forced.connect(5)
