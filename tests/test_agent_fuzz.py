@@ -1,6 +1,6 @@
 """Bounded fuzzing of every agent handler (issue 11, "Must show"): the MQTT inference request topic, the
-command topic, the bundle-chunk topics (own and shared), and every HTTP route, on one real agent running
-in-process on a real Mosquitto with a real onnxruntime model.
+command topic, the bundle-chunk topics (own and shared), the feedback topic, and every HTTP route, on one real
+agent running in-process on a real Mosquitto with a real onnxruntime model.
 
 Each test asserts, per generated input: the agent answers (inference: exactly one answer; HTTP: one
 response; commands: one event) with a client-error code, never ``internal`` or a 500; every worker
@@ -24,15 +24,17 @@ from hypothesis import strategies as st
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edgeloop.agent.capture import CaptureSettings
 from edgeloop.agent.config import AgentConfig
 from edgeloop.agent.runtime import ModelRunner
 from edgeloop.agent.service import Agent
 from edgeloop.agent.wire import topics
+from edgeloop.agent.wire.capture import FEEDBACK
 from edgeloop.agent.wire.commands import seal_command
 from edgeloop.agent.wire.envelope import SigningKey
 from edgeloop.agent.wire.messages import Command, new_id
 from tests.conftest import wait_until, write_agent_config
-from tests.onnx_models import FEATURES, classifier_onnx, manifest_for
+from tests.onnx_models import FEATURES, LABELS, classifier_onnx, manifest_for
 
 pytestmark = pytest.mark.broker
 
@@ -86,7 +88,8 @@ def agent(tmp_path_factory, mosquitto, hub_signing_key):
     tmp = tmp_path_factory.mktemp("fuzz")
     aid = f"fuzz-{uuid.uuid4().hex[:8]}"
     cfg = AgentConfig.load(write_agent_config(tmp, aid, mosquitto, hub_signing_key.public_pem(),
-                                              max_queued_requests=1000))
+                                              max_queued_requests=1000,  # capture on: feedback is parsed
+                                              capture=CaptureSettings(enabled=True, upload_rows=100_000)))
     a = Agent(cfg).start()
     assert a.link.connected.wait(15) and wait_until(lambda: a.session > 0, 15), "agent did not connect"
     a.first_session = a.session  # a new session would mean the broker dropped the agent
@@ -246,13 +249,38 @@ def test_fuzzed_bundle_chunks_are_dropped_and_the_agent_goes_on(agent, hub_signi
     assert_inference_served(agent)
 
 
+# --- MQTT: the feedback topic (labels for captured requests) ---------------------------------------------
+@pytest.mark.reliability("capture feedback", "hypothesis: malformed labels, ids and payloads on the feedback "
+                         "topic", "refused and logged; threads alive; a valid label for a captured request taken")
+def test_fuzzed_feedback_is_refused_and_a_valid_label_is_taken_after(agent, faults_tried):
+    topic = topics.agent_topic(agent.id, FEEDBACK)
+    feedback_docs = st.fixed_dictionaries({}, optional={"id": scalars, "label": json_values | scalars,
+                                                        "schema": scalars, "type": scalars})
+
+    @FEW
+    @given(raw=st.one_of(payloads, feedback_docs.map(as_bytes)))
+    def check(raw):
+        faults_tried(1)
+        agent._on_message(topic, raw, None)
+
+    check()
+    assert_all_workers_alive(agent)
+    agent._accept_infer(json.dumps({"id": "labelled", "inputs": [ROW]}).encode(), None)
+    assert wait_until(lambda: any(doc.get("id") == "labelled" for _, doc in agent.answers), 10)
+    taken = agent.feedback(json.dumps({"id": "labelled", "label": LABELS[0]}).encode())
+    assert taken == {"id": "labelled", "labelled_rows": 1}, taken
+    assert_inference_served(agent)
+
+
 # --- HTTP: every route, and malformed requests -----------------------------------------------------------
 ROUTES = ["/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/iris", "/v2/models/iris/ready",
           "/v2/models/iris/infer", "/v2/models/iris/versions/1/infer", "/v2/models/other/infer",
-          "/v2/models/iris/versions/1", "/v2/models/iris/versions/1/ready"]
+          "/v2/models/iris/versions/1", "/v2/models/iris/versions/1/ready", "/v2/models/iris/feedback",
+          "/metrics"]
 paths = st.sampled_from(ROUTES) | st.builds(
     lambda parts: "/" + "/".join(parts), st.lists(st.sampled_from(["v2", "models", "iris", "infer", "ready",
-                                                                   "versions", "%2F", "..", "%00", ""])
+                                                                   "versions", "feedback", "metrics", "%2F",
+                                                                   "..", "%00", ""])
                                                   | st.text("abc%/?#", max_size=5), max_size=6))
 
 
