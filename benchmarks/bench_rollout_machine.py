@@ -30,6 +30,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--agents", type=int, default=1000)
     ap.add_argument("--canary", type=int, default=10)
+    ap.add_argument("--json", type=Path, metavar="FILE", help="also write the figures to FILE as JSON")
     args = ap.parse_args()
     p = plan(ramp="double", canary_agents=args.canary)
     agents = tuple(AgentRecord(f"pi-{i:05d}", {"site": "plant-a"}, True, "v1") for i in range(args.agents))
@@ -54,6 +55,10 @@ def main() -> None:
     print(f"{args.agents} agents, {len(s.waves)} waves, {s.status}: {steps} steps in {elapsed:.2f} s "
           f"({elapsed / steps * 1e6:.0f} us/step); audit {len(s.audit)} records; "
           f"state JSON {len(blob) / 1e6:.2f} MB, loaded in {load * 1e3:.0f} ms")
+    if args.json:
+        args.json.write_text(json.dumps({"agents": args.agents, "waves": len(s.waves), "status": s.status,
+                                         "steps": steps, "seconds": elapsed, "audit_records": len(s.audit),
+                                         "state_json_bytes": len(blob), "state_load_s": load}, indent=2))
 
 
 if __name__ == "__main__":

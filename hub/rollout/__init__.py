@@ -5,6 +5,6 @@
 - :mod:`.gates`     gate evaluation over what one agent reports during the bake
 - :mod:`.machine`   the state machine ``step(state, event, now) -> (state, actions)``
 
-The hub runtime (not yet wired) feeds events in, carries the actions out and persists the
-state after every step; see docs/rollouts.md.
+The hub runtime's rollout driver (:mod:`edgeloop.hub.runtime.rollouts`) feeds events in, carries the
+actions out and persists the state after every step; see docs/rollouts.md.
 """

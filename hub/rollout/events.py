@@ -7,6 +7,7 @@ from typing import Any
 
 from edgeloop.hub.rollout.errors import RolloutError
 from edgeloop.hub.rollout.gates import Observation
+from edgeloop.hub.rollout.plan import RolloutPlan
 from edgeloop.hub.rollout.selector import AgentRecord
 
 # what an agent reports while it takes the new version on (in order), and the two endings
@@ -90,10 +91,20 @@ class Deploy:
     version: str
     wave: int
     memory_limit_mb: int | None = None
+    probation: dict[str, Any] | None = None  # the deploy's dead-man switch {seconds, min_requests, require_confirm}
+    drift: dict[str, Any] | None = None  # drift window overrides {rows, seconds, min_rows, consecutive}
 
     def to_dict(self) -> dict[str, Any]:
         return {"action": "deploy", "agents": list(self.agents), "model": self.model, "version": self.version,
-                "wave": self.wave, "memory_limit_mb": self.memory_limit_mb}
+                "wave": self.wave, "memory_limit_mb": self.memory_limit_mb,
+                "probation": dict(self.probation) if self.probation else None,
+                "drift": dict(self.drift) if self.drift else None}
+
+    @classmethod
+    def of(cls, plan: RolloutPlan, agents: tuple[str, ...], wave: int) -> Deploy:
+        """The deploy of ``agents`` in wave ``wave``, with what the plan sends to each device."""
+        return cls(agents, plan.model, plan.version, wave, plan.memory_limit_mb, plan.probation_args(),
+                   dict(plan.drift) if plan.drift else None)
 
 
 @dataclass(frozen=True)

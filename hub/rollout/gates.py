@@ -25,6 +25,13 @@ class Observation:
     drift_flags: tuple[str, ...] = ()
     shadow_agreement: float | None = None  # 0..1
     shadow_requests: int = 0
+    # accuracy without labels (calibrated classifiers; see hub/rollout/estimates.py for filling these from the
+    # new version's drift reports): its estimate pooled over the bake, the rows behind it, the half-width of its
+    # interval, and what it is compared with -- the live model's estimate on the same traffic, or the reference
+    estimated_accuracy: float | None = None
+    estimate_rows: int = 0
+    estimate_margin: float = 0.0
+    baseline_accuracy: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -79,6 +86,17 @@ def evaluate(gates: Gates, obs: Observation) -> Verdict:
             if ratio > gates.max_p99_ratio:
                 return Verdict(FAIL, f"p99 latency {obs.latency_p99_ms:.2f} ms is {ratio:.2f}x the replaced "
                                      f"version's {obs.replaced_p99_ms:.2f} ms (allowed {gates.max_p99_ratio:.2f}x)")
+    if gates.max_estimate_drop is not None:
+        if obs.estimated_accuracy is None or obs.baseline_accuracy is None or \
+                obs.estimate_rows < max(1, gates.min_estimate_rows):
+            return Verdict(WAITING, f"{obs.estimate_rows} of {max(1, gates.min_estimate_rows)} rows with an "
+                                    "accuracy estimate so far")
+        drop = obs.baseline_accuracy - (obs.estimated_accuracy + obs.estimate_margin)
+        if drop > gates.max_estimate_drop:
+            return Verdict(FAIL, f"estimated accuracy {obs.estimated_accuracy:.1%} (+-{obs.estimate_margin:.1%}, "
+                                 f"{obs.estimate_rows} rows) is {obs.baseline_accuracy - obs.estimated_accuracy:.1%} "
+                                 f"below the baseline {obs.baseline_accuracy:.1%} (allowed drop "
+                                 f"{gates.max_estimate_drop:.1%} beyond the interval)")
     if gates.min_shadow_agreement is not None:
         if obs.shadow_requests < gates.min_shadow_requests or obs.shadow_agreement is None:
             return Verdict(WAITING, f"{obs.shadow_requests} of {gates.min_shadow_requests} shadow requests compared")

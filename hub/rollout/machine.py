@@ -352,7 +352,7 @@ def _next_wave(ctx: _Step) -> None:
     runs = {i: AgentRun(i, "pending", ctx.now, previous_version=s.agents[i].version) for i in chosen}
     s.waves.append(Wave(idx, name, runs, "deploying", ctx.now))
     s.status = "running"
-    ctx.actions.append(Deploy(tuple(chosen), s.plan.model, s.plan.version, idx, s.plan.memory_limit_mb))
+    ctx.actions.append(Deploy.of(s.plan, tuple(chosen), idx))
     ctx.log(f"{name} started: deploying to {len(chosen)} agent(s)", ", ".join(chosen[:10])
             + (f" and {len(chosen) - 10} more" if len(chosen) > 10 else ""))
 

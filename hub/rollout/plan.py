@@ -19,6 +19,11 @@ STRATEGIES = ("all_at_once", "canary")
 RAMPS = ("rest", "sizes", "percents", "double")
 FAILURE_POLICIES = ("halt", "rollback_wave", "rollback_all")
 LATE_JOINERS = ("include", "exclude")
+MAX_PROBATION_SECONDS = 7 * 24 * 3600.0  # the agent's own bound (agent/wire/commands.py)
+MAX_PROBATION_REQUESTS = 1_000_000_000
+DRIFT_KEYS = ("rows", "seconds", "min_rows", "consecutive")  # the deploy's ``drift`` (agent WindowPolicy)
+# the ``capture`` command's settings (hub/services/captures.py CAPTURE_SETTINGS) plus ``enabled``
+CAPTURE_KEYS = ("enabled", "max_rows", "max_bytes", "upload_rows", "chunk_bytes", "spool_max_bytes", "seed")
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,10 @@ class Gates:
     no_drift: bool = False  # any drift flag raised during the bake fails the agent
     min_shadow_agreement: float | None = None  # 0..1, over at least min_shadow_requests
     min_shadow_requests: int = 0
+    # estimated accuracy (no labels; calibrated classifiers): fail when it is more than this below the baseline
+    # (the live model's estimate, or the bundle's reference) beyond its interval, over >= min_estimate_rows rows
+    max_estimate_drop: float | None = None
+    min_estimate_rows: int = 0
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,12 @@ class RolloutPlan:
     approval_required: bool = False
     memory_limit_mb: int | None = None  # for the agent's pre-flight (not yet wired)
     late_joiners: str = "include"
+    # the device's dead-man switch with each deploy (None: no probation); see docs/rollouts.md "Probation"
+    probation_seconds: float | None = None
+    probation_min_requests: int = 0
+    require_confirm: bool = False  # the runtime confirms each agent once its gates pass
+    drift: dict[str, Any] | None = None  # drift window overrides sent with each deploy (DRIFT_KEYS)
+    capture: dict[str, Any] | None = None  # capture settings sent to each agent after it activated (CAPTURE_KEYS)
     schema: int = PLAN_SCHEMA
 
     # --- validation -------------------------------------------------------------------------
@@ -107,7 +122,15 @@ class RolloutPlan:
         if not isinstance(self.approval_required, bool):
             p.append(f"approval_required must be true or false, got {self.approval_required!r}")
         p.extend(_gate_problems(self.gates))
+        p.extend(_device_problems(self))
         return p
+
+    def probation_args(self) -> dict[str, Any] | None:
+        """The deploy's ``probation`` argument (docs/protocol.md), None when the plan asks for none."""
+        if self.probation_seconds is None:
+            return None
+        return {"seconds": float(self.probation_seconds), "min_requests": int(self.probation_min_requests),
+                "require_confirm": bool(self.require_confirm)}
 
     def validate(self) -> RolloutPlan:
         p = self.problems()
@@ -161,6 +184,8 @@ class RolloutPlan:
         d = asdict(self)
         d["wave_sizes"] = list(self.wave_sizes)
         d["wave_percents"] = list(self.wave_percents)
+        for name in ("drift", "capture"):
+            d[name] = dict(d[name]) if d[name] is not None else None
         return d
 
     @classmethod
@@ -192,6 +217,11 @@ class RolloutPlan:
                 if not isinstance(kw[name], (list, tuple)):
                     raise PlanError(f"{name} must be a list, got {kw[name]!r}")
                 kw[name] = tuple(kw[name])
+        for name in ("drift", "capture"):
+            if kw.get(name) is not None:
+                if not isinstance(kw[name], Mapping):
+                    raise PlanError(f"{name} must be an object, got {kw[name]!r}")
+                kw[name] = dict(kw[name])
         return cls(gates=Gates(**gates), **kw).validate()
 
 
@@ -205,13 +235,13 @@ def _is_int(v: object) -> bool:
 
 def _gate_problems(g: Gates) -> list[str]:
     p = []
-    for name in ("max_error_rate", "min_shadow_agreement"):
+    for name in ("max_error_rate", "min_shadow_agreement", "max_estimate_drop"):
         v = getattr(g, name)
         if v is not None and not (_is_num(v) and 0 <= v <= 1):
             p.append(f"gate {name} is a fraction between 0 and 1 (0.02 = 2 %), got {v!r}")
     if g.max_p99_ratio is not None and not (_is_num(g.max_p99_ratio) and g.max_p99_ratio > 0):
         p.append(f"gate max_p99_ratio is a positive ratio (1.2 = at most 20 % slower), got {g.max_p99_ratio!r}")
-    for name in ("min_requests", "min_shadow_requests"):
+    for name in ("min_requests", "min_shadow_requests", "min_estimate_rows"):
         v = getattr(g, name)
         if not _is_int(v) or v < 0:
             p.append(f"gate {name} must be a whole number >= 0, got {v!r}")
@@ -220,4 +250,56 @@ def _gate_problems(g: Gates) -> list[str]:
             p.append(f"gate {name} must be true or false, got {getattr(g, name)!r}")
     if g.min_shadow_agreement is None and _is_int(g.min_shadow_requests) and g.min_shadow_requests > 0:
         p.append("gate min_shadow_requests is set without min_shadow_agreement: set both or neither")
+    if g.max_estimate_drop is None and _is_int(g.min_estimate_rows) and g.min_estimate_rows > 0:
+        p.append("gate min_estimate_rows is set without max_estimate_drop: set both or neither")
+    return p
+
+
+def _device_problems(plan: RolloutPlan) -> list[str]:
+    """The settings carried to each device: probation, drift windows, capture."""
+    p = []
+    ps = plan.probation_seconds
+    if ps is not None and not (_is_num(ps) and 0 < ps <= MAX_PROBATION_SECONDS):
+        p.append(f"probation_seconds must be above 0 and at most {MAX_PROBATION_SECONDS:.0f} (7 days), got {ps!r}")
+    if not _is_int(plan.probation_min_requests) or not 0 <= plan.probation_min_requests <= MAX_PROBATION_REQUESTS:
+        p.append(f"probation_min_requests must be a whole number >= 0, got {plan.probation_min_requests!r}")
+    if not isinstance(plan.require_confirm, bool):
+        p.append(f"require_confirm must be true or false, got {plan.require_confirm!r}")
+    if ps is None and (plan.require_confirm is True or plan.probation_min_requests not in (0, None)):
+        p.append("require_confirm and probation_min_requests need probation_seconds (the device's deadline)")
+    if (ps is not None and _is_num(ps) and plan.require_confirm is False and _is_num(plan.bake_seconds)
+            and plan.bake_seconds < ps):
+        p.append(f"without require_confirm a device decides its probation only at its deadline: bake_seconds "
+                 f"({plan.bake_seconds!r}) must be at least probation_seconds ({ps!r}), or set require_confirm")
+    if (ps is not None and plan.require_confirm is True and _is_int(plan.probation_min_requests)
+            and _is_int(plan.gates.min_requests) and plan.probation_min_requests > plan.gates.min_requests):
+        p.append(f"probation_min_requests ({plan.probation_min_requests}) is above gate min_requests "
+                 f"({plan.gates.min_requests}): the hub confirms once the gates pass, so raise min_requests")
+    if plan.drift is not None:
+        d = plan.drift
+        unknown = sorted(set(d) - set(DRIFT_KEYS)) if isinstance(d, Mapping) else []
+        if not isinstance(d, Mapping) or not d:
+            p.append(f"drift is an object with some of {', '.join(DRIFT_KEYS)}, got {d!r}")
+        elif unknown:
+            p.append(f"drift has unknown key(s) {', '.join(unknown)}; known: {', '.join(DRIFT_KEYS)}")
+        else:
+            for k, v in d.items():
+                if k == "seconds":
+                    if not (_is_num(v) and v >= 0):
+                        p.append(f"drift.seconds must be a number of seconds >= 0 (0: by rows only), got {v!r}")
+                elif not (_is_int(v) and v >= 1):
+                    p.append(f"drift.{k} must be a whole number >= 1, got {v!r}")
+    if plan.capture is not None:
+        c = plan.capture
+        unknown = sorted(set(c) - set(CAPTURE_KEYS)) if isinstance(c, Mapping) else []
+        if not isinstance(c, Mapping) or not c:
+            p.append(f"capture is an object with some of {', '.join(CAPTURE_KEYS)}, got {c!r}")
+        elif unknown:
+            p.append(f"capture has unknown key(s) {', '.join(unknown)}; known: {', '.join(CAPTURE_KEYS)}")
+        else:
+            if "enabled" in c and not isinstance(c["enabled"], bool):
+                p.append(f"capture.enabled must be true or false, got {c['enabled']!r}")
+            for k, v in c.items():
+                if k != "enabled" and not (_is_int(v) and v >= 0):
+                    p.append(f"capture.{k} must be a whole number >= 0, got {v!r}")
     return p
