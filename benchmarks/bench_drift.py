@@ -21,6 +21,7 @@ keeps a busy machine's bursts out of the figure. About 10 s. Prints a table; no 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import statistics
 import sys
@@ -68,7 +69,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=400, help="requests per round and path (default %(default)s)")
     ap.add_argument("--rounds", type=int, default=30, help="interleaved rounds; medians reported (default %(default)s)")
+    ap.add_argument("--json", type=Path, metavar="FILE", help="also write the figures to FILE as JSON")
     args = ap.parse_args()
+    out: dict = {"requests": args.requests, "rounds": args.rounds, "cases": []}
     rng = np.random.default_rng(0)
     cases = [case("table, 4 features", 4, None, rng), case("windows, 4 x 32 -> 24 summaries", 128, (4, 32), rng)]
     print(f"python {platform.python_version()}, onnxruntime {ort.__version__}, numpy {np.__version__}, "
@@ -83,7 +86,10 @@ def main() -> None:
             mon.append(per_request_us(c["monitored"], c["rows"], args.requests))
         p, m = statistics.median(plain), statistics.median(mon)
         print(f"{c['name']:<34} {p:9.1f} {m:10.1f} {m - p:9.1f} {(m - p) / p:7.2f}")
+        out["cases"].append({"name": c["name"], "infer_us": p, "monitored_us": m})
     print("ratio = drift bookkeeping per request / inference per request (served path without a monitor)")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

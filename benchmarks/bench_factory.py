@@ -139,6 +139,7 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=15, help="epochs of the throughput runs (default %(default)s)")
     ap.add_argument("--latency-runs", type=int, default=500, help="batch-1 runs per model (default %(default)s)")
     ap.add_argument("--repeats", type=int, default=3, help="throughput repeats, best kept (default %(default)s)")
+    ap.add_argument("--json", type=Path, metavar="FILE", help="also write the figures to FILE as JSON")
     args = ap.parse_args()
     t_start = time.perf_counter()
     print(f"edgeloop model factory benchmark -- python {platform.python_version()}, torch {torch.__version__}, "
@@ -177,6 +178,16 @@ def main() -> int:
     print(table(trows, ["model", "train rows", "epochs", "bare loop", "train_model", "its loop only",
                         "overhead"]))
     print(f"\ntotal {time.perf_counter() - t_start:.1f} s")
+    if args.json:
+        import json
+
+        qhead = ["model", "int8", "fp32_bytes", "int8_bytes", "size_ratio", "fp32_us_b1", "int8_us_b1", "ratio_b1",
+                 "fp32_us_b32", "int8_us_b32", "ratio_b32", "fp32_acc_pct", "delta_acc_points", "agreement", "ships"]
+        thead = ["model", "train_rows", "epochs", "bare_samples_s", "train_model_samples_s", "loop_only_samples_s",
+                 "overhead"]
+        args.json.write_text(json.dumps({"epochs": args.epochs, "latency_runs": args.latency_runs,
+                                         "quantization": [dict(zip(qhead, r, strict=True)) for r in qrows],
+                                         "training": [dict(zip(thead, r, strict=True)) for r in trows]}, indent=2))
     return 0
 
 

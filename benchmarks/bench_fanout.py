@@ -248,7 +248,11 @@ def main() -> None:
     ap.add_argument("--agents", type=int, nargs="+", default=[10, 20])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--chunk-kib", type=int, default=64)
+    ap.add_argument("--json", type=Path, metavar="FILE", help="also write the figures to FILE as JSON")
     args = ap.parse_args()
+    import json
+
+    summary: dict = {"repeat": args.repeat, "chunk_kib": args.chunk_kib, "runs": {}}
     from edgeloop.hub.services import Hub
 
     workdir = Path(tempfile.mkdtemp(prefix="edgeloop-fanout-"))
@@ -279,12 +283,16 @@ def main() -> None:
                 print(f"{n:>6}  {statistics.median(raw) * 1000:>8.0f} ms  {statistics.median(dep) * 1000:>5.0f} ms  "
                       f"{_ratios(dep, raw)}  {statistics.median(side) * 1000:>5.0f} ms  {_ratios(side, raw)}  "
                       f"{rc * 1000:>5.0f} ms  {dc * 1000:>4.0f} ms  {dc / rc:>4.2f}x")
+                summary["runs"][str(n)] = {"raw_s": raw, "deploy_s": dep, "hub_side_s": side,
+                                           "raw_cpu_s": raw_cpu, "deploy_cpu_s": dep_cpu}
             finally:
                 for p in procs:
                     p.terminate()
                 for p in procs:
                     p.wait(15)
         print(f"load average at the end {os.getloadavg()[0]:.1f}")
+        if args.json:
+            args.json.write_text(json.dumps(summary, indent=2))
     finally:
         hub.close()
         broker.terminate()

@@ -367,6 +367,7 @@ def main() -> None:
     ap.add_argument("--mlserver-workers", type=int, nargs="*", default=[1, 0],
                     help="MLServer parallel_workers settings to run (default: 1 = its default, and 0)")
     ap.add_argument("--workdir", type=Path, help="keep the model here and reuse it on the next run")
+    ap.add_argument("--json", type=Path, metavar="FILE", help="also write the figures to FILE as JSON")
     ap.add_argument("--serve-agent", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_agent is not None:
@@ -404,6 +405,14 @@ def main() -> None:
         for server in servers:
             server.stop()
     report(results, raw, args.concurrency)
+    if args.json:
+        args.json.write_text(json.dumps({
+            "model": info, "requests": args.requests, "seconds": args.seconds, "rounds": args.rounds,
+            "concurrency": args.concurrency, "mlserver": mlserver.exists(),
+            "raw_session_run": {"p50_ms": raw[0], "p95_ms": raw[1]},
+            "servers": {name: {"p50_ms": f.p50_ms, "p95_ms": f.p95_ms, "rps": {str(n): f.rps[n] for n in f.rps},
+                               "load_p50_ms": {str(n): f.load_p50_ms[n] for n in f.load_p50_ms}}
+                        for name, f in results.items()}}, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Hub ingest: how long until the hub's registry holds a large fleet, against a bare subscriber.
 
-    python benchmarks/bench_ingest.py [--agents 5000] [--repeat 3] [--json]
+    python benchmarks/bench_ingest.py [--agents 5000] [--repeat 3] [--json [FILE]]
 
 On a private Mosquitto (a real broker process on a free port):
 
@@ -184,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--agents", type=int, default=5000)
     p.add_argument("--repeat", type=int, default=3, help="rounds; the best of each figure is shown")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", nargs="?", const="-", metavar="FILE",
+                   help="print the figures as JSON instead of text, or with FILE write them there as well")
     args = p.parse_args(argv)
     rounds = [one_round(args.agents, f"bench{r}") for r in range(args.repeat)]
     keys = ("bare_birth_s", "bare5_birth_s", "hub_birth_s", "bare_update_s", "hub_update_s")
@@ -194,9 +195,11 @@ def main(argv: list[str] | None = None) -> int:
                "birth_ratio_mqtt5": best["hub_birth_s"] / best["bare5_birth_s"],
                "update_ratio": best["hub_update_s"] / best["bare_update_s"],
                "all_correct": all(r["correct_rows"] == args.agents for r in rounds)}
-    if args.json:
+    if args.json == "-":
         print(json.dumps(summary, indent=2))
         return 0
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2))
     print(f"hub ingest, {args.agents} simulated agents, retained status + state on Mosquitto "
           f"(best of {args.repeat} rounds)")
     print(f"  birth  (2 x {args.agents} retained messages on connect; the hub speaks MQTT "

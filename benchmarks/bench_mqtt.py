@@ -375,6 +375,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=1000, help="round trips per figure (default 1000)")
     ap.add_argument("--slow-requests", type=int, default=60,
                     help="round trips for requesters that stall ~40 ms each (default 60)")
+    ap.add_argument("--json", type=Path, metavar="FILE", help="also write the figures to FILE as JSON")
     ap.add_argument("--echo", nargs=4, metavar=("HOST", "PORT", "PROTOCOL", "ANSWER"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.echo:
@@ -395,6 +396,8 @@ def main() -> None:
     print(f"{os.cpu_count()} CPUs, loopback; {n} round trips per figure; one real row per request "
           f"(sample data), the agent's real answer size for the echo\n")
     raw, served = in_process(model, 2000)
+    summary: dict = {"requests": n, "broker_version": version, "in_process": {"raw_p50_ms": raw.p50,
+                     "served_p50_ms": served.p50}, "mosquitto": {}, "amqtt": {}, "requesters": {}}
     print("in-process compute floor (p50): raw session.run "
           f"{raw.p50:.3f} ms, agent Serving.infer {served.p50:.3f} ms\n")
 
@@ -407,10 +410,14 @@ def main() -> None:
         print(HEADER)
         for label, (echo, agent) in bench_broker("mosquitto", mosq, True, model, tmp, n, True).items():
             print(line(label, echo, agent))
+            summary["mosquitto"][label] = {"echo_p50_ms": echo.p50, "echo_p95_ms": echo.p95,
+                                           "agent_p50_ms": agent.p50, "agent_p95_ms": agent.p95}
         print("\nembedded amqtt broker (MQTT 3.1.1 only); agent speaks MQTT 3.1.1")
         print(HEADER)
         for label, (echo, agent) in bench_broker("amqtt", amqtt, False, model, tmp, n, False).items():
             print(line(label, echo, agent))
+            summary["amqtt"][label] = {"echo_p50_ms": echo.p50, "echo_p95_ms": echo.p95,
+                                       "agent_p50_ms": agent.p50, "agent_p95_ms": agent.p95}
         tuned = MosquittoBroker(tcp_nodelay=True).start()
         try:
             for label, broker in ((f"the DEFAULT {exe}", mosq), (f"a {exe} with set_tcp_nodelay true", tuned)):
@@ -419,8 +426,11 @@ def main() -> None:
                 kind = "sockets-default" if broker is mosq else "sockets-tuned"
                 for name, f in bench_requesters(kind, broker, model, tmp, n, args.slow_requests).items():
                     print(f"  {name:<28} {f.p50:8.3f} {f.p95:8.3f} {f.over_20:4d}/{len(f.ms)}")
+                    summary["requesters"][f"{kind}: {name}"] = {"p50_ms": f.p50, "p95_ms": f.p95}
         finally:
             tuned.stop()
+        if args.json:
+            args.json.write_text(json.dumps(summary, indent=2))
     finally:
         mosq.stop()
         amqtt.stop()
