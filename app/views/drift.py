@@ -1,0 +1,279 @@
+"""The Drift view: per model -> agent -> feature, charts over time with thresholds, the
+reference-vs-current histogram, flagged features highlighted, estimated vs realized accuracy,
+and the closed loop started from here: capture -> retrain -> canary.
+
+The functions at the top call only :class:`Hub` methods (off the GUI thread). The baseline of the
+histogram is the counts of the agent's first judged windows on that bundle (they were judged
+against the bundle's reference: its bins are the reference's); the current one is the last window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QColor
+from PySide6.QtWidgets import (
+    QComboBox,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
+
+from edgeloop.app.table_models import KeyedTableModel
+from edgeloop.app.tasks import Task, TaskRunner, TaskState
+from edgeloop.app.views.common import table_view
+from edgeloop.app.widgets.chart import HistogramChart, Series, ThresholdChart
+from edgeloop.hub.services import Hub
+from edgeloop.hub.views import Table, ago
+
+__all__ = ["DRIFT_COLUMNS", "DriftView", "drift_detail", "drift_table", "feature_order", "series_for_chart"]
+
+DRIFT_COLUMNS = ["model", "agent", "version", "windows", "drifting", "worst", "trend", "last window"]
+BASELINE_WINDOWS = 2  # first judged windows summed for the histogram's baseline
+
+
+def drift_table(overview: Iterable[Mapping[str, Any]], now: float | None = None) -> Table:
+    rows, keys = [], []
+    for m in overview:
+        for a in m["agents"]:
+            worst = a.get("worst") or {}
+            keys.append(f"{m['model']}/{a['agent_id']}")
+            rows.append([m["model"], a["agent_id"], str(a["version"]), str(a["windows"]),
+                         ", ".join(a["drifting"][:4]) + (" …" if len(a["drifting"]) > 4 else "") or
+                         ("OUTPUT" if (a.get("output") or {}).get("drifted") else "-"),
+                         f"{worst.get('name')} psi {worst.get('psi', 0.0):.3f}" if worst else "-",
+                         " ".join(str(t) for t in a.get("trend", [])), ago(a.get("last_ended_at"), now)])
+    return Table(list(DRIFT_COLUMNS), rows, keys)
+
+
+def feature_order(entry: Mapping[str, Any]) -> list[tuple[str, bool]]:
+    """``(feature, flagged)`` of an overview entry, drifted and flagged ones first, then by PSI."""
+    feats = entry.get("features") or {}
+    order = sorted(feats.items(), key=lambda kv: (not kv[1].get("drifted"), not kv[1].get("flagged"),
+                                                  -float(kv[1].get("psi", 0.0)), kv[0]))
+    return [(name, bool(f.get("drifted") or f.get("flagged"))) for name, f in order]
+
+
+def drift_detail(hub: Hub, model: str, agent_id: str, feature: str | None = None) -> dict:
+    """The selected agent's overview entry, one feature's series (the worst when ``feature`` is
+    None) and the accuracy series (estimated vs realized)."""
+    entry = next((a for m in hub.drift_overview(agent_id, model) for a in m["agents"]), None)
+    if entry is None:
+        return {"entry": None, "feature": None, "series": None, "accuracy": None}
+    feats = feature_order(entry)
+    name = feature or (feats[0][0] if feats else ("prediction" if entry.get("output") else None))
+    series = hub.drift_series(agent_id, model, name, version=entry["version"]) if name else None
+    accuracy = hub.accuracy_series(agent_id, model, version=entry["version"]) if entry.get("performance") else None
+    return {"entry": entry, "feature": name, "series": series, "accuracy": accuracy}
+
+
+def series_for_chart(series: Mapping[str, Any]) -> tuple[list[Series], dict[str, list[float]]]:
+    """PSI and KS per window (flagged windows marked) and the histogram's baseline and current counts."""
+    pts = [p for p in series["points"] if "psi" in p]
+    xs = [float(p["window"]) for p in pts]
+    flags = [bool(p.get("flagged") or p.get("drifted")) for p in pts]
+    lines = [Series("PSI", xs, [float(p["psi"]) for p in pts], flags),
+             Series("KS", xs, [float(p["ks"]) for p in pts], flags)]
+    judged = [p for p in series["points"] if p.get("status", "ok") == "ok" and p.get("counts")]
+    hist: dict[str, list[float]] = {}
+    if judged:
+        width = len(judged[-1]["counts"])
+        base = [p["counts"] for p in judged[:BASELINE_WINDOWS] if len(p["counts"]) == width]
+        hist = {"baseline (first windows)": [float(sum(c)) for c in zip(*base, strict=True)],
+                f"current (window {judged[-1]['window']})": [float(c) for c in judged[-1]["counts"]]}
+    return lines, hist
+
+
+def _retrain(hub: Hub, model: str, agent_id: str, st: TaskState) -> dict:
+    result = hub.retrain_from_capture(model, agent_id, progress=st.progress_callback, cancel=st.cancel_token)
+    return result.to_dict()
+
+
+class DriftView(QWidget):
+    """The overview table; for the selected agent: feature charts, histogram, accuracy, actions."""
+
+    failed = Signal(str)
+    acted = Signal(str, object)  # "capture" | "retrain" | "canary", its result
+
+    def __init__(self, hub: Hub, runner: TaskRunner, fleet: Callable[[], Any] = lambda: None,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.hub, self.runner, self.fleet = hub, runner, fleet
+        self.table_model = KeyedTableModel(DRIFT_COLUMNS, self)
+        self.table = table_view(self.table_model)
+        self.feature = QComboBox()
+        self.feature.activated.connect(lambda _i: self.show_feature(self.feature.currentData()))
+        self.chart = ThresholdChart("drift per window")
+        self.histogram = HistogramChart("reference vs current")
+        self.accuracy = ThresholdChart("estimated vs realized accuracy")
+        self.summary = QLabel("select an agent")
+        self.summary.setWordWrap(True)
+        self.progress = QProgressBar()
+        self.progress.setVisible(False)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setVisible(False)
+        self.capture_button = QPushButton("1. Capture from this agent")
+        self.retrain_button = QPushButton("2. Retrain from its captures")
+        self.canary_button = QPushButton("3. Canary the retrained version")
+        self.capture_button.clicked.connect(self.capture)
+        self.retrain_button.clicked.connect(self.retrain)
+        self.canary_button.clicked.connect(self.canary)
+        for b in (self.capture_button, self.retrain_button, self.canary_button):
+            b.setEnabled(False)
+        charts = QWidget()
+        grid = QGridLayout(charts)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("feature"))
+        row.addWidget(self.feature, 1)
+        grid.addLayout(row, 0, 0, 1, 2)
+        grid.addWidget(self.summary, 1, 0, 1, 2)
+        grid.addWidget(self.chart, 2, 0)
+        grid.addWidget(self.histogram, 2, 1)
+        grid.addWidget(self.accuracy, 3, 0)
+        acts = QVBoxLayout()
+        for w in (self.capture_button, self.retrain_button, self.canary_button, self.progress, self.cancel_button):
+            acts.addWidget(w)
+        acts.addStretch(1)
+        grid.addLayout(acts, 3, 1)
+        split = QSplitter(Qt.Orientation.Vertical)
+        split.addWidget(self.table)
+        split.addWidget(charts)
+        split.setStretchFactor(1, 3)
+        QVBoxLayout(self).addWidget(split)
+        self.selected: tuple[str, str] | None = None
+        self.detail: dict | None = None
+        self.child: str | None = None
+        self.running: Task | None = None
+        self._asked = 0
+        self.table.selectionModel().selectionChanged.connect(self._selected)
+
+    # --- reading ------------------------------------------------------------------------------
+    def refresh(self) -> Task:
+        hub = self.hub
+        task = self.runner.start("drift", lambda _st: drift_table(hub.drift_overview()))
+        task.result.connect(self.table_model.set_table)
+        task.error.connect(self.failed)
+        return task
+
+    def _selected(self, *_: object) -> None:
+        rows = self.table.selectionModel().selectedRows()
+        if rows:
+            model, agent = self.table_model.keys()[rows[0].row()].split("/", 1)
+            self.select(model, agent)
+
+    def select(self, model: str, agent_id: str, feature: str | None = None) -> Task:
+        self.selected = (model, agent_id)
+        hub = self.hub
+        task = self.runner.start("drift detail", lambda _st: drift_detail(hub, model, agent_id, feature))
+        self._asked += 1
+        asked = self._asked
+        task.result.connect(lambda d: self.show_detail(d) if asked == self._asked else None)  # the newest only
+        task.error.connect(self.failed)
+        return task
+
+    def show_feature(self, feature: str | None) -> None:
+        if self.selected and feature:
+            self.select(*self.selected, feature=feature)
+
+    def show_detail(self, d: dict) -> None:
+        self.detail = d
+        entry = d["entry"]
+        for b in (self.capture_button, self.retrain_button):
+            b.setEnabled(entry is not None)
+        if entry is None:
+            self.summary.setText("no drift reports for this agent")
+            return
+        self.feature.clear()
+        for i, (name, flagged) in enumerate(feature_order(entry)):
+            self.feature.addItem(("⚠ " if flagged else "") + name, name)
+            if flagged:
+                self.feature.setItemData(i, QColor("#d62728"), Qt.ItemDataRole.ForegroundRole)
+        if d["feature"] is not None:
+            self.feature.setCurrentIndex(max(0, self.feature.findData(d["feature"])))
+        controls = entry.get("controls") or {}
+        self.summary.setText(
+            f"{entry['agent_id']} on {entry['model']} {entry['version']}: {entry['windows']} windows; "
+            + (f"DRIFTING: {', '.join(entry['drifting'][:6])}" if entry["drifting"] else "no feature drifting")
+            + f"; flagged now: {', '.join(entry.get('flagged', [])[:6]) or '-'}")
+        if d["series"] is not None:
+            lines, hist = series_for_chart(d["series"])
+            thresholds = {k: float(controls[f"{k}_threshold"]) for k in ("psi", "ks")
+                          if controls.get(f"{k}_threshold") is not None}
+            self.chart.title = f"{d['feature']}: PSI and KS per window"
+            self.chart.set_data(lines, {f"{k.upper()} threshold": v for k, v in thresholds.items()})
+            self.histogram.title = f"{d['feature']}: baseline vs current"
+            self.histogram.set_counts(hist)
+        acc = d.get("accuracy")
+        if acc and acc["points"]:
+            pts = acc["points"]
+            xs = [float(p["window"]) for p in pts]
+            est = Series("estimated", xs, [float(p["accuracy"]) for p in pts], [bool(p.get("flagged")) for p in pts])
+            lab = [p for p in pts if p.get("realized") is not None]
+            real = Series("realized", [float(p["window"]) for p in lab], [float(p["realized"]) for p in lab])
+            thr = pts[-1].get("threshold")
+            self.accuracy.set_data([est, real], {"threshold": float(thr)} if thr is not None else {})
+        else:
+            self.accuracy.set_data([], {})
+
+    # --- the closed loop ----------------------------------------------------------------------
+    def _run(self, name: str, fn: Callable[[TaskState], Any]) -> Task:
+        self.progress.setVisible(True)
+        self.progress.setRange(0, 0)
+        self.cancel_button.setVisible(True)
+        task = self.runner.start(name, fn)
+        self.running = task
+        self.cancel_button.clicked.connect(task.cancel)
+        task.progress.connect(self._progress)
+        task.result.connect(lambda r: self.acted.emit(name, r))
+        task.error.connect(self.failed)
+
+        def done() -> None:
+            self.progress.setVisible(False)
+            self.cancel_button.setVisible(False)
+            self.cancel_button.clicked.disconnect()
+
+        task.finished.connect(done)
+        return task
+
+    def _progress(self, fraction: float, _text: str, _event: object) -> None:
+        if fraction >= 0:
+            self.progress.setRange(0, 100)
+            self.progress.setValue(int(fraction * 100))
+
+    def capture(self) -> Task | None:
+        if self.selected is None:
+            return None
+        hub, fleet, (_model, aid) = self.hub, self.fleet(), self.selected
+        if fleet is None:
+            self.failed.emit("no fleet connection: open the app with a broker (--broker) to send commands")
+            return None
+        return self._run("capture", lambda _st: hub.set_capture(fleet, [aid], enable=True))
+
+    def retrain(self) -> Task | None:
+        if self.selected is None:
+            return None
+        hub, (model, aid) = self.hub, self.selected
+        task = self._run("retrain", lambda st: _retrain(hub, model, aid, st))
+        task.result.connect(self._retrained)
+        return task
+
+    def _retrained(self, result: dict) -> None:
+        self.child = str(result.get("child"))
+        ready = bool(result.get("ready"))
+        self.canary_button.setEnabled(ready)
+        self.summary.setText(f"retrained {self.child} from {result.get('rows')} captured rows: "
+                             + ("ready for a canary" if ready else "not better than its parent; not offered"))
+
+    def canary(self) -> Task | None:
+        if self.selected is None or self.child is None:
+            return None
+        hub, child, (_model, aid) = self.hub, self.child, self.selected
+        return self._run("canary", lambda _st: hub.rollout_start(
+            version=child, target=f"id:{aid}", strategy="canary", canary_agents=1, bake_seconds=300.0))
