@@ -220,7 +220,8 @@ class CaptureSpool:
             return out
         for p in self.folder.iterdir():
             if p.name.startswith(TEMP_PREFIX):
-                p.unlink(missing_ok=True)
+                if SETTINGS_FILE not in p.name:  # the settings' own, being written by another thread: not ours
+                    p.unlink(missing_ok=True)
             elif p.suffix == ".manifest":
                 data = p.with_suffix(".csv")
                 try:
@@ -299,6 +300,9 @@ class Capture:
         self._thread: threading.Thread | None = None
         self.counts = {"offered": 0, "labelled": 0, "unmatched_labels": 0, "batches": 0, "uploaded": 0,
                        "acknowledged": 0}
+        # told of every classifier label put on sampled rows: (model, version, correct, labelled) -- the drift
+        # window's realized accuracy (edgeloop.agent.performance_estimate)
+        self.on_labels: Callable[[str, str, int, int], None] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -393,6 +397,8 @@ class Capture:
                 for r, label in zip(rows, labels, strict=True):
                     r.label = label
                 self.counts["labelled"] += len(rows)
+                if self.on_labels is not None and s.task == "classification":
+                    self.on_labels(s.model, s.version, sum(r.prediction == r.label for r in rows), len(rows))
             else:
                 self.counts["unmatched_labels"] += 1
             return len(rows)

@@ -149,6 +149,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "agent_id": cfg.agent_id,
         "state_dir": str(cfg.state_dir),
         "active": active.to_dict() if active else None,
+        "models": [b.to_dict() for b in store.actives()],  # the active version of every model served
         "installed": [b.to_dict() for b in store.installed()],
         "counters": store.counters(),
         "session": store.state.session,
@@ -159,6 +160,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"agent {cfg.agent_id}  (state in {cfg.state_dir})")
         shown = f"{active.model} {active.version} [{active.sha256[:12]}]" if active else "none"
         print(f"  active: {shown}")
+        for b in store.actives() if len(store.actives()) > 1 else []:
+            print(f"  serving: {b.model} {b.version} [{b.sha256[:12]}]")
         for b in store.installed():
             print(f"  installed: {b.model} {b.version} [{b.sha256[:12]}]")
     return 0

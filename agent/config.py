@@ -42,6 +42,9 @@ Example (``edgeloop agent init`` and the demo write one like it)::
     [transfer]
     idle_seconds = 5.0   # ask for missing chunks after this long without one
 
+    [serving]
+    report_seconds = 10.0  # serving reports for the hub's rollout gates, while a version is new
+
     [outbox]               # drift reports and events kept on disk while the broker is unreachable
     max_messages = 1000    # per kind; the oldest are dropped (and counted) beyond it
     max_bytes = 16777216   # per kind
@@ -60,6 +63,12 @@ Example (``edgeloop agent init`` and the demo write one like it)::
     zeroconf = false     # announce _edgeloop._tcp on the local network
     interfaces = []      # addresses to announce on; empty = all
 
+    [preflight]          # before a deploy activates: measure the bundle's models here (docs/rollouts.md)
+    enabled = true       # false: serve the hub's pick, check no memory limit
+    always = false       # true: also bundles of one model deployed without a memory limit
+    runs = 50            # batch-1 runs timed per model, at most ...
+    seconds = 0.3        # ... and for at most this long
+
     [tags]               # optional: what rollouts target (site=plant-a,hw=pi5); shown by `edgeloop fleet`
     site = "plant-a"
     hw = "pi5"
@@ -77,6 +86,7 @@ from edgeloop.agent.capture import CaptureSettings
 from edgeloop.agent.connection import CONFIG_KEYS, BrokerSettings, TlsSettings, parse_url, resolve_password
 from edgeloop.agent.errors import ConfigError, KeyFileError, MessageFormatError
 from edgeloop.agent.fsutil import atomic_write_bytes
+from edgeloop.agent.preflight import PreflightSettings
 from edgeloop.agent.wire import topics
 from edgeloop.agent.wire.envelope import SigningKey, TrustedKeys
 from edgeloop.agent.wire.messages import check_tags
@@ -110,6 +120,7 @@ class AgentConfig:
     min_free_bytes: int = 16 * 1024 * 1024
     install_timeout_seconds: float = 60.0
     transfer_idle_seconds: float = 5.0
+    serving_report_seconds: float = 10.0  # [serving] report_seconds (agent/serving_report.py)
     outbox_max_messages: int = 1000  # per kind (drift reports, events) kept while the broker is away
     outbox_max_bytes: int = 16 * 1024 * 1024  # per kind
     zeroconf: bool = False
@@ -123,6 +134,7 @@ class AgentConfig:
     capture: CaptureSettings = field(default_factory=CaptureSettings)  # [capture]: opt-in, off by default
     tags: dict[str, str] = field(default_factory=dict)  # [tags]: name = "value", carried in the agent's state
     trusted_roots: list[Path] = field(default_factory=list)  # root keys that certify hub keys (agent/trust_store.py)
+    preflight: PreflightSettings = field(default_factory=PreflightSettings)  # [preflight] (agent/preflight.py)
     source: Path | None = field(default=None, compare=False)
 
     def load_trusted_keys(self, roots: bool = False) -> TrustedKeys:
@@ -223,6 +235,7 @@ class AgentConfig:
             min_free_bytes=get("limits", "min_free_bytes", int, 16 * 1024 * 1024),
             install_timeout_seconds=get("limits", "install_timeout_seconds", float, 60.0),
             transfer_idle_seconds=get("transfer", "idle_seconds", float, 5.0),
+            serving_report_seconds=get("serving", "report_seconds", float, 10.0),
             outbox_max_messages=get("outbox", "max_messages", int, 1000),
             outbox_max_bytes=get("outbox", "max_bytes", int, 16 * 1024 * 1024),
             zeroconf=get("discovery", "zeroconf", bool, False),
@@ -236,6 +249,7 @@ class AgentConfig:
             agent_key=resolve(agent_key) if (agent_key := get(None, "agent_key", str, None)) else None,
             tags=_tags_table(doc.get("tags", {})),
             trusted_roots=[resolve(k) for k in get(None, "trusted_roots", list, [])],
+            preflight=PreflightSettings.from_table(doc.get("preflight", {})),
             source=source,
         )
         if cfg.mqtt_protocol not in ("auto", "5", "3.1.1"):
@@ -248,6 +262,8 @@ class AgentConfig:
             raise ConfigError(f"limits.max_queued_requests must be at least 1, got {cfg.max_queued_requests}")
         if cfg.min_free_bytes < 0:
             raise ConfigError(f"limits.min_free_bytes must be 0 or more, got {cfg.min_free_bytes}")
+        if not cfg.serving_report_seconds > 0:
+            raise ConfigError(f"serving.report_seconds must be above 0, got {cfg.serving_report_seconds}")
         if not cfg.install_timeout_seconds > 0:
             raise ConfigError(f"limits.install_timeout_seconds must be above 0, got {cfg.install_timeout_seconds}")
         for key, value in (("max_messages", cfg.outbox_max_messages), ("max_bytes", cfg.outbox_max_bytes)):
@@ -286,6 +302,7 @@ class AgentConfig:
                        "min_free_bytes": self.min_free_bytes,
                        "install_timeout_seconds": self.install_timeout_seconds},
             "transfer": {"idle_seconds": self.transfer_idle_seconds},
+            "serving": {"report_seconds": self.serving_report_seconds},
             "outbox": {"max_messages": self.outbox_max_messages, "max_bytes": self.outbox_max_bytes},
             "discovery": {"zeroconf": self.zeroconf, "interfaces": list(self.zeroconf_interfaces)},
             "security": {"version_floor": self.version_floor},
@@ -293,6 +310,7 @@ class AgentConfig:
             **({"capture": self.capture.to_table()} if self.capture != CaptureSettings() else {}),
             "homeassistant": {"enabled": self.ha_enabled, "discovery_prefix": self.ha_discovery_prefix},
             **({"tags": dict(self.tags)} if self.tags else {}),
+            **({"preflight": self.preflight.to_table()} if self.preflight != PreflightSettings() else {}),
         }
         return tomli_w.dumps(doc)
 

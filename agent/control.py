@@ -33,7 +33,7 @@ import time
 from typing import TYPE_CHECKING
 
 from edgeloop.agent.core import Loaded
-from edgeloop.agent.dead_man import DeadManSwitch
+from edgeloop.agent.drift_windows import save_windows
 from edgeloop.agent.errors import (
     BundleMismatchError,
     BundleTooLargeError,
@@ -48,10 +48,14 @@ from edgeloop.agent.errors import (
 )
 from edgeloop.agent.floors import check_floor, raise_floor
 from edgeloop.agent.fsutil import crash_point
+from edgeloop.agent.preflight_install import preflight_install
+from edgeloop.agent.shadow_control import SHADOW_COMMANDS, ShadowControl, shadow_meta
 from edgeloop.agent.transfer import Transfer
 from edgeloop.agent.wire import topics
 from edgeloop.agent.wire.bundle import VerifiedBundle
+from edgeloop.agent.wire.drift_windows import drift_windows_arg
 from edgeloop.agent.wire.messages import Chunk, Command
+from edgeloop.agent.wire.preflight import memory_limit_arg
 
 if TYPE_CHECKING:
     from edgeloop.agent.airgap import Inbox
@@ -65,7 +69,7 @@ DISK_FULL_REPORT_INTERVAL = 600.0  # seconds between disk_full events not answer
 INTERNAL_REPORT_INTERVAL = 60.0  # seconds between "internal" error events (each failure is logged)
 
 
-class AgentControl(DeadManSwitch):
+class AgentControl(ShadowControl):  # ShadowControl: shadow mode, over DeadManSwitch
     _storage_reported_at: float | None = None  # when the last disk_full / storage event went out
     _recovered = False  # interrupted commands were finished or reported (once per process)
     _internal_reported_at: float | None = None  # when the last "internal" error event went out
@@ -82,7 +86,13 @@ class AgentControl(DeadManSwitch):
                 details={"recovered": self.store.recovered}))
         self._adopt_unclaimed()
         state = self.store.state
-        candidates = ([state.active] if state.active else []) + list(state.history)
+        last = state.installed[state.active].model if state.active in state.installed else None
+        # every model served (the one activated last, last: it is .active again), each from its own bundles
+        for model in sorted(state.models, key=lambda name: name == last):
+            self._restore_model(model, [state.models[model]] + self.store.previous(model))
+
+    def _restore_model(self, model: str, candidates: list[str]) -> None:
+        """Serve ``model`` again from the first of its bundles (active, then previous ones) that loads."""
         for i, sha in enumerate(candidates):
             try:
                 loaded = self._load_stored(sha)
@@ -99,7 +109,7 @@ class AgentControl(DeadManSwitch):
             log.info("serving %s version %s (bundle %s) from the store", m.model_name, m.version, sha[:12])
             return
         if candidates:
-            self._save_quietly("record that no bundle is active", self.store.deactivate)
+            self._save_quietly(f"record that no bundle of {model} is active", self.store.deactivate, model)
 
     def _adopt_unclaimed(self) -> None:
         """Bundles on disk that no readable state names: re-verified and adopted (the newest becomes
@@ -116,8 +126,11 @@ class AgentControl(DeadManSwitch):
         for mtime, sha, m in found:
             if self._save_quietly(f"adopt bundle {sha[:12]}", self.store.adopt, sha, m.model_name, m.version, mtime):
                 log.warning("adopted bundle %s (%s %s) found without a state", sha[:12], m.model_name, m.version)
-        if found:
-            self._save_quietly("activate the adopted bundle", self.store.activate, found[0][1])
+        newest: dict[str, str] = {}  # per model, its newest bundle becomes active
+        for _, sha, m in found:
+            newest.setdefault(m.model_name, sha)
+        for sha in reversed(list(newest.values())):  # the newest of all activated last
+            self._save_quietly("activate the adopted bundle", self.store.activate, sha)
 
     def _save_quietly(self, what: str, change, *args) -> bool:
         """``change(*args)``: a state change that answers no command; a failure is reported (rate-limited)."""
@@ -169,6 +182,7 @@ class AgentControl(DeadManSwitch):
             self._guarded("air-gapped files", self._check_inbox)  # edgeloop-agent install FILE (.airgap)
             self._guarded("idle transfers", self._check_idle_transfers)
             self._guarded("probation", self._check_probation)  # the dead-man switch: needs no broker
+            self._guarded("shadow", self._check_shadow)  # a shadow whose bundle went live ends (.shadow_control)
             self._guarded("drift windows", self.serving.tick_drift)  # close time-closed windows without a request
 
     def _check_inbox(self) -> None:
@@ -222,7 +236,8 @@ class AgentControl(DeadManSwitch):
                 continue  # resumes, and reports when it finishes or expires
             sha = str(job.get("bundle_sha256", ""))
             event = str(job.get("event", "install_result"))
-            active = self.store.active()
+            installed = self.store.get(sha) if sha else None
+            active = self.store.active(installed.model) if installed is not None else None
             try:
                 if active is not None and active.sha256 == sha:
                     m = active
@@ -230,7 +245,10 @@ class AgentControl(DeadManSwitch):
                                  {"bundle_sha256": sha, "model": m.model, "version": m.version})
                 elif sha and self.store.bundle_path(sha).exists():
                     log.info("command %s was interrupted with bundle %s in the store: activating it", cid, sha[:12])
-                    self._activate_stored(sha, cid, event, job)
+                    if job.get("shadow"):
+                        self._shadow_stored(sha, cid, job)
+                    else:
+                        self._activate_stored(sha, cid, event, job)
                 else:
                     raise TransferError("the agent restarted before the bundle was complete; nothing was installed "
                                         "(deploy again)", code="interrupted")
@@ -285,6 +303,8 @@ class AgentControl(DeadManSwitch):
                 self._capture_command(cmd)  # edgeloop.agent.core (opt-in capture)
             elif cmd.command == "set_tags":
                 self._set_tags(cmd)  # edgeloop.agent.core
+            elif cmd.command in SHADOW_COMMANDS:
+                self._shadow_command(cmd)  # edgeloop.agent.shadow_control
         except (EdgeloopError, OSError) as exc:
             self._fail(kind, exc, cmd.command_id)
         except Exception as exc:  # a bug: still answered, with the command id
@@ -310,7 +330,8 @@ class AgentControl(DeadManSwitch):
                 f"needs {need / 2**20:.1f} MiB (its size plus limits.min_free_bytes = "
                 f"{self.cfg.min_free_bytes / 2**20:.1f} MiB): free some space or lower limits.min_free_bytes")
         meta = _deploy_meta(cmd)
-        check_floor(self.cfg, meta, self.store.active())  # [security] version_floor: no deploy below it
+        floor_of = self.store.active(meta["model"]) if meta.get("model") else self.store.active()  # that model's
+        check_floor(self.cfg, meta, floor_of)  # [security] version_floor: no deploy below it
         stored = self.store.get(spec.bundle_sha256)
         if stored is not None:
             _check_deploy_names(meta, stored.model, stored.version)
@@ -318,7 +339,10 @@ class AgentControl(DeadManSwitch):
             self._publish_event(self._event("command_result", True, "ok", "bundle already in store; activating",
                                             cmd.command_id, {"chunks": 0, "in_store": True}))
             try:  # accepted already: a failure from here on is the install's result
-                self._activate_stored(spec.bundle_sha256, cmd.command_id, "install_result", meta)
+                if meta.get("shadow"):  # installed already: runs as shadow without a transfer
+                    self._shadow_stored(spec.bundle_sha256, cmd.command_id, meta)
+                else:
+                    self._activate_stored(spec.bundle_sha256, cmd.command_id, "install_result", meta)
             except (EdgeloopError, OSError) as exc:
                 self._fail("install_result", exc, cmd.command_id, {"bundle_sha256": spec.bundle_sha256})
             return
@@ -420,6 +444,9 @@ class AgentControl(DeadManSwitch):
     # --- install --------------------------------------------------------------------------------
     def _finish_transfer(self, t: Transfer) -> None:
         """Hash checked as the chunks came, one fsync, verify, load, smoke-test, rename into the store."""
+        if t.meta.get("shadow"):
+            self._finish_shadow(t)  # edgeloop.agent.shadow_control: stored, not activated
+            return
         sha = t.spec.bundle_sha256
         started = time.perf_counter()
         try:
@@ -427,6 +454,8 @@ class AgentControl(DeadManSwitch):
             vb = self.trust.verify_bundle(path.read_bytes(), self.cfg.max_bundle_bytes)
             m = vb.manifest
             _check_deploy_names(t.meta, m.model_name, m.version)
+            preflight_install(self, vb, sha, t.meta, t.command_id)  # may refuse; publishes a preflight event
+            save_windows(self.cfg.state_dir, sha, t.meta.get("drift"), {b.sha256 for b in self.store.installed()})
             loaded = self._load_verified(vb, sha)
             crash_point("bundle_verified")
             self._prepare_probation(t.meta, m.model_name, m.version, sha, t.command_id)
@@ -465,6 +494,9 @@ class AgentControl(DeadManSwitch):
         vb = self._verified_from_store(sha)
         if want is not None:
             _check_deploy_names(want, vb.manifest.model_name, vb.manifest.version)
+        if event == "install_result":  # a deploy (not a rollback): the pre-flight, which may refuse
+            preflight_install(self, vb, sha, want or {}, command_id)
+            save_windows(self.cfg.state_dir, sha, (want or {}).get("drift"), {b.sha256 for b in self.store.installed()})
         loaded = self._load_verified(vb, sha)
         self._prepare_probation(want if event == "install_result" else None, vb.manifest.model_name,
                                 vb.manifest.version, sha, command_id)
@@ -505,8 +537,10 @@ def _journal_entry(cmd: Command) -> dict | None:
     nothing; one lost to a crash is not answered, and the hub sends another)."""
     if cmd.command == "rollback":
         return {"event": "rollback_result", "bundle_sha256": cmd.target_bundle()}
-    if cmd.command in ("confirm", "capture", "capture_upload", "capture_ack", "set_tags"):
+    if cmd.command in ("confirm", "capture", "capture_upload", "capture_ack", "set_tags", "stop_shadow"):
         return None
+    if cmd.command == "promote_shadow":
+        return {"event": "install_result", "bundle_sha256": cmd.target_bundle(), **_deploy_meta(cmd)}
     return {"event": "install_result", "bundle_sha256": cmd.transfer().bundle_sha256, **_deploy_meta(cmd)}
 
 
@@ -516,7 +550,11 @@ def _deploy_meta(cmd: Command) -> dict:
     meta = {"model": cmd.args.get("model", ""), "version": cmd.args.get("version", "")}
     if cmd.args.get("probation") is not None:
         meta["probation"] = cmd.args["probation"]
-    return meta
+    if (limit := memory_limit_arg(cmd.args)) is not None:  # for the pre-flight (edgeloop.agent.preflight_install)
+        meta["memory_limit_mb"] = limit
+    if (windows := drift_windows_arg(cmd.args)) is not None:  # kept with the version (edgeloop.agent.drift_windows)
+        meta["drift"] = windows
+    return {**meta, **shadow_meta(cmd.args)} if cmd.command == "deploy" else meta
 
 
 def _check_deploy_names(want: dict, model: str, version: str) -> None:

@@ -21,11 +21,13 @@ from edgeloop.agent.capture import SPOOL_DIR, Capture, CaptureError
 from edgeloop.agent.config import AgentConfig
 from edgeloop.agent.deadline import Deadline
 from edgeloop.agent.drift import DriftMonitor, WindowPolicy
+from edgeloop.agent.drift_windows import policy_overrides
 from edgeloop.agent.errors import BundleError, EdgeloopError
 from edgeloop.agent.http_api import HttpApi, HttpError
 from edgeloop.agent.metrics import AgentMetrics, AgentProbes
 from edgeloop.agent.mqtt_link import MqttLink, Will
 from edgeloop.agent.outbox import DRIFT, EVENTS, Outbox
+from edgeloop.agent.preflight_install import load_picks, served_variant
 from edgeloop.agent.runtime import ModelRunner
 from edgeloop.agent.serving import ModelHealth, Serving
 from edgeloop.agent.store import AgentStore
@@ -125,6 +127,7 @@ class AgentCore:
                                publish=lambda leaf, data: self.link.publish(self._topic(leaf), data, qos=1),
                                connected=self.link.connected.is_set, clock=clock)
         self.serving.capture = self.capture.observe
+        self.capture.on_labels = self._labels_arrived  # realized accuracy beside the drift window's estimate
 
     # --- opt-in capture (edgeloop.agent.capture) -----------------------------------------------
     def _capture_command(self, cmd: Any) -> None:
@@ -145,6 +148,16 @@ class AgentCore:
         """A ground-truth label (``{"id", "label"}``) for a captured request: ``{"id", "labelled_rows"}``."""
         fb = Feedback.decode(payload)
         return {"id": fb.id, "labelled_rows": self.capture.feedback(fb, model)}
+
+    def _labels_arrived(self, model: str, version: str, correct: int, labelled: int) -> None:
+        """Feedback labels on the active model's answers go into its open drift window (realized accuracy)."""
+        try:
+            served = self.serving.lookup(model, version)
+        except EdgeloopError:  # that model or version is not served (any more)
+            return
+        monitor = served.monitor
+        if monitor is not None:
+            monitor.record_labels(correct, labelled)
 
     def http_feedback(self, model: str, body: bytes) -> dict:
         """``POST /v2/models/{model}/feedback``: :meth:`feedback`; 409 while capture is off."""
@@ -177,7 +190,8 @@ class AgentCore:
         try:
             deadline = Deadline(self.cfg.install_timeout_seconds, f"installing {vb.manifest.model_name} "
                                 f"{vb.manifest.version}")  # load, warm-up and smoke test together
-            runner = ModelRunner.load(vb.manifest, vb.model_bytes, bundle_sha256=sha256, deadline=deadline)
+            manifest, model_bytes = served_variant(vb, load_picks(self.cfg.state_dir).get(sha256))  # pre-flight's pick
+            runner = ModelRunner.load(manifest, model_bytes, bundle_sha256=sha256, deadline=deadline)
         except EdgeloopError:
             raise
         except Exception as exc:  # onnxruntime refused the model
@@ -188,7 +202,9 @@ class AgentCore:
             monitor = DriftMonitor(
                 vb.manifest.drift, agent_id=self.id, model=vb.manifest.model_name,
                 version=vb.manifest.version, bundle_sha256=sha256,
-                policy=WindowPolicy.of(vb.manifest.drift, **self.cfg.drift_overrides()),  # [drift] overrides
+                policy=WindowPolicy.of(vb.manifest.drift,  # [drift], then the deploy's drift (drift_windows.py)
+                                       **policy_overrides(self.cfg.state_dir, sha256, self.cfg.drift_overrides())),
+                performance=vb.manifest.performance,  # calibrated classifiers: accuracy estimated per window
             )
         return Loaded(vb, runner, monitor)
 
@@ -238,6 +254,7 @@ class AgentCore:
             started_at=self.started_at, host=socket.gethostname(),
             http_url=self.http.url if self.http is not None else None,
             active=ActiveModel(active.model, active.version, active.sha256) if active else None,
+            models=[ActiveModel(b.model, b.version, b.sha256) for b in self.store.actives()],
             installed=[ActiveModel(b.model, b.version, b.sha256) for b in self.store.installed()],
             trusted_keys=self.trust.keyids(), tags=self._tags(),
             probation=self._probation_status(),
@@ -324,5 +341,6 @@ class AgentCore:
         """What ``/v2/health/ready`` answers: ``{"ready", "reasons", "model", "workers"}`` (docs/protocol.md)."""
         reasons = self.watchdog.problems() + self.serving.problems()
         model = self.serving.health()
+        models = [h.to_dict() for name in self.serving.models() if (h := self.serving.health(name)) is not None]
         return {"ready": not reasons, "reasons": reasons, "model": model.to_dict() if model is not None else None,
-                "workers": self.watchdog.status()}
+                "models": models, "workers": self.watchdog.status()}

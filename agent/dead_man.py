@@ -51,6 +51,11 @@ class DeadManSwitch(AgentCore):
         self._resume_probation()
         raw = (want or {}).get("probation")
         running = self._probation
+        if running is not None and running.model and running.model != model:  # another model's: it goes on
+            if raw is not None:  # one probation at a time per agent
+                log.warning("deploy %s asks for a probation of %s %s while %s %s is on probation: it is activated "
+                            "without one", command_id, model, version, running.model, running.version)
+            return
         if raw is None:
             if running is not None:
                 log.info("probation of %s %s superseded by command %s", running.model, running.version, command_id)
@@ -60,7 +65,8 @@ class DeadManSwitch(AgentCore):
         if running is not None:  # still unconfirmed: revert to the last version that was not on probation
             prev_sha, prev_version, fallback = running.previous_sha256, running.previous_version, self._fallback
         else:
-            active, served = self.store.active(), self.serving.lookup() if self.serving.ready() else None
+            active = self.store.active(model)  # that model's version: the one it reverts to
+            served = self.serving.lookup(model) if self.serving.runner(model) is not None else None
             prev_sha, prev_version = (active.sha256, active.version) if active else (None, "")
             fallback = (served.runner, served.monitor) if served is not None else None
         if prev_sha is None or prev_sha == sha or fallback is None:
@@ -96,7 +102,7 @@ class DeadManSwitch(AgentCore):
             log.error("%s", exc)
             self._save_probation(None)
             return
-        active = self.store.active()
+        active = self.store.active(p.model) if p.model else self.store.active()
         if active is None or active.sha256 != p.bundle_sha256:  # saved, but the activation never happened
             log.info("probation of %s %s dropped: that version is not active", p.model, p.version)
             self._save_probation(None)
@@ -125,7 +131,7 @@ class DeadManSwitch(AgentCore):
     def _counted(self) -> tuple[OnProbation | None, str, bool]:
         """The probation with its counts up to date, the served model's last error, and whether it fails."""
         p = self._probation
-        h = self.serving.health()
+        h = self.serving.health(p.model if p is not None and p.model else None)
         if p is None or h is None:
             return p, "", False
         return p.counted(h.total_requests, h.total_errors), h.last_error, h.failing
@@ -134,7 +140,7 @@ class DeadManSwitch(AgentCore):
         self._resume_probation()
         if self._probation is None:
             return
-        active = self.store.active()
+        active = self.store.active(self._probation.model or None)
         if active is None or active.sha256 != self._probation.bundle_sha256:  # the activation failed
             self._end_probation()
             return
@@ -175,7 +181,8 @@ class DeadManSwitch(AgentCore):
         sha = confirm_target(cmd)
         self._resume_probation()
         p = self._probation
-        active = self.store.active()
+        target = self.store.get(sha)
+        active = self.store.active(target.model) if target is not None else self.store.active()
         if p is None or p.bundle_sha256 != sha:
             if p is None and active is not None and active.sha256 == sha:
                 self._publish_event(self._event("command_result", True, "ok",

@@ -61,8 +61,10 @@ from edgeloop.agent.drift_stats import (
     quantile_edges,
 )
 from edgeloop.agent.errors import BundleFormatError, EdgeloopError, InputShapeError, InputValueError
+from edgeloop.agent.performance_estimate import WindowSums, estimate
 from edgeloop.agent.wire.manifest import DRIFT_SUMMARIES, DriftReference, FeatureReference, WindowLayout
 from edgeloop.agent.wire.messages import DriftReport, FeatureDrift
+from edgeloop.agent.wire.performance import PerformanceEstimate, PerformanceReference
 
 
 # --- the on-device monitor ------------------------------------------------------------------
@@ -187,6 +189,11 @@ class DriftMonitor:
     with the world). Regression (a reference with an ``output`` histogram): the predictions are
     binned and judged like one more feature, on their own (``alpha``, not shared with the inputs),
     as the report's ``output``.
+
+    Accuracy without labels. With a ``performance`` reference (a calibrated classifier's manifest)
+    and class probabilities given as ``predicted`` (rows x classes), each window also carries its
+    estimated accuracy (:mod:`edgeloop.agent.performance_estimate`) as the report's ``performance``,
+    flagged only in judged windows; feedback labels (:meth:`record_labels`) add the realized accuracy.
     """
 
     def __init__(
@@ -199,6 +206,7 @@ class DriftMonitor:
         bundle_sha256: str,
         policy: WindowPolicy | None = None,
         clock: Callable[[], float] = time.time,
+        performance: PerformanceReference | None = None,
     ) -> None:
         self.reference = reference
         self.policy = policy if policy is not None else WindowPolicy.of(reference)
@@ -223,6 +231,22 @@ class DriftMonitor:
         self._lock = threading.Lock()
         self._win = _Window.empty(self._bins, self._n_outputs)
         self._number = 0
+        # a classifier's performance reference (regression and label mismatches: no estimate)
+        ok = performance is not None and reference.output is None and (
+            not reference.output_labels or performance.labels == list(reference.output_labels))
+        self.performance = performance if ok else None
+        self._sums = WindowSums(len(performance.labels)) if ok and performance is not None else None
+
+    @property
+    def estimates(self) -> bool:
+        """Whether windows carry an accuracy estimate (then give class probabilities as ``predicted``)."""
+        return self._sums is not None
+
+    def record_labels(self, correct: int, labelled: int) -> None:
+        """Feedback labels arrived: ``correct`` of ``labelled`` equal the model's answer (the open window's)."""
+        with self._lock:
+            if self._sums is not None:
+                self._sums.add_labels(correct, labelled)
 
     @property
     def n_features(self) -> int:
@@ -255,6 +279,10 @@ class DriftMonitor:
         """
         X = self._check_rows(X)
         n = X.shape[0]
+        probs = None
+        if predicted is not None and self._out is None and np.ndim(predicted) == 2:  # class probabilities
+            probs = np.asarray(predicted, dtype=np.float64)
+            predicted = probs.argmax(axis=1) if probs.shape[0] else np.zeros(0, dtype=np.int64)
         pred = self._check_predicted(predicted, n)
         if n == 0:
             return []
@@ -271,6 +299,8 @@ class DriftMonitor:
             while start < n:
                 take = min(self.policy.rows - self._win.rows, n - start)
                 self._add(V, idx, out_idx, oor, pred if self._out is not None else None, start, start + take)
+                if probs is not None and self._sums is not None:
+                    self._sums.add(probs[start:start + take])
                 start += take
                 if self._win.rows >= self.policy.rows:
                     reports.append(self._close_window("rows"))
@@ -405,9 +435,21 @@ class DriftMonitor:
             output_js=output_js, alpha=float(ref.alpha),
             status="ok" if judged else "too_few_rows", closed_by=closed_by, min_rows=policy.min_rows,
             consecutive=policy.consecutive, output=self._output_drift(w, judged),
+            performance=self._estimate(judged),
         )
         self._win = _Window.empty(self._bins, self._n_outputs)
         return report
+
+    def _estimate(self, judged: bool) -> PerformanceEstimate | None:
+        """The window's accuracy estimate (flagged only when judged); the sums start again."""
+        sums, ref = self._sums, self.performance
+        if sums is None or ref is None:
+            return None
+        est = estimate(sums, ref)
+        self._sums = WindowSums(sums.n_classes)
+        if est is not None and not judged:
+            est.flagged = False
+        return est
 
     def _output_drift(self, w: _Window, judged: bool) -> FeatureDrift | None:
         """Regression: the window's prediction histogram judged alone (KS at ``alpha``, PSI and KS floors)."""

@@ -374,7 +374,7 @@ class HttpApi:
 
     def _model_ready(self, name: str, version: str | None) -> tuple[int, dict]:
         self.serving.lookup(name, version)
-        failing = self.serving.problems()
+        failing = self.serving.problems(name)
         if failing:
             raise HttpError(503, "model_failing", failing[0])
         return 200, {"name": name, "ready": True}

@@ -179,13 +179,12 @@ class AgentInference(AgentCore):
                               f"{MAX_TOPIC_BYTES} bytes of UTF-8; send a plain topic such as plant/line1/answers",
                               rid=req.id, reply=self._topic(topics.INFER_RESULT))
             return
-        runner = self.serving.active
         try:
             out = self.serving.infer(req.inputs, req.model, max_rows=self.cfg.max_rows, request_id=req.id)
         except InferenceError as exc:
             self._reply_error(job, exc.code, str(exc), rid=req.id, reply=reply)
             return
-        self._quick = runner if out.latency_ms < INLINE_MAX_MS else None
+        self._quick = out.runner if out.latency_ms < INLINE_MAX_MS else None
         self.metrics.answered("mqtt", out.runner, out.latency_ms, out.outputs)
         res = InferResult(id=req.id, model=out.model, version=out.version, outputs=out.outputs,
                           latency_ms=round(out.latency_ms, 3))

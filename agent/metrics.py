@@ -67,6 +67,8 @@ class AgentMetrics:
         self.last_drift: DriftReport | None = None  # the last window closed (by the active model or before)
         self.last_answer: tuple[Any, dict, float] | None = None  # (runner, outputs, latency ms) of the last answer
         self.answers = 0  # requests answered without error, both protocols (the HA publisher watches it)
+        # (model, version, latency ms or None for an error, error code) of every answered request: the serving
+        self.on_request: Callable[..., None] | None = None  # reports (agent/serving_report.py)
         if probes is not None:
             r.register(_StateCollector(self, probes))
 
@@ -81,6 +83,8 @@ class AgentMetrics:
         children[1].observe(latency_ms / 1000.0)
         self.last_answer = (runner, outputs, latency_ms)
         self.answers += 1
+        if self.on_request is not None:
+            self.on_request(runner.name, runner.version, latency_ms)
 
     def failed(self, protocol: str, code: str) -> None:
         """One request answered with error ``code`` (the active model, if any, is its model label)."""
@@ -94,6 +98,8 @@ class AgentMetrics:
                                               self._errors.labels(protocol, code))
         children[0].inc()
         children[1].inc()
+        if self.on_request is not None and runner is not None:
+            self.on_request(key[2], key[3], None, code)
 
     def _ok_children(self, key: tuple[str, str, str]) -> tuple[Any, Any]:
         protocol, model, version = key

@@ -46,6 +46,7 @@ class Agent(AgentControl, AgentInference):
 
     def start(self) -> Agent:
         self._restore()
+        self._resume_shadow()  # a shadow that ran before a restart runs again (edgeloop.agent.shadow_control)
         for t in Transfer.load_pending(self.store.incoming_dir, default_lifetime=MAX_COMMAND_LIFETIME):
             self._transfers[t.spec.transfer_id] = t
         if self.cfg.http_enabled:
@@ -59,6 +60,9 @@ class Agent(AgentControl, AgentInference):
         self.capture.start()  # uploads captured batches (edgeloop.agent.capture)
         self._start_workers([("control", self._control_loop), ("inference", self._infer_loop)])  # + watchdog
         self.link.start()
+        from edgeloop.agent.serving_report import ServingReporter  # serving reports for rollout gates
+
+        self._threads.append(ServingReporter.for_agent(self).start(self._stop))
         if self.cfg.ha_enabled:  # opt-in Home Assistant MQTT discovery (docs/metrics.md)
             from edgeloop.agent.homeassistant import HomeAssistant
 

@@ -1,4 +1,8 @@
-"""The served model, shared by the MQTT and HTTP front ends.
+"""The served models, shared by the MQTT and HTTP front ends.
+
+An agent serves one active version per model name (several models per agent): each model has
+its own slot, replaced on its own; a request names its model, or -- naming none -- goes to the
+only model served (with several, it is refused with the list of their names).
 
 :class:`Serving` holds the active :class:`~edgeloop.agent.runtime.ModelRunner` and its
 :class:`~edgeloop.agent.drift.DriftMonitor` as one immutable pair, swapped by a single
@@ -40,7 +44,7 @@ from edgeloop.agent.drift import DriftMonitor
 from edgeloop.agent.errors import ModelNotFoundError, ModelNotReadyError
 from edgeloop.agent.runtime import DEFAULT_MAX_ROWS, ModelRunner, coerce_inputs
 from edgeloop.agent.wire.messages import DriftReport
-from edgeloop.agent.wire.tensors import REGRESSION_OUTPUT
+from edgeloop.agent.wire.tensors import CLASSIFICATION_OUTPUT, REGRESSION_OUTPUT
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +147,7 @@ class _DriftFeed:
         self.window = monitor.policy.rows
         self.batch_rows = batch_rows
         self._regression = monitor.reference.output is not None
+        self._probabilities = monitor.estimates  # a calibrated classifier: the monitor estimates accuracy
         self._lock = threading.Lock()
         self._rows: list[np.ndarray] = []
         self._predicted: list[np.ndarray] = []
@@ -152,7 +157,10 @@ class _DriftFeed:
         self._deadline = self._next_deadline()  # when the open window's time is up (None: by rows only)
 
     def predictions(self, predicted: np.ndarray | None, outputs: dict[str, list]) -> np.ndarray | None:
-        """What the monitor is given of the answer: class indices, or a regression model's predictions."""
+        """What the monitor is given of the answer: class indices (class probabilities when it estimates
+        accuracy), or a regression model's predictions."""
+        if self._probabilities and predicted is not None and CLASSIFICATION_OUTPUT in outputs:
+            return np.asarray(outputs[CLASSIFICATION_OUTPUT], dtype=np.float64)
         if predicted is not None or not self._regression:
             return predicted
         values = outputs.get(REGRESSION_OUTPUT)
@@ -229,7 +237,7 @@ class Served:
 
 
 class Serving:
-    """Active model + drift monitor; thread-safe for any number of request threads."""
+    """Active model + drift monitor per model name; thread-safe for any number of request threads."""
 
     def __init__(self, on_drift_report: DriftCallback | None = None, *, max_rows: int = DEFAULT_MAX_ROWS,
                  on_health_change: Callable[[ModelHealth], None] | None = None,
@@ -241,77 +249,118 @@ class Serving:
         self.on_activate = on_activate  # told of every model swap (the agent's metrics count them)
         # rows of every answered request with their outputs and request id (the agent's opt-in capture)
         self.capture: Callable[[ModelRunner, np.ndarray, dict[str, list], str], None] | None = None
+        # every answered request offered to a shadow version (edgeloop.agent.shadow: a non-blocking put)
+        self.shadow: Callable[[ModelRunner, np.ndarray, np.ndarray | None, dict[str, list], float], None] | None = None
         self.max_rows = max_rows
         self._health_limits = (health_window, min(health_min_requests, health_window), health_max_error_rate)
         self._lock = threading.Lock()
-        self._slot: Served | None = None
+        self._slots: dict[str, Served] = {}  # model name -> its active version (replaced whole, never edited)
+        self._last: str | None = None  # the model activated last: what .active names (a single model's)
 
     # --- model lifecycle --------------------------------------------------------------------
     def activate(self, runner: ModelRunner, monitor: DriftMonitor | None = None) -> None:
         """Serve ``runner`` from the next request on; the previous monitor's partial window is flushed."""
         with self._lock:
-            old = self._slot
+            old = self._slots.get(runner.name)
             feed = None
             if monitor is not None:  # the same monitor again keeps its feed (and the rows it holds)
                 feed = old.feed if old is not None and old.monitor is monitor else _DriftFeed(monitor)
-            self._slot = Served(runner, monitor, feed, _ErrorWindow(*self._health_limits))
+            slots = dict(self._slots)
+            slots[runner.name] = Served(runner, monitor, feed, _ErrorWindow(*self._health_limits))
+            self._slots, self._last = slots, runner.name
         log.info("serving %s version %s", runner.name, runner.version)
         if self.on_activate is not None and (old is None or old.runner is not runner):
             self.on_activate(runner)
         if old is not None and old.monitor is not monitor:
             self._flush(old)
 
-    def deactivate(self) -> None:
-        """Stop serving; requests get :class:`ModelNotReadyError` until the next :meth:`activate`."""
+    def deactivate(self, model: str | None = None) -> None:
+        """Stop serving ``model`` (None: every model); its requests get :class:`ModelNotReadyError` or
+        :class:`ModelNotFoundError` until the next :meth:`activate`."""
         with self._lock:
-            old, self._slot = self._slot, None
-        self._flush(old)
+            slots = dict(self._slots)
+            gone = [slots.pop(n) for n in list(slots) if model is None or n == model]
+            self._slots = slots
+            if self._last not in slots:
+                self._last = next(iter(slots), None)
+        for old in gone:
+            self._flush(old)
+
+    def _slot(self, model: str | None = None) -> Served | None:
+        """``model``'s slot; None: the model activated last."""
+        name = self._last if model is None else model
+        return self._slots.get(name) if name is not None else None
 
     @property
     def active(self) -> ModelRunner | None:
-        slot = self._slot
+        """The model activated last (a single-model agent's only one); see :meth:`runner` for a named one."""
+        slot = self._slot()
         return slot.runner if slot is not None else None
 
     @property
     def monitor(self) -> DriftMonitor | None:
-        slot = self._slot
+        slot = self._slot()
         return slot.monitor if slot is not None else None
 
-    def ready(self) -> bool:
-        return self._slot is not None
+    def runner(self, model: str) -> ModelRunner | None:
+        """The active version of ``model``, if it is served."""
+        slot = self._slots.get(model)
+        return slot.runner if slot is not None else None
 
-    def health(self) -> ModelHealth | None:
-        """The active model's rolling error rate; None when no model is active."""
-        slot = self._slot
+    def models(self) -> list[str]:
+        """The names of the models served, sorted."""
+        return sorted(self._slots)
+
+    def ready(self) -> bool:
+        return bool(self._slots)
+
+    def health(self, model: str | None = None) -> ModelHealth | None:
+        """``model``'s rolling error rate (None: the model activated last); None when it is not served."""
+        slot = self._slot(model)
         if slot is None or slot.errors is None:
             return None
         return slot.errors.snapshot(slot.runner)
 
-    def problems(self) -> list[str]:
-        """Why this agent cannot serve well: no model active, or the active one is failing (else [])."""
-        h = self.health()
-        if h is None:
+    def problems(self, model: str | None = None) -> list[str]:
+        """Why this agent cannot serve ``model`` well (None: any of its models): none active, or one
+        is failing (else [])."""
+        if not self._slots:
             return ["no model is active; deploy a bundle to this agent"]
-        if h.failing:
-            return [f"model {h.model} version {h.version} failed {h.errors} of its last {h.requests} requests "
-                    f"(last: {h.last_error})"]
-        return []
+        out = []
+        for name in [model] if model is not None else self.models():
+            h = self.health(name)
+            if h is not None and h.failing:
+                out.append(f"model {h.model} version {h.version} failed {h.errors} of its last {h.requests} "
+                           f"requests (last: {h.last_error})")
+        return out
 
     # --- requests ------------------------------------------------------------------------------
     def lookup(self, model: str | None = None, version: str | None = None) -> Served:
-        """The active model, if it is ``model`` (any name when None) at ``version`` (any when None).
+        """The active version of ``model`` (None: the only model served), if it is ``version`` (any when None).
 
-        Raises :class:`ModelNotReadyError` (nothing active) or :class:`ModelNotFoundError` (another
-        model or version is active). Pass the result to :meth:`infer` to answer with this very model.
+        Raises :class:`ModelNotReadyError` (nothing active) or :class:`ModelNotFoundError` (that model
+        or version is not active, or no model named while several are served). Pass the result to
+        :meth:`infer` to answer with this very model.
         """
-        slot = self._slot
-        if slot is None:
+        slots = self._slots
+        if not slots:
             raise ModelNotReadyError("no model is active on this agent yet; deploy a bundle to it and retry")
+        served = ", ".join(f"{s.runner.name!r} (version {s.runner.version})" for _, s in sorted(slots.items()))
+        if model is None:
+            if len(slots) > 1:
+                raise ModelNotFoundError(f"this agent serves several models: {served}; name the model of the "
+                                         "request (\"model\" on MQTT, /v2/models/<name>/infer on HTTP)")
+            slot = next(iter(slots.values()))
+        else:
+            found = slots.get(model)
+            if found is None:
+                asked = f"model {model!r}" + (f" version {version!r}" if version is not None else "")
+                raise ModelNotFoundError(f"{asked} is not served here; this agent serves {served}")
+            slot = found
         runner = slot.runner
-        if (model is not None and model != runner.name) or (version is not None and version != runner.version):
-            asked = f"model {model or runner.name!r}" + (f" version {version!r}" if version is not None else "")
-            raise ModelNotFoundError(
-                f"{asked} is not served here; this agent serves {runner.name!r} (version {runner.version})")
+        if version is not None and version != runner.version:
+            raise ModelNotFoundError(f"model {runner.name!r} version {version!r} is not served here; this agent "
+                                     f"serves {served}")
         return slot
 
     def infer(self, inputs: Any, model: str | None = None, *, version: str | None = None,
@@ -342,6 +391,9 @@ class Serving:
                 self._emit(report)
         if self.capture is not None:
             self.capture(runner, x, outputs, request_id)
+        shadow = self.shadow
+        if shadow is not None:
+            shadow(runner, x, predicted, outputs, latency_ms)
         return InferOutcome(model=runner.name, version=runner.version, outputs=outputs, rows=int(x.shape[0]),
                             latency_ms=latency_ms, runner=runner)
 
@@ -365,11 +417,11 @@ class Serving:
                 "inputs": inputs, "outputs": outputs}
 
     def tick_drift(self) -> None:
-        """Close the active model's drift window if its time is up (the agent calls this periodically)."""
-        slot = self._slot
-        if slot is not None and slot.feed is not None:
-            for report in slot.feed.tick():
-                self._emit(report)
+        """Close each model's drift window if its time is up (the agent calls this periodically)."""
+        for slot in list(self._slots.values()):
+            if slot.feed is not None:
+                for report in slot.feed.tick():
+                    self._emit(report)
 
     # --- internals ---------------------------------------------------------------------------------
     def _record(self, served: Served, failed: bool, error: str = "") -> None:

@@ -2,7 +2,8 @@
 
 Layout under ``state_dir``::
 
-    state.json              active bundle, history, accepted command counters, session, the
+    state.json              active bundles (one per model name: ``models``; ``active`` is the one
+                            activated last), history, accepted command counters, session, the
                             commands accepted but not yet answered (``pending``), and the active
                             version's ``probation`` (the dead-man switch, edgeloop.agent.dead_man)
     state.prev.json         the last state written before it (the fallback when state.json is unreadable)
@@ -67,7 +68,10 @@ class InstalledBundle:
 
 @dataclass
 class StoreState:
-    active: str | None = None
+    active: str | None = None  # the bundle activated last (of any model): what a single-model agent serves
+    # model name -> its active bundle: every model this agent serves (several models per agent). A
+    # state.json of an older agent has none: it is derived from ``active`` when read (see from_dict)
+    models: dict[str, str] = field(default_factory=dict)
     history: list[str] = field(default_factory=list)  # previously active, newest first
     installed: dict[str, InstalledBundle] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)  # key id -> highest accepted command counter
@@ -80,7 +84,7 @@ class StoreState:
     schema: int = STATE_SCHEMA
 
     def to_dict(self) -> dict:
-        return {"active": self.active, "history": list(self.history),
+        return {"active": self.active, "models": dict(self.models), "history": list(self.history),
                 "installed": {sha: b.to_dict() for sha, b in self.installed.items()},
                 "counters": dict(self.counters), "session": self.session,
                 "pending": copy.deepcopy(self.pending), "schema": self.schema,
@@ -96,10 +100,16 @@ class StoreState:
         pending = d.get("pending", {})
         if not isinstance(pending, dict) or not all(isinstance(v, dict) for v in pending.values()):
             raise TypeError("pending is not an object of objects")
+        installed = {k: InstalledBundle.from_dict(v) for k, v in d.get("installed", {}).items()}
+        active = d.get("active")
+        models = d.get("models")
+        if not isinstance(models, dict):  # written by a single-model agent: its one active bundle
+            models = {installed[active].model: active} if active in installed else {}
         return cls(
-            active=d.get("active"),
+            active=active,
+            models={str(k): str(v) for k, v in models.items()},
             history=list(d.get("history", [])),
-            installed={k: InstalledBundle.from_dict(v) for k, v in d.get("installed", {}).items()},
+            installed=installed,
             counters={str(k): int(v) for k, v in d.get("counters", {}).items()},
             session=int(d.get("session", 0)),
             pending={str(k): dict(v) for k, v in pending.items()},
@@ -184,8 +194,16 @@ class AgentStore:
                 log.warning("bundle %s listed in state.json is missing on disk; forgetting it", sha[:12])
                 state.installed.pop(sha)
         state.history = [s for s in state.history if s in state.installed]
-        if state.active and state.active not in state.installed:
-            state.active = state.history.pop(0) if state.history else None
+        for model, sha in list(state.models.items()):  # a model's bundle is gone: its newest previous one
+            if sha not in state.installed:
+                older = [s for s in state.history if state.installed[s].model == model]
+                if older:
+                    state.models[model] = older[0]
+                    state.history.remove(older[0])
+                else:
+                    state.models.pop(model)
+        if state.active not in state.models.values():
+            state.active = next(iter(state.models.values()), None)
         return state
 
     def _keep_aside(self, path: Path) -> None:
@@ -330,7 +348,7 @@ class AgentStore:
         of the history (adopt the newest first), without activating it."""
         def edit(st: StoreState) -> None:
             st.installed[sha256] = InstalledBundle(sha256, model, version, installed_at)
-            if sha256 != st.active and sha256 not in st.history:
+            if sha256 not in st.models.values() and sha256 not in st.history:
                 st.history.append(sha256)
         self._change(edit)
         with self._lock:
@@ -357,11 +375,13 @@ class AgentStore:
                 st.probation = None
             if new is not None:
                 st.installed[sha256] = new
-            prev = st.active
+            model = st.installed[sha256].model  # one active bundle per model: it replaces that model's
+            prev = st.models.get(model)
             if prev and prev != sha256:
                 st.history = [prev] + [s for s in st.history if s not in (prev, sha256)]
             else:
                 st.history = [s for s in st.history if s != sha256]
+            st.models[model] = sha256
             st.active = sha256
             dropped[:] = _prune(st)
 
@@ -396,18 +416,36 @@ class AgentStore:
             if sha256 is not None and sha256 not in self.state.installed:
                 raise StoreError(f"bundle {sha256[:12]} to revert to is not installed on this agent")
             if sha256 is None:
+                model = str((self.state.probation or {}).get("model", ""))
+
                 def edit(st: StoreState) -> None:
-                    st.active, st.probation = None, None
+                    _deactivate(st, model or None)
+                    st.probation = None
                 self._change(edit)
             else:
                 self._activate(sha256, end_probation=True)
 
-    def deactivate(self) -> None:
-        self._change(lambda st: setattr(st, "active", None))
+    def deactivate(self, model: str | None = None) -> None:
+        """No bundle of ``model`` is active any more (None: of any model)."""
+        self._change(lambda st: _deactivate(st, model))
 
-    def active(self) -> InstalledBundle | None:
+    def active(self, model: str | None = None) -> InstalledBundle | None:
+        """The active bundle of ``model``; None: the one activated last (a single-model agent's only one)."""
         with self._lock:
-            return self.state.installed.get(self.state.active) if self.state.active else None
+            sha = self.state.models.get(model) if model is not None else self.state.active
+            return self.state.installed.get(sha) if sha else None
+
+    def actives(self) -> list[InstalledBundle]:
+        """The active bundle of every model served, by model name."""
+        with self._lock:
+            return [self.state.installed[sha] for _, sha in sorted(self.state.models.items())
+                    if sha in self.state.installed]
+
+    def previous(self, model: str) -> list[str]:
+        """The previously active bundles of ``model``, newest first (what the agent falls back to)."""
+        with self._lock:
+            return [s for s in self.state.history if s in self.state.installed
+                    and self.state.installed[s].model == model]
 
     def installed(self) -> list[InstalledBundle]:
         with self._lock:
@@ -426,8 +464,16 @@ class AgentStore:
         return None
 
 
+def _deactivate(st: StoreState, model: str | None) -> None:
+    for name in [m for m in st.models if model is None or m == model]:
+        sha = st.models.pop(name)
+        st.history = [sha] + [s for s in st.history if s != sha]
+    if st.active not in st.models.values():
+        st.active = next(iter(st.models.values()), None)
+
+
 def _prune(st: StoreState) -> list[str]:
-    keep = {st.active, *st.history[: HISTORY_LIMIT - 1]}
+    keep = {st.active, *st.models.values(), *st.history[: HISTORY_LIMIT - 1]}
     keep |= {p.get("bundle_sha256") for p in st.pending.values()}
     if st.probation is not None:  # what a version on probation reverts to
         keep.add(st.probation.get("previous_sha256"))

@@ -72,12 +72,20 @@ def fleet_table(agents: Iterable[Mapping[str, Any]], now: float | None = None, *
     for a in agents:
         keys.append(str(a["agent_id"]))
         row = [str(a["agent_id"]), a.get("status") or "?",
-               f"{a.get('active_model') or '-'} {a.get('active_version') or ''}".strip(),
-               (a.get("active_bundle") or "-")[:12], a.get("http_url") or "-",
+               _serving(a), ", ".join((m.get("bundle_sha256") or "-")[:12] for m in a.get("models") or [])
+               or (a.get("active_bundle") or "-")[:12], a.get("http_url") or "-",
                ",".join(f"{k}={v}" for k, v in sorted((a.get("tags") or {}).items())) or "-",
                ago(a.get("last_seen"), now)]
         rows.append(row + [MEMBERSHIP.get(a.get("member"), "?")] if membership else row)
     return Table(list(FLEET_COLUMNS) + (["fleet"] if membership else []), rows, keys)
+
+
+def _serving(agent: Mapping[str, Any]) -> str:
+    """What an agent serves: ``model version`` of each of its models (several models per agent)."""
+    models = agent.get("models") or []
+    if models:
+        return ", ".join(f"{m.get('model')} {m.get('version') or ''}".strip() for m in models)
+    return f"{agent.get('active_model') or '-'} {agent.get('active_version') or ''}".strip()
 
 
 def freshness_line(listening: Mapping[str, Any], now: float | None = None) -> str:
@@ -308,9 +316,31 @@ def drift_overview_lines(overview: Iterable[Mapping[str, Any]], now: float | Non
             if a["missing"] or a["out_of_range"]:
                 lines.append(f"    last window: {a['missing']} missing, {a['out_of_range']} out-of-range values")
             lines.append(f"    trend (features flagged per window, oldest first): {_trend(a)}")
+            if a.get("performance"):
+                lines.extend(_accuracy_lines(a["performance"]))
             if detail:
                 lines.extend(_feature_lines(a["features"]))
     return lines
+
+
+def _pct(x: Any) -> str:
+    return "-" if x is None else f"{100 * float(x):.1f}%"
+
+
+def _accuracy_lines(p: Mapping[str, Any]) -> list[str]:
+    """A calibrated classifier's estimated accuracy (no labels) beside the realized one (feedback labels)."""
+    state = "BELOW REFERENCE" if p.get("flagged") else "ok"
+    line = (f"    accuracy estimate {_pct(p.get('accuracy'))} ({_pct(p.get('low'))}-{_pct(p.get('high'))}), "
+            f"reference {_pct(p.get('reference'))} (measured {_pct(p.get('reference_measured'))}): {state}")
+    if p.get("realized") is not None:
+        line += f"; realized {_pct(p['realized'])} on {p.get('labelled')} labels"
+    out = [line, "    accuracy trend, estimate/realized (oldest first): " + " ".join(
+        f"{_pct(e)}/{_pct(r)}" for e, r in zip(p.get("trend_estimate") or [], p.get("trend_realized") or [],
+                                             strict=False))]
+    if p.get("mean_abs_error") is not None:
+        out.append(f"    estimate error over {p['labelled_windows']} labelled window(s): mean "
+                   f"{100 * p['mean_error']:+.1f} pt, mean absolute {100 * p['mean_abs_error']:.1f} pt")
+    return out
 
 
 def _feature_lines(features: Mapping[str, Mapping[str, Any]]) -> list[str]:

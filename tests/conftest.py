@@ -18,6 +18,7 @@ import pytest
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 from edgeloop.agent.config import AgentConfig
+from edgeloop.agent.preflight import PreflightSettings
 from edgeloop.agent.wire.envelope import SigningKey
 from edgeloop.hub.fleet import EmbeddedBroker, MosquittoBroker
 from tests.reliability import faults_tried, pytest_runtest_makereport, pytest_sessionfinish  # noqa: F401  (the ledger)
@@ -46,6 +47,8 @@ def hub_key(tmp_path) -> SigningKey:
 def write_agent_config(tmp_path: Path, agent_id: str, broker, pub_pem: bytes, **over) -> Path:
     keyfile = tmp_path / f"{agent_id}-trusted.pub.pem"
     keyfile.write_bytes(pub_pem)
+    # a small pre-flight budget (the trained bundles carry fp32 and int8: every install measures both)
+    over.setdefault("preflight", PreflightSettings(runs=5, seconds=0.05))
     cfg = AgentConfig(agent_id=agent_id, state_dir=tmp_path / f"{agent_id}-state", trusted_keys=[keyfile],
                       mqtt_host=broker.address.host, mqtt_port=broker.address.port, http_port=0,
                       transfer_idle_seconds=over.pop("transfer_idle_seconds", 1.0), **over)

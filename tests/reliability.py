@@ -54,8 +54,9 @@ def pytest_runtest_makereport(item, call):
 
 def pytest_sessionfinish(session, exitstatus):
     out = os.environ.get("EDGELOOP_RELIABILITY_OUT")
-    if out and _records:
-        Path(out).write_text(json.dumps(_records, indent=1))
+    if out and _records:  # under pytest-xdist each worker writes its own part (OUT.gw0, OUT.gw1 ...)
+        worker = os.environ.get("PYTEST_XDIST_WORKER")
+        Path(f"{out}.{worker}" if worker else out).write_text(json.dumps(_records, indent=1))
 
 
 def _mark_args(args, kwargs) -> tuple[str, str, str]:
@@ -103,7 +104,9 @@ def render(records: list[dict]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    records = json.loads(Path(argv[0]).read_text())
+    out = Path(argv[0])
+    parts = [p for p in [out, *sorted(out.parent.glob(out.name + ".gw*"))] if p.exists() and p.stat().st_size]
+    records = [r for p in parts for r in json.loads(p.read_text())]
     doc = DOC.read_text()
     head, rest = doc.split(BEGIN, 1)
     _, tail = rest.split(END, 1)

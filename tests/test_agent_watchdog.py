@@ -123,6 +123,7 @@ def test_a_model_failing_real_requests_is_reported_and_makes_ready_503(agent, mo
     event tells the hub when the model starts failing (and when it stops), /v2/health/ready is 503."""
     faults_tried(HEALTH_MIN_REQUESTS)
     mb = nan_regression_onnx()
+    agent.serving.deactivate()  # several models per agent: "broken" is to be the only one (requests name none)
     agent.serving.activate(ModelRunner.load(manifest_for(mb, task="regression", model="broken"), mb))
     with watch_topic(mosquitto, topics.agent_topic(agent.id, topics.EVENTS)) as events:
         for i in range(HEALTH_MIN_REQUESTS):
@@ -137,5 +138,5 @@ def test_a_model_failing_real_requests_is_reported_and_makes_ready_503(agent, mo
         assert status == 503 and health["model"]["failing"] is True
         assert health["reasons"][0].startswith(f"model broken version 1 failed {HEALTH_MIN_REQUESTS} of its last")
         mb = classifier_onnx()
-        agent.serving.activate(ModelRunner.load(manifest_for(mb), mb))  # what a rollback does
+        agent.serving.activate(ModelRunner.load(manifest_for(mb, model="broken", version="2"), mb))  # a rollback
         assert _ready(agent)[0] == 200

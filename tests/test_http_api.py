@@ -447,6 +447,7 @@ def test_a_model_failing_every_real_request_makes_ready_503_with_the_reason_and_
         assert "non-finite values" in ready["model"]["last_error"]
         assert ready["model"]["error_rate"] == 1.0 and ready["model"]["failing"] is True
         assert_error(*c.request("GET", "/v2/models/broken/ready")[:2], 503, "model_failing")
+        serving.deactivate("broken")  # several models per agent: the broken one goes, not replaced by another
         serving.activate(reg)  # a new model: a new window
         assert c.request("GET", "/v2/health/ready")[0] == 200
         assert c.infer(v2_body(ROWS), model="price")[0] == 200

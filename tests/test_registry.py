@@ -112,6 +112,10 @@ def test_migration_5_makes_the_absolute_bundle_paths_of_a_schema_4_home_relative
     conn.execute("ALTER TABLE agents DROP COLUMN hub_tags")
     if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'captures'").fetchone():  # migration 7
         conn.execute("DROP TABLE captures")
+    for table in ("rollout_requests", "rollout_audit", "rollouts"):  # migration 8
+        conn.execute(f"DROP TABLE IF EXISTS {table}")
+    conn.execute("DROP TABLE IF EXISTS preflights")  # migration 9
+    conn.execute("DROP TABLE IF EXISTS shadow_reports")  # migration 10
     conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
     conn.commit()
     conn.close()

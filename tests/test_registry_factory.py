@@ -318,11 +318,11 @@ def test_a_frozen_schema_1_registry_is_migrated_to_the_newest_keeping_its_data(t
     assert len(before["audit"][1]) == 23 and len(before["versions"][1]) == 2  # the dump holds real rows
 
     with Registry(path) as reg:
-        assert reg.schema_version == SCHEMA_VERSION == len(MIGRATIONS) == 7
+        assert reg.schema_version == SCHEMA_VERSION == len(MIGRATIONS) == 10
     for table, (columns, rows) in before.items():  # every schema-1 row, unchanged, but for the version
         if table != "meta":
             assert rows_of(path, table, columns) == rows, table
-    assert rows_of(path, "meta", ["key", "value"]) == [("schema_version", "7")]
+    assert rows_of(path, "meta", ["key", "value"]) == [("schema_version", "10")]
     assert rows_of(path, "models", ["name", "gate"]) == [("iris", None)]
     after = schema(path)
     assert {"aliases", "alias_history", "listeners", "evaluations", "agent_keys"} <= set(after)
@@ -365,6 +365,7 @@ def test_migrating_the_frozen_schema_1_file_gives_the_schema_of_a_new_registry(t
     expected = schema(new)
     assert set(expected) == {"meta", "datasets", "runs", "models", "versions", "bundles", "deployments",
                              "agents", "drift_reports", "audit", "counters", "aliases", "alias_history",
-                             "listeners", "evaluations", "agent_keys", "captures"}
+                             "listeners", "evaluations", "agent_keys", "captures",
+                             "shadow_reports", "preflights", "rollouts", "rollout_audit", "rollout_requests"}
     assert sum(len(t["indexes"]) for t in expected.values()) >= 15
     assert schema(old) == expected

@@ -18,6 +18,7 @@ from typing import Any
 from edgeloop.agent.errors import MessageFormatError, UnsupportedSchemaError
 from edgeloop.agent.wire.envelope import canonical_json
 from edgeloop.agent.wire.fields import is_version, list_of, load_json, obj, objects, opt, req
+from edgeloop.agent.wire.performance import PerformanceReference
 
 MANIFEST_SCHEMA = 1
 MANIFEST_KIND = "edgeloop.bundle"
@@ -50,7 +51,7 @@ class FileEntry:
     path: str  # relative to the bundle's files/ folder
     sha256: str
     size: int
-    role: str = "model"  # model | model-fp32 | data | other
+    role: str = "model"  # model | model-fp32 | model-int8 | data | other
 
     def to_dict(self) -> dict:
         return {"path": self.path, "sha256": self.sha256, "size": self.size, "role": self.role}
@@ -273,6 +274,81 @@ class SmokeTest:
         )
 
 
+VARIANT_NAMES = ("fp32", "int8")
+VARIANT_METRICS = ("accuracy", "rmse")
+
+
+@dataclass
+class ModelVariant:
+    """One model the bundle carries for the device to choose from (see :class:`Variants`)."""
+
+    name: str  # fp32 | int8
+    path: str  # one of the manifest's files
+    metric_value: float | None = None  # the metric the hub measured on its test rows (accuracy 0..1, or RMSE)
+    drop_points: float = 0.0  # what it loses against fp32, in the budget's unit (fp32: 0)
+    smoke_expected: dict = field(default_factory=dict)  # its outputs on smoke_test.inputs (output -> values)
+    smoke_atol: float = 1e-4
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "path": self.path, "metric_value": self.metric_value,
+                "drop_points": self.drop_points, "smoke_expected": copy.deepcopy(self.smoke_expected),
+                "smoke_atol": self.smoke_atol}
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str) -> ModelVariant:
+        obj(d, where)
+        v = cls(name=req(d, "name", str, where), path=req(d, "path", str, where),
+                metric_value=opt(d, "metric_value", float, where),
+                drop_points=opt(d, "drop_points", float, where, 0.0),
+                smoke_expected=opt(d, "smoke_expected", dict, where, {}),
+                smoke_atol=opt(d, "smoke_atol", float, where, 1e-4))
+        if v.name not in VARIANT_NAMES:
+            raise MessageFormatError(f"{where}: variant name {v.name!r} is not one of {VARIANT_NAMES}")
+        if not (math.isfinite(v.drop_points) and v.smoke_atol >= 0):
+            raise MessageFormatError(f"{where}: drop_points must be finite and smoke_atol 0 or more")
+        return v
+
+
+@dataclass
+class Variants:
+    """The fp32 and int8 models of one version, with the hub's numbers, for the device's pre-flight.
+
+    The device measures each on its own hardware and serves the fastest whose ``drop_points`` is within
+    ``budget_points`` (:mod:`edgeloop.agent.preflight`); ``hub_pick`` is the workstation's decision
+    (the manifest's ``entrypoint``, what agents without pre-flight serve). ``metric``: ``accuracy``
+    (budget in accuracy points) or ``rmse`` (budget in percent of the fp32 RMSE).
+    """
+
+    metric: str
+    budget_points: float
+    hub_pick: str
+    models: list[ModelVariant]
+
+    def get(self, name: str) -> ModelVariant | None:
+        return next((v for v in self.models if v.name == name), None)
+
+    def to_dict(self) -> dict:
+        return {"metric": self.metric, "budget_points": self.budget_points, "hub_pick": self.hub_pick,
+                "models": [v.to_dict() for v in self.models]}
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "variants") -> Variants:
+        obj(d, where)
+        vs = cls(metric=req(d, "metric", str, where), budget_points=req(d, "budget_points", float, where),
+                 hub_pick=req(d, "hub_pick", str, where),
+                 models=[ModelVariant.from_dict(v, w) for v, w in objects(d, "models", where)])
+        names = [v.name for v in vs.models]
+        if vs.metric not in VARIANT_METRICS:
+            raise MessageFormatError(f"{where}: metric must be one of {VARIANT_METRICS}, got {vs.metric!r}")
+        if not vs.models or len(set(names)) != len(names):
+            raise MessageFormatError(f"{where}: models must list each variant once")
+        if vs.hub_pick not in names:
+            raise MessageFormatError(f"{where}: hub_pick {vs.hub_pick!r} is not among the models {names}")
+        if not math.isfinite(vs.budget_points):
+            raise MessageFormatError(f"{where}: budget_points must be finite")
+        return vs
+
+
 @dataclass
 class Manifest:
     model_name: str
@@ -290,6 +366,9 @@ class Manifest:
     smoke_test: SmokeTest | None = None
     lineage: dict = field(default_factory=dict)  # dataset_sha256, run_id, version_id, parent...
     quantization: dict = field(default_factory=dict)  # decision and its numbers
+    variants: Variants | None = None  # fp32 and int8 for the device's pre-flight (absent: entrypoint only)
+    # calibrated classifiers: held-out accuracy, measured and estimated, for the device's estimate (older: none)
+    performance: PerformanceReference | None = None
     schema: int = MANIFEST_SCHEMA
     kind: str = MANIFEST_KIND
 
@@ -311,6 +390,8 @@ class Manifest:
             "smoke_test": self.smoke_test.to_dict() if self.smoke_test is not None else None,
             "lineage": copy.deepcopy(self.lineage),
             "quantization": copy.deepcopy(self.quantization),
+            "variants": self.variants.to_dict() if self.variants is not None else None,
+            "performance": self.performance.to_dict() if self.performance is not None else None,
             "schema": self.schema,
             "kind": self.kind,
         }
@@ -357,6 +438,11 @@ class Manifest:
             smoke_test=SmokeTest.from_dict(smoke, f"{w}.smoke_test") if smoke is not None else None,
             lineage=opt(d, "lineage", dict, w, {}),
             quantization=opt(d, "quantization", dict, w, {}),
+            # optional within schema 1: manifests without it (older hubs) load; older agents ignore it
+            variants=Variants.from_dict(vs, f"{w}.variants") if (vs := opt(d, "variants", dict, w)) else None,
+            # optional within schema 1 likewise (docs/performance-estimation.md)
+            performance=PerformanceReference.from_dict(pf, f"{w}.performance")
+            if (pf := opt(d, "performance", dict, w)) else None,
         )
         m._check(w)
         return m
@@ -374,6 +460,8 @@ class Manifest:
             raise MessageFormatError(f"{w}: exactly one input tensor is supported, got {len(self.inputs)}")
         if not self.outputs:
             raise MessageFormatError(f"{w}: at least one output tensor is needed")
+        if self.performance is not None and (self.task != "classification" or self.performance.labels != self.labels):
+            raise MessageFormatError(f"{w}: a performance reference needs a classifier and its labels in order")
         layout = self.drift.layout if self.drift is not None else None
         if layout is not None and layout.channels * layout.steps != len(self.feature_names):
             raise MessageFormatError(f"{w}: drift layout {layout.channels} x {layout.steps} does not cover the "
@@ -381,6 +469,13 @@ class Manifest:
         if layout is None and self.drift is not None and [f.name for f in self.drift.features] != list(
                 self.feature_names):
             raise MessageFormatError(f"{w}: drift reference features must match feature_names in order")
+        if self.variants is not None:
+            for v in self.variants.models:
+                if v.path not in paths:
+                    raise MessageFormatError(f"{w}: variant {v.name} names {v.path!r}, which is not a listed file")
+            pick = self.variants.get(self.variants.hub_pick)
+            if pick is not None and pick.path != self.entrypoint:
+                raise MessageFormatError(f"{w}: the hub's pick {pick.name} must be the entrypoint {self.entrypoint!r}")
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Manifest:
@@ -397,4 +492,5 @@ def manifest_summary(m: Manifest) -> dict[str, Any]:
         "files": [{"path": f.path, "size": f.size, "sha256": f.sha256[:16]} for f in m.files],
         "key_id": m.key_id,
         "quantization": m.quantization.get("chosen", "fp32"),
+        "variants": [v.name for v in m.variants.models] if m.variants is not None else [],
     }

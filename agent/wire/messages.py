@@ -34,6 +34,7 @@ from edgeloop.agent.wire.fields import (
     opt,
     req,
 )
+from edgeloop.agent.wire.performance import PerformanceEstimate
 
 SCHEMA = 1
 
@@ -135,6 +136,17 @@ class AgentState(Message):
     # the agent's tags (its config's [tags]), for rollout targets such as site=plant-a,hw=pi5; optional
     tags: dict[str, str] = field(default_factory=dict)
     probation: ProbationStatus | None = None  # the active version is on probation (absent: it is not)
+    # the active version of every model this agent serves, by name (several models per agent); ``active``
+    # stays the one activated last. A state of an older agent has none: see served()
+    models: list[ActiveModel] = field(default_factory=list)
+
+    def served(self) -> list[ActiveModel]:
+        """Every model this agent serves: ``models``, or (an older agent's state) its one ``active``."""
+        return list(self.models) if self.models else ([self.active] if self.active is not None else [])
+
+    def active_of(self, model: str) -> ActiveModel | None:
+        """The active version of ``model`` on this agent, if it serves it."""
+        return next((m for m in self.served() if m.model == model), None)
 
     def to_dict(self) -> dict:
         d = {
@@ -147,6 +159,7 @@ class AgentState(Message):
         }
         if self.probation is not None:  # left out when none: older hubs and agents read the same
             d["probation"] = self.probation.to_dict()
+        d["models"] = [m.to_dict() for m in self.models]  # optional when read: older agents' states have none
         return d
 
     @classmethod
@@ -167,6 +180,7 @@ class AgentState(Message):
             trusted_keys=list_of(d, "trusted_keys", str, w, []),
             tags=check_tags(opt(d, "tags", dict, w, {}), f"{w}.tags"),
             probation=ProbationStatus.from_dict(p, f"{w}.probation") if (p := opt(d, "probation", dict, w)) else None,
+            models=[ActiveModel.from_dict(x, where) for x, where in objects(d, "models", w, [])],
         )
 
 
@@ -195,7 +209,8 @@ def check_tags(tags: Any, where: str = "tags") -> dict[str, str]:
 
 
 # --- commands (payload of a signed envelope) --------------------------------
-COMMAND_TYPES = ("deploy", "rollback", "confirm", "capture", "capture_upload", "capture_ack", "set_tags")
+COMMAND_TYPES = ("deploy", "rollback", "confirm", "capture", "capture_upload", "capture_ack", "set_tags",
+                 "promote_shadow", "stop_shadow")
 
 
 @dataclass
@@ -300,6 +315,7 @@ EVENT_KINDS = (
     "rollback_result",
     "reverted",  # the dead-man switch: a version on probation was not confirmed; the previous one serves again
     "confirmed",  # a version on probation passed it (confirmed by the hub, or healthy until its deadline)
+    "preflight",  # what a deploy's pre-flight measured and picked, or why it refused (edgeloop.agent.wire.preflight)
     "error",  # anything else worth telling the hub
 )
 
@@ -525,6 +541,8 @@ class DriftReport(Message):
     min_rows: int | None = None
     consecutive: int | None = None
     output: FeatureDrift | None = None
+    # calibrated classifiers: accuracy estimated without labels, realized where labels arrived (older: None)
+    performance: PerformanceEstimate | None = None
 
     @property
     def drifted_features(self) -> list[str]:
@@ -542,6 +560,7 @@ class DriftReport(Message):
             "output_counts": list(self.output_counts), "output_js": self.output_js, "alpha": self.alpha,
             "status": self.status, "closed_by": self.closed_by, "min_rows": self.min_rows,
             "consecutive": self.consecutive, "output": self.output.to_dict() if self.output is not None else None,
+            "performance": self.performance.to_dict() if self.performance is not None else None,
             "drifted_features": self.drifted_features,
         }
 
@@ -569,6 +588,8 @@ class DriftReport(Message):
             min_rows=opt(d, "min_rows", int, w),
             consecutive=opt(d, "consecutive", int, w),
             output=FeatureDrift.from_dict(out, f"{w}.output") if (out := opt(d, "output", dict, w)) else None,
+            performance=PerformanceEstimate.from_dict(pf, f"{w}.performance")
+            if (pf := opt(d, "performance", dict, w)) else None,
         )
 
 

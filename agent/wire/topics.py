@@ -2,12 +2,14 @@
 
 Layout (root ``edgeloop/v1``; at most 5 levels so it fits AWS IoT's limit of 7)::
 
-    edgeloop/v1/agents/{agent_id}/status        retained "online" / "offline" (Last Will)
-    edgeloop/v1/agents/{agent_id}/state         retained JSON birth certificate (AgentState)
+    edgeloop/v1/agents/{agent_id}/status        agent -> hub retained "online" / "offline" (Last Will)
+    edgeloop/v1/agents/{agent_id}/state         agent -> hub retained JSON birth certificate (AgentState)
     edgeloop/v1/agents/{agent_id}/cmd           hub -> agent signed commands (QoS 1)
     edgeloop/v1/agents/{agent_id}/bundle        hub -> agent binary bundle chunks (QoS 1)
     edgeloop/v1/agents/{agent_id}/events        agent -> hub results and progress (QoS 1)
     edgeloop/v1/agents/{agent_id}/drift         agent -> hub drift reports (QoS 1)
+    edgeloop/v1/agents/{agent_id}/shadow        agent -> hub shadow reports (QoS 1; agent/wire/shadow.py)
+    edgeloop/v1/agents/{agent_id}/serving       agent -> hub serving reports (QoS 0; rollouts' gates)
     edgeloop/v1/agents/{agent_id}/infer         anyone -> agent inference requests (QoS 0/1)
     edgeloop/v1/agents/{agent_id}/infer/result  agent -> requester, unless reply_to is given
     edgeloop/v1/hub/status                      retained "online" / "offline" of the hub
@@ -35,6 +37,8 @@ CMD = "cmd"
 BUNDLE = "bundle"
 EVENTS = "events"
 DRIFT = "drift"
+SHADOW = "shadow"
+SERVING = "serving"  # agent -> hub serving reports (agent/wire/serving.py), QoS 0
 INFER = "infer"
 INFER_RESULT = "infer/result"
 

@@ -68,12 +68,15 @@ def _probation(args) -> Probation | None:
 
 def cmd_deploy(args) -> int:
     probation = _probation(args)
+    if args.shadow and probation is not None:
+        raise UsageError("--shadow installs without activating: give --probation to `edgeloop shadow promote`")
     with open_hub(args) as hub:
         if not args.override_gate:  # a version below its gate is refused before anything connects
             hub.check_deployable(hub.version_of(args.ref)["id"])
         results = _on_known_agents(hub, args.broker, args.agent, lambda fleet: hub.deploy(
             fleet, args.agent, args.ref, override_reason=args.override_gate, timeout=args.timeout,
-            probation=probation))
+            probation=probation, shadow=args.shadow, shadow_report_seconds=args.shadow_report_seconds,
+            memory_limit_mb=args.memory_limit_mb))
     lines = [f"{r['agent']}: {'OK' if r['ok'] else 'FAILED'} [{r['code']}] {r['message']}" for r in results]
     if results and results[0]["gate"]["overridden"]:
         lines.insert(0, f"evaluation gate of {results[0]['version']} OVERRIDDEN: {args.override_gate}")
@@ -147,6 +150,14 @@ def add_commands(sub: argparse._SubParsersAction, parents: Parents) -> None:
                    help="with --probation: the new version must serve N real requests without failing in time")
     x.add_argument("--require-confirm", action="store_true",
                    help="with --probation: the agent also waits for `edgeloop confirm` before the deadline")
+    x.add_argument("--shadow", action="store_true",
+                   help="install beside the live version without activating it: the agents run it on the same "
+                        "requests and report agreement (see `edgeloop shadow status|promote|stop`)")
+    x.add_argument("--shadow-report-seconds", type=float, default=None, metavar="S",
+                   help="with --shadow: how often each agent reports the comparison (default 10)")
+    x.add_argument("--memory-limit-mb", type=int, default=None, metavar="MIB",
+                   help="each agent's pre-flight refuses the bundle before activating it when its model needs more "
+                        "memory there (see `edgeloop preflight`)")
     x.set_defaults(func=cmd_deploy)
     x = command(sub, "confirm", "confirm a version deployed with --probation, so the agents keep it",
                 parents=hub_opts,

@@ -54,6 +54,8 @@ def lineage_lines(lin: dict) -> list[str]:
     """A lineage record as a tree: dataset, runs, versions (with parents and children), bundles, deployments."""
     ds = lin["dataset"]
     lines = [f"dataset {ds['id']}  sha256 {ds['sha256']}  ({ds['rows']} rows, {ds.get('name', '')})"]
+    lines += [f"  ← captured by {c['agent_id']} serving {c['model']}:{c['version']}: batch {c['batch_id'][:12]}  "
+              f"({c['rows']} rows, {c['labelled_rows']} labelled)" for c in lin.get("captures") or []]
     if lin.get("deployment"):
         d = lin["deployment"]
         lines.insert(0, f"deployment {d['id']} ({d['kind']} to {d['agent_id']}, {d['status']}, command "

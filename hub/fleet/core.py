@@ -54,6 +54,8 @@ from edgeloop.agent.wire.messages import (
     TransferSpec,
     decode_infer_reply,
 )
+from edgeloop.agent.wire.serving import ServingReport
+from edgeloop.agent.wire.shadow import ShadowReport
 from edgeloop.hub.fleet.capture_intake import CaptureIntake
 from edgeloop.hub.fleet.trust import RefusedReportError, ReportTrust, UnpinnedReportError
 from edgeloop.hub.registry import OFFLINE_GRACE_S
@@ -62,7 +64,7 @@ log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
 
-INTAKE_LEAVES = (topics.STATUS, topics.STATE, topics.EVENTS, topics.DRIFT)
+INTAKE_LEAVES = (topics.STATUS, topics.STATE, topics.EVENTS, topics.DRIFT, topics.SERVING, topics.SHADOW)
 HELD_MAX = 1000  # reports of agents with no pinned key, held until their state pins one
 SETTLE_EVERY_S = 30.0  # a quiet worker settles deployments whose command expired this often
 
@@ -133,7 +135,7 @@ class FleetCore:
         self.registry = registry
         self.key = key
         self.actor = actor
-        self.on_change = on_change  # (kind, obj) for GUIs: "status", "state", "event", "drift", "capture"
+        self.on_change = on_change  # (kind, obj): "status", "state", "event", "drift", "capture", "serving", "shadow"
         self.options = options or FleetOptions()
         self.keyid = key.keyid  # agents whose state lists it are this hub's fleet
         self.fleet_keyids = frozenset({key.keyid, *self.options.anchor_keyids})  # ... or the hub's root
@@ -390,6 +392,12 @@ class FleetCore:
             record = self.captures.take(agent_id, leaf, payload, self._store)
             if record is not None:
                 self._changed("capture", record)
+        elif leaf == topics.SERVING:  # signed like events; not stored, handed to on_change (rollout gates)
+            if self._listed(agent_id):
+                try:
+                    self._changed("serving", self._report(agent_id, payload, ServingReport))
+                except UnpinnedReportError:  # never held: the next report supersedes it
+                    log.debug("serving report of %s dropped: no key pinned yet", agent_id)
         elif leaf == topics.DRIFT:
             rep = self._report(agent_id, payload, DriftReport)
             if not self._listed(agent_id):
@@ -399,6 +407,13 @@ class FleetCore:
             if rep.drifted_features:
                 log.info("agent %s reports drift on %s", agent_id, ", ".join(rep.drifted_features))
             self._changed("drift", rep)
+        elif leaf == topics.SHADOW:  # a shadow version's comparison with the live one (agent/wire/shadow.py)
+            shadow = self._report(agent_id, payload, ShadowReport)
+            if not self._listed(agent_id):
+                self._ignore(agent_id, "shadow report")
+                return
+            self._store(f"shadow report {shadow.seq} of {agent_id}", lambda: self.registry.record_shadow_report(shadow))
+            self._changed("shadow", shadow)
 
     def _hold(self, topic: str, payload: bytes, why: UnpinnedReportError) -> None:
         """Keep a report of an agent with no pinned key until its state pins one (bounded: the oldest
@@ -492,6 +507,7 @@ class FleetCore:
         try:
             with self.registry.savepoint():
                 self.registry.update_deployment_from_event(ev)
+                self.registry.add_preflight_from_event(ev)  # a pre-flight's figures and pick (per device)
         except Exception:
             log.exception("could not record %s of command %s", ev.event, ev.command_id)
 

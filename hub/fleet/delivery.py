@@ -21,6 +21,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import paho.mqtt.client as mqtt
 
@@ -122,15 +123,17 @@ class FleetDelivery(FleetCommands):
 
     def deploy_many(self, agent_ids: Sequence[str], bundle: bytes, *, model: str, version: str,
                     timeout: float = 120.0, chunk_size: int = DEFAULT_CHUNK_SIZE, progress: Progress | None = None,
-                    probation: Probation | None = None) -> dict[str, CommandOutcome]:
+                    probation: Probation | None = None, shadow: dict | None = None,
+                    memory_limit_mb: int | None = None, drift: dict | None = None) -> dict[str, CommandOutcome]:
         """Deploy ``bundle`` to every agent of ``agent_ids`` at once; one outcome per agent.
 
         Each agent gets its own signed command (recorded as a deployment); the chunks are
         published once for all of them (see the module docstring). An agent has
-        ``min(timeout, 30)`` s to answer its command and ``timeout`` s after the chunks went
+        ``min(timeout, max(30, 0.1 × targets))`` s to answer its command and ``timeout`` s after the chunks went
         out to report its install. ``progress(sent, total)`` follows the chunks. With ``probation``
         each agent keeps the previous version ready and reverts on its own unless the new one is
-        confirmed (the dead-man switch, docs/protocol.md; :meth:`confirm`).
+        confirmed (the dead-man switch, docs/protocol.md; :meth:`confirm`). With ``memory_limit_mb`` each
+        agent's pre-flight refuses the bundle when its model needs more memory (docs/rollouts.md).
         """
         started = time.perf_counter()
         ids = list(dict.fromkeys(agent_ids))
@@ -140,9 +143,14 @@ class FleetDelivery(FleetCommands):
         tid = new_id()
         spec = TransferSpec(tid, sha, len(bundle), chunk_size, math.ceil(len(bundle) / chunk_size),
                             topic=self.transfer_topic(tid) if len(ids) > 1 else None)
-        args = {"transfer": spec.to_dict(), "bundle_sha256": sha, "model": model, "version": version}
+        args: dict[str, Any] = {"transfer": spec.to_dict(), "bundle_sha256": sha, "model": model, "version": version}
         if probation is not None:
             args["probation"] = probation.to_dict()
+        if memory_limit_mb is not None:  # the agent's pre-flight refuses a model that needs more
+            args["memory_limit_mb"] = int(memory_limit_mb)
+        if drift:  # drift window overrides the agent keeps with this version (docs/protocol.md)
+            args["drift"] = dict(drift)
+        args.update(shadow or {})  # a shadow deploy: installed beside the live version, not activated
         with self.registry.transaction():  # every agent's counter and deployment row: one commit
             # valid as long as the hub waits for it: the agent abandons the transfer once it expired
             cmds = [self.make_command(aid, "deploy", args, ttl=max(COMMAND_TTL, timeout + 60.0)) for aid in ids]
@@ -155,7 +163,8 @@ class FleetDelivery(FleetCommands):
                 self._outgoing[_key(tid, aid)] = Outgoing(aid, spec, bundle)
         fan = _FanOut(len(ids))
         outcomes: dict[str, CommandOutcome] = {}
-        answer_timeout = min(timeout, ANSWER_TIMEOUT)
+        # a big wave's answers queue up in the hub's intake: 0.1 s more per target beyond 300 agents
+        answer_timeout = min(timeout, max(ANSWER_TIMEOUT, 0.1 * len(ids)))
 
         def follow(cmd: Command) -> None:
             try:

@@ -50,6 +50,7 @@ from edgeloop.hub.export import (
 )
 from edgeloop.hub.export.policy import MIN_DECISION_ROWS
 from edgeloop.hub.pipeline.files import discard, install_folder, stage_files
+from edgeloop.hub.pipeline.performance import calibrate_classifier, onnx_calibration, performance_reference
 from edgeloop.hub.progress import CancelToken, ProgressCallback, ProgressEvent
 from edgeloop.hub.training import (
     FactoryModel,
@@ -304,14 +305,20 @@ def build_version(
     if warnings:
         result.metrics["warnings"] = warnings
     result.metrics["decision_rows"] = {"split": decided_on, "rows": int(len(X_test))}
+    served_model: Any = result.model  # classifiers: calibrated on the validation rows (docs/performance-estimation.md)
+    if task == "classification":
+        calibration = calibrate_classifier(result.model, dataset.X[splits.val], dataset.y[splits.val], X_test,
+                                           y_test, decided_on)
+        served_model = calibration.model
+        result.metrics["calibration"] = _jsonable(calibration.to_dict())
     registry.finish_run(run["id"], "succeeded", metrics=_jsonable(result.metrics), history=result.history,
                         actor=actor)
 
     t1 = time.perf_counter()
     _emit(progress, "export", "exporting ONNX and checking parity with torch")
     X_train = dataset.X[splits.train]
-    fp32 = export_onnx(result.model, dataset.n_features, parity_X=X_test[:PARITY_ROWS])
-    parity = check_parity(result.model, fp32, X_test[:PARITY_ROWS])
+    fp32 = export_onnx(served_model, dataset.n_features, parity_X=X_test[:PARITY_ROWS])
+    parity = check_parity(served_model, fp32, X_test[:PARITY_ROWS])
     quant: dict[str, Any] = {"parity": parity, "chosen": "fp32"}
     int8 = None
     if method is not None:
@@ -367,6 +374,12 @@ def build_version(
                       else {"prediction": np.asarray(smoke_out["outputs"]).reshape(-1, 1).tolist()})
 
     version_metrics = dict(result.metrics)
+    performance = None
+    if task == "classification":  # what the served graphs' probabilities are worth, and the device's reference
+        cal = {**result.metrics["calibration"], "onnx": onnx_calibration({"fp32": fp32, "int8": int8}, X_test, y_test)}
+        version_metrics["calibration"] = cal
+        performance = performance_reference(chosen_bytes, X_test, y_test, list(dataset.labels), cal, decided_on)
+        version_metrics["performance"] = performance
     if prediction_reference is not None:
         version_metrics["prediction_reference"] = prediction_reference
     meta = {
@@ -381,6 +394,8 @@ def build_version(
         meta["prediction_reference"] = prediction_reference
     if continual is not None:
         meta["continual"] = continual
+    if performance is not None:
+        meta["performance"] = performance
 
     # The files go on disk (staged, fsynced) first; the registry row is inserted only after
     # they are renamed into place, inside its transaction -- see edgeloop.hub.pipeline.files.

@@ -59,8 +59,24 @@ def _with_tags(row: dict) -> dict:
     reported, hub = _json_object(row.get("tags")), _json_object(row.get("hub_tags"))
     merged = {**reported, **hub}
     row.update(reported_tags=reported, hub_tags=hub,
-               tags={k: v for k, v in sorted(merged.items()) if v is not None})
+               tags={k: v for k, v in sorted(merged.items()) if v is not None}, models=_models(row))
     return row
+
+
+def _models(row: dict) -> list[dict]:
+    """The active version of every model the agent serves (``[{"model", "version", "bundle_sha256"}]``, by
+    name), from its last state; an older agent's state names only ``active``."""
+    try:
+        state = _json_object(row.get("state"))
+    except ValueError:
+        state = {}
+    models = state.get("models") if isinstance(state.get("models"), list) else None
+    if not models:
+        models = [{"model": row["active_model"], "version": row.get("active_version"),
+                   "bundle_sha256": row.get("active_bundle")}] if row.get("active_model") else []
+    return sorted(({"model": str(m.get("model")), "version": m.get("version"),
+                    "bundle_sha256": m.get("bundle_sha256")} for m in models if isinstance(m, dict)),
+                  key=lambda m: m["model"])
 
 
 def _member_flag(member: bool | None) -> int | None:

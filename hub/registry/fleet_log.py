@@ -10,6 +10,7 @@ changes are audited as ``agent:<agent_id>``.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -189,7 +190,7 @@ class FleetLog(Catalog):
         reported state: ``installed`` when that state has the target active, else ``failed``.
         Optionally only ``agent_id``'s. Returns the settled rows."""
         at = now() if at is None else at
-        sql = ("SELECT d.command_id, d.target_sha256, a.active_bundle FROM deployments d "
+        sql = ("SELECT d.command_id, d.target_sha256, a.active_bundle, a.state FROM deployments d "
                "LEFT JOIN agents a ON a.agent_id = d.agent_id "
                "WHERE d.status = 'pending' AND d.expires_at IS NOT NULL AND d.expires_at <= ?")
         args: list = [at]
@@ -198,8 +199,8 @@ class FleetLog(Catalog):
             args.append(agent_id)
         settled = []
         with self._write() as db:
-            for command_id, target, active in db.execute(sql, args).fetchall():
-                if active is not None and active == target:
+            for command_id, target, active, state in db.execute(sql, args).fetchall():
+                if target in _active_bundles(active, state):
                     status, detail = "installed", "settled from the agent's state: the target bundle is active"
                 else:
                     status = "failed"
@@ -319,3 +320,14 @@ class FleetLog(Catalog):
             name, psi = feature["name"], float(feature["psi"])
             entry["max_psi"][name] = max(psi, entry["max_psi"].get(name, psi))
 
+
+
+def _active_bundles(active: str | None, state: str | None) -> set[str]:
+    """Every bundle an agent's last state has active: one per model it serves (``models``), or its
+    ``active`` one (an older agent's state)."""
+    try:
+        models = json.loads(state).get("models") if state else None
+    except (ValueError, AttributeError):
+        models = None
+    found = {m.get("bundle_sha256") for m in models if isinstance(m, dict)} if isinstance(models, list) else set()
+    return {b for b in found | {active} if b}

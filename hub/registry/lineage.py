@@ -34,7 +34,9 @@ class Lineage(Catalog):
              "versions": [{...version, "bundles": [{...bundle, "deployments": [...]}],
                            "ancestors": [...], "descendants": [...]}],
              "deployments": [...every deployment above, newest first],
-             "deployment": {...} (only for a deployment ref, else None)}
+             "deployment": {...} (only for a deployment ref, else None),
+             "captures": [{"batch_id", "agent_id", "model", "version", "rows", "labelled_rows",
+                           "first_at", "last_at"}] (the captured batches the dataset was made of)}
 
         ``ancestors`` follow ``parent_version`` up (nearest first) and
         ``descendants`` follow it down (breadth first): versions fine-tuned from
@@ -51,7 +53,22 @@ class Lineage(Catalog):
                 "ref": ref, "kind": start["kind"], "dataset": start["dataset"],
                 "run": runs[-1] if runs else None, "runs": runs, "versions": tree,
                 "deployments": deployments, "deployment": start["deployment"],
+                "captures": self._captures_of(start["dataset"]),
             }
+
+    def _captures_of(self, dataset: dict | None) -> list[dict]:
+        """The captured batches a dataset was made of (oldest first): those registered as it, and those its
+        ``source`` names (``capture:<batch>,...``, written by a retrain from captured data)."""
+        source = str((dataset or {}).get("source") or "")
+        named = [p.rsplit("/", 1)[-1] for p in source[len("capture:"):].split(",") if p] \
+            if source.startswith("capture:") else []
+        if dataset is None:
+            return []
+        marks = ", ".join("?" * len(named)) or "NULL"
+        rows = self._rows("captures", f"dataset_id = ? OR batch_id IN ({marks})", [dataset["id"], *named],
+                          "first_at, batch_id")
+        keep = ("batch_id", "agent_id", "model", "version", "rows", "labelled_rows", "first_at", "last_at")
+        return [{k: r.get(k) for k in keep} for r in rows]
 
     def _resolve_lineage_ref(self, ref: str) -> dict:
         """Where a lineage walk starts: kind, dataset, runs, versions, bundle, deployment."""

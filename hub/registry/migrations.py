@@ -263,8 +263,75 @@ def _m007_captures(db: Database) -> None:
     db.table("captures").create_index(["agent_id", "model", "received_at"])
 
 
+def _m008_rollouts(db: Database) -> None:
+    """Version 8: rollouts with quality gates (hub/registry/rollouts.py, docs/rollouts.md).
+
+    * ``rollouts``: one row per rollout: its id (``ro-<n>``), model, version, target and status (as
+      columns, for listing), the state machine's state as JSON without its audit (``state``), the
+      progress summary (``summary``), who started it, the gate override reason, and when;
+    * ``rollout_audit``: the state's audit records, appended (never rewritten) after every step;
+    * ``rollout_requests``: operator commands (start, pause, resume, approve, abort) waiting for the
+      hub runtime, which carries them out and records the result (``done_at``, ``ok``, ``result``).
+    """
+    db.table("rollouts").create(
+        {"id": str, "model": str, "version": str, "target": str, "status": str, "state": str, "summary": str,
+         "created_by": str, "override_reason": str, "created_at": float, "updated_at": float},
+        pk="id", not_null={"model", "version", "target", "status", "state", "created_at", "updated_at"},
+    )
+    db.table("rollouts").create_index(["status"])
+    db.table("rollout_audit").create(
+        {"rollout_id": str, "seq": int, "at": float, "actor": str, "event": str, "from_status": str,
+         "to_status": str, "what": str, "why": str},
+        pk=("rollout_id", "seq"), foreign_keys=[("rollout_id", "rollouts", "id")],
+    )
+    db.table("rollout_requests").create(
+        {"id": int, "rollout_id": str, "command": str, "args": str, "by": str, "created_at": float,
+         "done_at": float, "ok": int, "result": str},
+        pk="id", not_null={"command", "args", "by", "created_at"},
+    )
+    db.table("rollout_requests").create_index(["done_at"])
+
+
+def _m009_preflight(db: Database) -> None:
+    """Version 9: device pre-flight results (``edgeloop preflight``; agent/wire/preflight.py).
+
+    ``preflights``: one row per ``preflight`` event an agent sent for a deploy (unique by agent, bundle and
+    the time it measured): the model, version and bundle, the device's ``pick`` (NULL: refused, ``code`` says
+    why), the hub's pick, the reason, the deploy's ``memory_limit_mb``, and ``report`` (the whole
+    PreflightReport as JSON: every model's load result, unsupported operators, p50/p99 at batch 1 and memory).
+    """
+    db.table("preflights").create(
+        {"id": int, "agent_id": str, "model": str, "version": str, "bundle_sha256": str, "command_id": str,
+         "pick": str, "hub_pick": str, "code": str, "reason": str, "memory_limit_mb": int, "report": str,
+         "measured_at": float, "received_at": float},
+        pk="id", not_null={"agent_id", "model", "version", "bundle_sha256", "hub_pick", "code", "report",
+                           "measured_at", "received_at"},
+    )
+    db.table("preflights").create_index(["agent_id", "bundle_sha256", "measured_at"], unique=True)
+    db.table("preflights").create_index(["model", "version"])
+
+
+def _m010_shadow(db: Database) -> None:
+    """Version 10: shadow comparisons (``edgeloop shadow``; agent/wire/shadow.py).
+
+    ``shadow_reports``: one row per shadow run -- a shadow version compared with one live version on
+    one agent since ``started_at`` -- holding its newest report (each report carries the whole
+    comparison, so a newer ``seq`` replaces the row's figures): requests, agreement, errors, dropped,
+    ``final`` once the shadow stopped, and the report itself (JSON: confusion or error distribution,
+    latencies of both versions).
+    """
+    db.table("shadow_reports").create(
+        {"id": int, "agent_id": str, "model": str, "version": str, "bundle_sha256": str, "live_version": str,
+         "live_sha256": str, "task": str, "started_at": float, "at": float, "seq": int, "requests": int,
+         "agreement": float, "errors": int, "dropped": int, "final": int, "report": str, "received_at": float},
+        pk="id", not_null={"agent_id", "model", "version", "bundle_sha256", "started_at", "seq", "report"},
+    )
+    db.table("shadow_reports").create_index(["agent_id", "bundle_sha256", "live_sha256", "started_at"], unique=True)
+    db.table("shadow_reports").create_index(["agent_id", "model", "at"])
+
+
 # Append only: never edit a released migration, add a new one.
 MIGRATIONS: list[Callable[[Database], None]] = [_m001_initial, _m002_model_factory, _m003_live_fleet,
                                                 _m004_evaluations, _m005_agent_keys, _m006_agent_tags,
-                                                _m007_captures]
+                                                _m007_captures, _m008_rollouts, _m009_preflight, _m010_shadow]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -71,10 +71,13 @@ from edgeloop.hub.registry.evaluations import Evaluations
 from edgeloop.hub.registry.fleet_log import FleetLog
 from edgeloop.hub.registry.lineage import Lineage
 from edgeloop.hub.registry.listeners import Listeners
+from edgeloop.hub.registry.preflight import Preflights
 from edgeloop.hub.registry.promotion import Promotion
+from edgeloop.hub.registry.shadow import ShadowReports
 
 
-class Registry(Promotion, Evaluations, FleetLog, FleetAgents, Listeners, Lineage, Captures):
+class Registry(Promotion, Evaluations, FleetLog, FleetAgents, Listeners, Lineage, Captures, ShadowReports,
+               Preflights):
     """The hub's registry in the SQLite file ``path`` (created and migrated on open).
 
     Composed of its parts, each a module of this package over the common base
@@ -92,5 +95,6 @@ class Registry(Promotion, Evaluations, FleetLog, FleetAgents, Listeners, Lineage
       membership, the audit of their changes;
     * :class:`~edgeloop.hub.registry.listeners.Listeners` -- the hub runtime's heartbeat
       (how fresh the fleet view is);
-    * :class:`~edgeloop.hub.registry.lineage.Lineage` -- lineage walks.
+    * :class:`~edgeloop.hub.registry.lineage.Lineage` -- lineage walks;
+    * :class:`~edgeloop.hub.registry.shadow.ShadowReports` -- shadow comparisons (newest report per run).
     """

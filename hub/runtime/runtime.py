@@ -8,7 +8,9 @@ status, ingests status, state, events and drift into the registry in batches, an
 records a heartbeat that CLI reads turn into "hub listening since ..." (see
 :meth:`edgeloop.hub.registry.Registry.listening`). On every heartbeat it also audits
 the agents that stayed offline past the grace period. With ``metrics_port`` it also serves
-fleet-level Prometheus metrics (:mod:`edgeloop.hub.runtime.metrics`, docs/metrics.md).
+fleet-level Prometheus metrics (:mod:`edgeloop.hub.runtime.metrics`, docs/metrics.md). It also
+drives the rollouts (:attr:`HubRuntime.rollouts`, a :class:`~edgeloop.hub.runtime.rollouts.RolloutDriver`
+fed every fleet report; it resumes the rollouts in progress when the runtime starts; docs/rollouts.md).
 
 ``edgeloop hub serve`` runs one headless; the GUI runs one in-process when it is given
 a broker. One-shot CLI commands keep their own clean sessions with random client ids.
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from edgeloop.agent.connection import BrokerSettings
     from edgeloop.hub.fleet import Fleet
     from edgeloop.hub.runtime.metrics import FleetMetricsServer
+    from edgeloop.hub.runtime.rollouts import RolloutDriver
     from edgeloop.hub.services import Hub
 
 log = logging.getLogger(__name__)
@@ -40,7 +43,7 @@ class HubRuntime:
 
     def __init__(self, hub: Hub, broker: BrokerSettings | str, *,
                  on_change: Callable[[str, object], None] | None = None, heartbeat_s: float | None = None,
-                 metrics_port: int | None = None, metrics_host: str = "0.0.0.0") -> None:
+                 metrics_port: int | None = None, metrics_host: str = "0.0.0.0", rollout_tick_s: float = 0.5) -> None:
         self.hub = hub
         self.broker = broker
         self.on_change = on_change
@@ -51,6 +54,8 @@ class HubRuntime:
         self._beat: threading.Thread | None = None
         self.metrics_port, self.metrics_host = metrics_port, metrics_host  # None: no /metrics
         self.metrics: FleetMetricsServer | None = None
+        self.rollout_tick_s = rollout_tick_s
+        self.rollouts: RolloutDriver | None = None  # drives the rollouts (hub/runtime/rollouts.py)
 
     @property
     def client_id(self) -> str:
@@ -70,7 +75,7 @@ class HubRuntime:
         """
         self.lock.acquire()
         try:
-            fleet = self.hub.fleet(self.broker, self.on_change, runtime=True)
+            fleet = self.hub.fleet(self.broker, self._on_change, runtime=True)
             self.hub.registry.listener_started(
                 fleet.client_id, pid=os.getpid(), host=socket.gethostname(), broker=fleet.broker.url,
                 topic_root=fleet.root, heartbeat_s=self.heartbeat_s)
@@ -86,6 +91,9 @@ class HubRuntime:
         if self.metrics_port is not None:
             self._serve_metrics(fleet)
         self._stopping.clear()
+        from edgeloop.hub.runtime.rollouts import RolloutDriver
+
+        self.rollouts = RolloutDriver(self.hub, fleet, tick_s=self.rollout_tick_s).start()  # resumes rollouts
         self._heartbeat()
         self._beat = threading.Thread(target=self._beat_loop, name="hub-heartbeat", daemon=True)
         self._beat.start()
@@ -100,6 +108,9 @@ class HubRuntime:
         metrics, self.metrics = self.metrics, None
         if metrics is not None:
             metrics.stop()
+        rollouts, self.rollouts = self.rollouts, None
+        if rollouts is not None:
+            rollouts.stop()
         if self._beat is not None:
             self._beat.join(timeout=max(5.0, self.heartbeat_s))
             self._beat = None
@@ -118,6 +129,13 @@ class HubRuntime:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+    def _on_change(self, kind: str, obj: object) -> None:
+        """The fleet's reports: to the rollout driver (queued), then to the caller's ``on_change``."""
+        if self.rollouts is not None:
+            self.rollouts.observe(kind, obj)
+        if self.on_change is not None:
+            self.on_change(kind, obj)
 
     def _serve_metrics(self, fleet: Fleet) -> None:
         from edgeloop.hub.runtime.metrics import FleetCollector, FleetMetricsServer

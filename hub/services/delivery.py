@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from edgeloop.agent.wire.bundle import sha256 as sha256_hex
 from edgeloop.agent.wire.commands import Probation
+from edgeloop.agent.wire.shadow import shadow_args
 from edgeloop.hub.errors import HubError, NotFoundError
 from edgeloop.hub.services.agents import HubAgents
 
@@ -83,7 +84,9 @@ class HubDelivery(HubAgents):
     # --- deploy and rollback -----------------------------------------------------------------
     def deploy(self, fleet: Fleet | str, agent_ids: Sequence[str], ref: str, *,
                override_reason: str | None = None, timeout: float = 120.0,
-               probation: Probation | None = None) -> list[dict]:
+               probation: Probation | None = None, shadow: bool = False,
+               shadow_report_seconds: float | None = None, memory_limit_mb: int | None = None,
+               drift: dict | None = None) -> list[dict]:
         """Gate-check ``ref`` (:meth:`check_deployable`), then push its signed bundle to the agents.
 
         ``ref`` is a version ref or a bundle sha256 (prefix); a version without a
@@ -97,7 +100,14 @@ class HubDelivery(HubAgents):
         when the version fails its gate and no ``override_reason`` is given. Each
         deployment is recorded (and audited) by the fleet as it is sent. With ``probation``
         (the dead-man switch) each agent reverts on its own unless the new version is confirmed
-        in time (:meth:`confirm`, docs/protocol.md).
+        in time (:meth:`confirm`, docs/protocol.md). With ``shadow`` the version is installed beside the
+        live one and runs on the same requests without answering them (shadow mode, docs/rollouts.md;
+        reports every ``shadow_report_seconds``, default 10): see :meth:`shadow_summary`, :meth:`promote_shadow`.
+        With ``memory_limit_mb`` (a rollout's limit) each agent's pre-flight refuses the bundle before activating
+        it when its model needs more memory there (code ``memory_limit_exceeded``; docs/rollouts.md, "Pre-flight");
+        the figures and the device's fp32/int8 pick are in :meth:`preflight_results`.
+        With ``drift`` (``rows``, ``seconds``, ``min_rows``, ``consecutive``) each agent closes that version's
+        drift windows so, instead of the bundle's defaults and its ``[drift]`` config (docs/protocol.md).
         """
         version = self.version_of(ref)
         gate = self.check_deployable(version["id"], override_reason)
@@ -106,7 +116,9 @@ class HubDelivery(HubAgents):
 
         def all_at_once(started: Fleet) -> list[dict]:
             outs = started.deploy_many(agent_ids, data, model=version["model_name"], version=version["version"],
-                                       timeout=timeout, probation=probation)
+                                       timeout=timeout, probation=probation,
+                                       shadow=shadow_args(shadow_report_seconds) if shadow else None,
+                                       memory_limit_mb=memory_limit_mb, drift=drift)
             return [{**_result(aid, outs[aid], version["id"], rec["sha256"]), "gate": gate_note} for aid in agent_ids]
 
         return self._with_fleet(fleet, all_at_once)

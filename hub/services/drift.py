@@ -13,7 +13,10 @@ module reads them back for the CLI (``edgeloop drift``) and the GUI's charts:
   a feature is reported drifted, no verdict below ``min_rows`` rows);
 * :meth:`HubDrift.drift_series` -- one feature's statistics window by window (``prediction``: a
   regression model's output; ``classes``: predicted class counts and their JS distance), with its
-  raw counts and their sum over all windows (histograms over fixed edges add up exactly).
+  raw counts and their sum over all windows (histograms over fixed edges add up exactly);
+* :meth:`HubDrift.accuracy_series` -- a calibrated classifier's accuracy window by window: the
+  estimate the agent made without labels (with its interval and flag) beside the realized accuracy
+  on the feedback labels that arrived (docs/performance-estimation.md).
 """
 
 from __future__ import annotations
@@ -58,6 +61,14 @@ class HubDrift(HubCore):
         series = feature_series(list(reversed(rows)), feature)
         return {"agent_id": agent_id, "model": model, "version": version, "feature": feature, **series}
 
+    def accuracy_series(self, agent_id: str, model: str, *, version: str | None = None, limit: int = 500) -> dict:
+        """Estimated vs realized accuracy per window of ``agent_id``'s ``model`` (oldest first); see
+        :func:`accuracy_points`."""
+        rows = self.registry.list_drift_reports(agent_id, model=model, version=version, limit=limit)
+        points = accuracy_points(list(reversed(rows)))
+        return {"agent_id": agent_id, "model": model, "version": version, "points": points,
+                **estimate_error(points)}
+
 
 def agent_drift(rows: list[dict], *, trend: int = TREND_WINDOWS) -> dict:
     """One agent's drift on one model from its report rows (oldest first), on the version it reported last."""
@@ -94,7 +105,47 @@ def agent_drift(rows: list[dict], *, trend: int = TREND_WINDOWS) -> dict:
         "controls": _controls(now or reports[-1]),
         "features": {f["name"]: {**_stat(f), "windows_drifted": _windows_drifted(judged, f["name"])}
                      for f in features},
+        "performance": _performance(mine, trend),
     }
+
+
+def accuracy_points(rows: list[dict]) -> list[dict]:
+    """Per window with an estimate (oldest first): ``window, version, ended_at, rows, status``, the estimate
+    ``accuracy, low, high, reference, threshold, flagged`` and ``labelled, realized`` (None without labels)."""
+    out = []
+    for row in rows:
+        pf = row["report"].get("performance")
+        if not pf:
+            continue
+        out.append({"window": row["window"], "version": row["version"], "ended_at": row["ended_at"],
+                    "rows": row["rows"], "status": row["report"].get("status", "ok"),
+                    **{k: pf.get(k) for k in ("accuracy", "low", "high", "reference", "reference_measured",
+                                              "threshold", "flagged", "labelled", "realized")}})
+    return out
+
+
+def estimate_error(points: list[dict]) -> dict:
+    """How far the estimate was from the realized accuracy over the windows with labels:
+    ``labelled_windows``, ``mean_error`` (estimate - realized, label-weighted) and ``mean_abs_error``."""
+    lab = [p for p in points if p.get("realized") is not None and p.get("labelled")]
+    n = sum(int(p["labelled"]) for p in lab)
+    if not n:
+        return {"labelled_windows": 0, "mean_error": None, "mean_abs_error": None}
+    err = [(float(p["accuracy"]) - float(p["realized"]), int(p["labelled"])) for p in lab]
+    return {"labelled_windows": len(lab), "mean_error": sum(e * w for e, w in err) / n,
+            "mean_abs_error": sum(abs(e) * w for e, w in err) / n}
+
+
+def _performance(rows: list[dict], trend: int) -> dict | None:
+    """The last estimate, the estimates and realized accuracies of the last ``trend`` windows, the error."""
+    points = accuracy_points(rows)
+    if not points:
+        return None
+    last = points[-1]
+    recent = points[-trend:]
+    return {**last, "trend_estimate": [p["accuracy"] for p in recent],
+            "trend_realized": [p["realized"] for p in recent], "flagged_windows": sum(bool(p["flagged"]) for p in
+                                                                                     points), **estimate_error(points)}
 
 
 def feature_series(rows: list[dict], feature: str) -> dict:
@@ -158,4 +209,5 @@ def _windows_drifted(reports: list[Mapping[str, Any]], name: str) -> int:
     return sum(bool((f := _find(rep.get("features", []), name)) and f.get("drifted")) for rep in reports)
 
 
-__all__ = ["CLASSES", "OUTPUT", "TREND_WINDOWS", "DriftSeriesError", "HubDrift", "agent_drift", "feature_series"]
+__all__ = ["CLASSES", "OUTPUT", "TREND_WINDOWS", "DriftSeriesError", "HubDrift", "accuracy_points", "agent_drift",
+           "estimate_error", "feature_series"]

@@ -15,11 +15,14 @@ The methods live in one module per concern, each class building on the one befor
 :mod:`.core` (home, registry, key, audit log), :mod:`.datasets`, :mod:`.models`
 (training, versions, export), :mod:`.promotion` (aliases, gates, compare, lineage),
 :mod:`.agents` (fleet connection, agents, drift, discovery) and :mod:`.delivery`
-(bundles, deploy, rollback); :mod:`.evaluation` (scoring versions on separate test data,
+(bundles, deploy, rollback), :mod:`.shadow` on it (shadow reports, promote, stop);
+:mod:`.evaluation` (scoring versions on separate test data,
 predictions for a file) builds on :mod:`.promotion` beside them; :mod:`.drift` (the fleet's
 drift per model, agent and feature, for ``edgeloop drift`` and the GUI's charts) on :mod:`.core`;
 :mod:`.enrollment` (enrolling an agent in one step, report keys, tags) on :mod:`.agents`;
 :mod:`.captures` (field data captured by agents, turning capture on) on :mod:`.delivery`.
+:mod:`.retrain` (acting on drift: fine-tune on captured rows, judge gain and forgetting) on
+:mod:`.captures`.
 """
 
 from __future__ import annotations
@@ -31,9 +34,14 @@ from edgeloop.hub.services.delivery import HubDelivery
 from edgeloop.hub.services.drift import HubDrift
 from edgeloop.hub.services.enrollment import HubEnrollment
 from edgeloop.hub.services.evaluation import HubEvaluation
+from edgeloop.hub.services.preflight import HubPreflight
+from edgeloop.hub.services.retrain import HubRetrain
+from edgeloop.hub.services.rollouts import HubRollouts
+from edgeloop.hub.services.shadow import HubShadow
 
 __all__ = ["Hub", "default_actor"]
 
 
-class Hub(HubEvaluation, HubAirgap, HubCaptures, HubDelivery, HubDrift, HubEnrollment):
+class Hub(HubRetrain, HubEvaluation, HubAirgap, HubCaptures, HubShadow, HubRollouts, HubDelivery, HubDrift,
+          HubEnrollment, HubPreflight):
     """The one way in to the hub, for the CLI, the GUI and scripts (see the module docstring)."""
