@@ -394,6 +394,8 @@ class Demo:
         self.say(f"  edgeloop fleet{home}             agents and what they serve")
         self.say(f"  edgeloop drift{home}             drift windows and flagged features")
         self.say(f"  edgeloop app{home}               the operator GUI")
+        self.say(f"  edgeloop up{home}                a local broker, hub and agents that keep running "
+                 "(the README's examples)")
 
 
 class Eavesdropper:
