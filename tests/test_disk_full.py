@@ -30,7 +30,7 @@ from edgeloop.agent.transfer import Transfer
 from edgeloop.agent.wire import topics
 from edgeloop.agent.wire.messages import Chunk, TransferSpec
 from tests.agent_rig import AgentRig
-from tests.conftest import wait_until
+from tests.conftest import unavailable, wait_until
 
 SHA_A = "a" * 64
 SHA_B = "b" * 64
@@ -47,7 +47,7 @@ def small_fs(tmp_path) -> Path:
         reason = (f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): "
                   f"{(done.stderr or done.stdout).strip() or f'mount exited {done.returncode}'}")
         print(f"SKIPPED disk-full tests: {reason}")
-        pytest.skip(reason)
+        unavailable(reason)
     try:
         yield mnt
     finally:

@@ -26,7 +26,7 @@ from edgeloop.hub.fleet import MosquittoBroker, free_port, wait_for_port
 from edgeloop.hub.services import Hub
 from edgeloop.hub.services.agents import AgentKeyError
 from edgeloop.hub.services.enrollment import EnrollmentError
-from tests.conftest import REPO, AgentProcess, wait_until
+from tests.conftest import REPO, AgentProcess, unavailable, wait_until
 
 SHA = "ab" * 32
 
@@ -156,7 +156,7 @@ def test_the_cli_enrolls_and_pins_forgets_and_lists_report_keys(tmp_path, capsys
 @pytest.mark.broker
 def test_enrollment_adds_a_broker_account_the_agent_logs_in_with_over_tls(hub, tmp_path):
     if shutil.which("mosquitto_passwd") is None or shutil.which("openssl") is None:
-        pytest.skip("needs mosquitto_passwd and openssl (apt-get install mosquitto openssl)")
+        unavailable("needs mosquitto_passwd and openssl (apt-get install mosquitto openssl)")
     port, folder, data = free_port(), tmp_path / "broker", tmp_path / "data"
     data.mkdir()
     made = subprocess.run(["sh", str(REPO / "packaging" / "mosquitto" / "make-broker-config.sh"), "--out",

@@ -31,7 +31,7 @@ import pytest
 from edgeloop.agent.config import AgentConfig
 from edgeloop.hub.fleet import free_port
 from tests.agent_rig import AgentRig
-from tests.conftest import REPO, wait_until
+from tests.conftest import REPO, unavailable, wait_until
 
 PACKAGING = REPO / "packaging"
 ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}.get(platform.machine())
@@ -139,7 +139,7 @@ def deploy_and_serve(rig: AgentRig, aid: str, port: int, log) -> None:
 # --- the unit ----------------------------------------------------------------------------------------
 def test_the_agent_unit_is_hardened_to_an_exposure_of_at_most_2():
     if shutil.which("systemd-analyze") is None:
-        pytest.skip("systemd-analyze is not installed (apt-get install systemd)")
+        unavailable("systemd-analyze is not installed (apt-get install systemd)")
     assert unit_exposure(PACKAGING / "edgeloop-agent.service") <= 2.0
 
 
@@ -219,7 +219,7 @@ UNIT = "edgeloop-agent.service"
 @pytest.fixture(scope="module")
 def deb(cache, wheelhouse) -> Path:
     if os.geteuid() != 0 or shutil.which("dpkg-deb") is None or shutil.which("apt-get") is None:
-        pytest.skip("building and installing the .deb needs root, dpkg-deb and apt-get")
+        unavailable("building and installing the .deb needs root, dpkg-deb and apt-get")
     files = [REPO / "pyproject.toml", REPO / "setup.py", *sorted(PACKAGING.rglob("*"))]
     for part in ("edgeloop", "agent", "hub", "app"):
         files += sorted((REPO / part).rglob("*"))
@@ -242,7 +242,7 @@ class Sandbox:
         self.state = tmp_path / "sandbox.state"
         proc = subprocess.run([SANDBOX, "boot", self.state, UNIT], capture_output=True, text=True, timeout=60)
         if proc.returncode == 3:
-            pytest.skip(f"no private systemd here: {proc.stderr.strip()}")
+            unavailable(f"no private systemd here: {proc.stderr.strip()}")
         assert proc.returncode == 0, proc.stderr
         self.root = Path(f"/proc/{proc.stdout.split()[-1]}/root")
         dropin = self.root / f"run/systemd/system/{UNIT}.d"
@@ -271,7 +271,7 @@ class Sandbox:
 
 def test_the_deb_installs_runs_under_the_hardened_unit_in_systemd_and_purges(tmp_path, deb, mosquitto):
     if subprocess.run(["dpkg", "-s", "edgeloop-agent"], capture_output=True).returncode == 0:
-        pytest.skip("edgeloop-agent is installed on this machine already: not replacing it")
+        unavailable("edgeloop-agent is installed on this machine already: not replacing it")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     sandbox = None
     try:
