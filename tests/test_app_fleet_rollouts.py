@@ -24,16 +24,15 @@ pytest.importorskip("PySide6.QtWidgets", reason="the GUI needs the app extras")
 from PySide6.QtCore import Qt
 
 from edgeloop.agent.drift import DriftMonitor, WindowPolicy, build_reference
-from edgeloop.agent.store import AgentStore
 from edgeloop.agent.wire import messages
 from edgeloop.app.views.audit import audit_view_table
 from edgeloop.app.views.rollouts import wave_preview
 from edgeloop.app.views.settings import parse_tags
 from edgeloop.app.window import MainWindow
 from edgeloop.hub.rollout.plan import RolloutPlan
-from tests.conftest import AgentProcess, wait_until, write_agent_config
+from tests.conftest import AgentProcess, wait_until
 from tests.stall_probe import StallProbe
-from tests.test_rollout_runtime import _home, _traffic
+from tests.test_rollout_runtime import _home, _seed_agent, _traffic
 
 pytestmark = pytest.mark.broker
 
@@ -62,12 +61,8 @@ def rig(tmp_path_factory, mosquitto, qapp):
     tmp = tmp_path_factory.mktemp("app-rollouts")
     hub = _home(tmp)
     r = Rig(hub, mosquitto, tmp)
-    b1, data = hub.resolve_bundle("iris:1")
     for i in range(N):
-        aid = f"gui{os.getpid() % 1000}-{i}"
-        AgentStore(tmp / f"{aid}-state").install(b1["sha256"], data, "iris", "1")
-        r.configs[aid] = write_agent_config(tmp, aid, mosquitto, hub.key.public_pem(), serving_report_seconds=0.5,
-                                            tags={"site": "lab"})
+        _seed_agent(r, f"gui{os.getpid() % 1000}-{i}", {"site": "lab"})
     for aid in r.ids:
         r.procs[aid] = AgentProcess(r.configs[aid], tmp / f"{aid}.log").start()
     win = MainWindow(hub, refresh_ms=300, broker=mosquitto.address.url, settings_path=tmp / "app.ini")

@@ -19,6 +19,7 @@ import pytest
 
 from edgeloop.agent.wire import topics
 from edgeloop.hub.datasets import generate_sensor_data
+from tests.conftest import unavailable
 from tests.docs_examples import ROOT, all_examples, default_ports, gone, run_example, stack_pids, start_up, stop_up
 
 INTEGRATIONS = ROOT / "docs" / "integrations"
@@ -28,7 +29,7 @@ EXAMPLES = all_examples()
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     if shutil.which("mosquitto_pub") is None or shutil.which("mosquitto") is None:
-        pytest.skip("needs mosquitto and mosquitto-clients (apt-get install mosquitto mosquitto-clients)")
+        unavailable("needs mosquitto and mosquitto-clients (apt-get install mosquitto mosquitto-clients)")
     with default_ports():
         up = start_up(tmp_path_factory.mktemp("up-home"), "--epochs", "2")
         try:

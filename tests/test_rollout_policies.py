@@ -15,20 +15,15 @@ import json
 import os
 import threading
 import time
-import uuid
 
 import numpy as np
 import pytest
 
 from edgeloop.agent.drift_reference import build_reference
-from edgeloop.agent.store import AgentStore
-from edgeloop.agent.wire import topics
 from edgeloop.agent.wire.bundle import pack_bundle
-from edgeloop.agent.wire.messages import InferRequest
-from tests.agent_rig import plain_client
-from tests.conftest import wait_until, write_agent_config
+from tests.conftest import wait_until
 from tests.onnx_models import FEATURES, classifier_onnx, classifier_smoke, manifest_for
-from tests.test_rollout_runtime import ROW, Rig, _explain, _home, _row
+from tests.test_rollout_runtime import Rig, _explain, _home, _row, _seed_agent, _traffic
 
 pytestmark = pytest.mark.broker
 
@@ -52,34 +47,18 @@ def _add_drift_version(hub, version: str) -> None:
     reg.add_bundle(hashlib.sha256(data).hexdigest(), f"iris:{version}", path, len(data), hub.key.keyid)
 
 
-def _traffic(rig: Rig, to: list[str]) -> None:
-    client = plain_client(rig.broker, lambda *a: None, f"test/policies/{uuid.uuid4().hex[:6]}")
-    try:
-        while not rig.stop_traffic.wait(0.2):
-            for aid in to:
-                req = InferRequest(id=uuid.uuid4().hex, inputs=[ROW], reply_to="test/policies/replies")
-                client.publish(topics.agent_topic(aid, topics.INFER), req.encode(), qos=0)
-    finally:
-        client.loop_stop()
-        client.disconnect()
-
-
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory, mosquitto):
     tmp = tmp_path_factory.mktemp("policies")
     hub = _home(tmp)
     _add_drift_version(hub, "5")
     r = Rig(hub, mosquitto, tmp)
-    b1, data = hub.resolve_bundle("iris:1")
     for i in range(3):
-        aid = f"po{os.getpid() % 1000}-{i:02d}"
-        AgentStore(tmp / f"{aid}-state").install(b1["sha256"], data, "iris", "1")
-        r.configs[aid] = write_agent_config(tmp, aid, mosquitto, hub.key.public_pem(), serving_report_seconds=0.5,
-                                            tags={"site": "lab"})
+        _seed_agent(r, f"po{os.getpid() % 1000}-{i:02d}", {"site": "lab"})
     for aid in r.ids:
         r.start_agent(aid)
     r.start_runtime()
-    traffic = threading.Thread(target=_traffic, args=(r, r.ids[:2]), daemon=True)
+    traffic = threading.Thread(target=_traffic, args=(r, r.ids[:2], 0.2), daemon=True)
     traffic.start()
     try:
         assert wait_until(lambda: all(_row(hub, a).get("status") == "online" and _row(hub, a).get("active_version")

@@ -131,12 +131,13 @@ def _home(tmp) -> Hub:
     return hub
 
 
-def _traffic(rig: Rig) -> None:
-    """Inference requests to every agent, about 4 a second each, until the module ends."""
+def _traffic(rig, to: list[str] | None = None, period: float = 0.25) -> None:
+    """Inference requests to the agents ``to`` (default: every agent of the rig), one each per ``period``,
+    until ``rig.stop_traffic`` is set."""
     client = plain_client(rig.broker, lambda *a: None, f"test/rollouts/{uuid.uuid4().hex[:6]}")
     try:
-        while not rig.stop_traffic.wait(0.25):
-            for aid in rig.ids:
+        while not rig.stop_traffic.wait(period):
+            for aid in rig.ids if to is None else to:
                 req = InferRequest(id=uuid.uuid4().hex, inputs=[ROW], reply_to="test/rollouts/replies")
                 client.publish(topics.agent_topic(aid, topics.INFER), req.encode(), qos=0)
     finally:
@@ -144,17 +145,21 @@ def _traffic(rig: Rig) -> None:
         client.disconnect()
 
 
+def _seed_agent(rig, aid: str, tags: dict[str, str]) -> None:
+    """Agent ``aid`` of the rig: iris 1 installed in its state directory, its config written (not started)."""
+    b1, data = rig.hub.resolve_bundle("iris:1")
+    AgentStore(rig.tmp / f"{aid}-state").install(b1["sha256"], data, "iris", "1")
+    rig.configs[aid] = write_agent_config(rig.tmp, aid, rig.broker, rig.hub.key.public_pem(),
+                                          serving_report_seconds=0.5, tags=tags)
+
+
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory, mosquitto):
     tmp = tmp_path_factory.mktemp("rollouts")
     hub = _home(tmp)
     r = Rig(hub, mosquitto, tmp)
-    b1, data = hub.resolve_bundle("iris:1")
     for i in range(N):
-        aid = f"ro{os.getpid() % 1000}-{i:02d}"
-        AgentStore(tmp / f"{aid}-state").install(b1["sha256"], data, "iris", "1")
-        r.configs[aid] = write_agent_config(tmp, aid, mosquitto, hub.key.public_pem(), serving_report_seconds=0.5,
-                                            tags={"ring": "x" if i % 2 == 0 else "y", "site": "lab"})
+        _seed_agent(r, f"ro{os.getpid() % 1000}-{i:02d}", {"ring": "x" if i % 2 == 0 else "y", "site": "lab"})
     for aid in r.ids:
         r.start_agent(aid)
     r.start_runtime()
