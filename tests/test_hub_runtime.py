@@ -259,8 +259,8 @@ def test_hub_serve_explains_itself_and_needs_a_broker(hubs):
 
 
 # --- unknown agents ---------------------------------------------------------------------------------------
-def test_a_command_naming_an_unknown_agent_fails_in_under_a_second(hubs, tmp_path, trained, mosquitto,
-                                                                    agent_process, capsys):
+def test_a_command_naming_an_unknown_agent_fails_at_once_not_after_a_timeout(hubs, tmp_path, trained, mosquitto,
+                                                                              agent_process, capsys):
     hub = hubs("typo")
     aid, theirs = uid("edge-1"), uid("edge-2")
     agent_process(agent_config(tmp_path, aid, mosquitto, [hub.key.public_pem(), trained.public_pem]))
@@ -286,7 +286,9 @@ def test_a_command_naming_an_unknown_agent_fails_in_under_a_second(hubs, tmp_pat
                        "--broker", mosquitto.address.url])
         took = time.monotonic() - started
         err = capsys.readouterr().err
-        assert rc == 2 and took < 1.0, (argv, took, err)
+        # at once: the CLI's half-second look at the broker, not the command's 30 s answer timeout (the bound
+        # leaves room for a CI box running two test workers on two cores, where 1.2 s was seen)
+        assert rc == 2 and took < 5.0, (argv, took, err)
         assert "error: no agent 'edge-l' in this hub's fleet; known agents: " in err and aid in err, err
     assert trained.hub.registry.list_deployments("edge-l") == []  # nothing was sent
 
