@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QFileDialog,
@@ -36,8 +35,7 @@ from edgeloop.app.table_models import KeyedTableModel
 from edgeloop.app.tasks import TaskRunner, TaskState
 from edgeloop.app.views.common import table_view
 from edgeloop.app.widgets.curve import CurvePlot
-from edgeloop.hub.datasets import MIN_ROWS, Schema, load_dataset
-from edgeloop.hub.errors import DataValidationError
+from edgeloop.hub.datasets import MIN_ROWS
 from edgeloop.hub.services import Hub
 from edgeloop.hub.views import Table, feature_summary
 
@@ -46,7 +44,6 @@ __all__ = ["DATASET_COLUMNS", "PROBLEM_COLUMNS", "DataView", "Inspection", "insp
 
 PROBLEM_COLUMNS = ["kind", "line", "column", "rule", "detail"]
 DATASET_COLUMNS = ["dataset", "name", "rows", "features", "sha256", "size", "classes", "runs", "versions"]
-PREVIEW_LINES = 25
 WINDOWS_SHOWN = 3
 
 
@@ -61,6 +58,12 @@ class Inspection:
     problems: list[dict] = field(default_factory=list)
     warnings: list[dict] = field(default_factory=list)
     message: str = ""
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> Inspection:
+        """From :meth:`Hub.inspect_dataset`'s result."""
+        return cls(str(doc["path"]), str(doc.get("preview") or ""), doc.get("schema"), doc.get("summary"),
+                   list(doc.get("problems") or []), list(doc.get("warnings") or []), str(doc.get("message") or ""))
 
     @property
     def valid(self) -> bool:
@@ -79,41 +82,14 @@ class Inspection:
         return Table(list(PROBLEM_COLUMNS), rows, keys)
 
 
-def _preview(path: Path) -> str:
-    if path.suffix.lower() == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            return "\n".join(f"{k}: {z[k].dtype} {z[k].shape}" for k in z.files)
-    lines = []
-    with path.open("r", encoding="utf-8-sig", errors="replace") as fh:
-        for i, line in enumerate(fh):
-            if i >= PREVIEW_LINES:
-                lines.append("…")
-                break
-            lines.append(f"{i + 1:>4}  {line.rstrip()[:200]}")
-    return "\n".join(lines)
-
-
-def inspect_file(path: str | Path, schema: dict | None = None, min_rows: int = MIN_ROWS,
+def inspect_file(hub: Hub, path: str | Path, schema: dict | None = None, min_rows: int = MIN_ROWS,
                  state: TaskState | None = None) -> Inspection:
-    """Load ``path`` as the import would (``schema`` overrides what is inferred), registering nothing."""
+    """What the import would make of ``path`` (``schema`` overrides what is inferred), registering
+    nothing: :meth:`Hub.inspect_dataset`."""
     path = Path(path)
     if state is not None:
         state.report_progress(0.1, f"reading {path.name}")
-    try:
-        preview = _preview(path)
-    except (OSError, ValueError) as exc:
-        return Inspection(str(path), "", None, None, [{"row": None, "column": None, "rule": "unreadable",
-                                                       "detail": str(exc)}], message=str(exc))
-    try:
-        override = Schema.from_dict(schema, source="the edited schema") if schema else None
-        ds = load_dataset(path, schema=override, min_rows=min_rows)
-    except DataValidationError as exc:
-        return Inspection(str(path), preview, schema, None, [p.to_dict() for p in exc.problems],
-                          message=str(exc).splitlines()[0])
-    resolved = ds.schema.to_dict() if ds.schema is not None else None
-    summary = ds.summary()
-    return Inspection(str(path), preview, resolved, summary, [], list(summary.get("warnings") or []),
-                      f"valid: {ds.n_rows} rows, {feature_summary(ds.feature_names, ds.window_shape)}")
+    return Inspection.from_dict(hub.inspect_dataset(path, schema=schema or None, min_rows=min_rows))
 
 
 def register_file(hub: Hub, path: str | Path, schema: dict | None, name: str | None, min_rows: int) -> dict:
@@ -293,8 +269,8 @@ class DataView(QWidget):
             return None
         self.register_button.setEnabled(False)
         self.status.setText(f"checking {target} …")
-        min_rows = self.min_rows.value()
-        task = self.runner.start("check", lambda st: inspect_file(target, schema, min_rows, st))
+        hub, min_rows = self.hub, self.min_rows.value()
+        task = self.runner.start("check", lambda st: inspect_file(hub, target, schema, min_rows, st))
         task.result.connect(self.show_inspection)
         task.error.connect(self.failed)
         return task

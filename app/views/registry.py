@@ -327,12 +327,7 @@ class RegistryView(QWidget):
                              '{"test_accuracy": 0.9, "max": {"test_loss": 0.4}}')
             return None
         hub, model = self.hub, str(self.overview["version"]["model_name"])
-
-        def run(_st: object) -> dict:
-            record = hub.set_gate(model, gate)
-            hub.audit("gate.reason", model, reason=reason, gate=gate)
-            return record
-        task = self.runner.start("gate", run)
+        task = self.runner.start("gate", lambda st: hub.set_gate(model, gate, reason=reason))
         self._after_change(task, f"gate of {model} {'cleared' if not gate else 'saved'} ({reason})")
         return task
 

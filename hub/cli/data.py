@@ -1,4 +1,4 @@
-"""``edgeloop data``: import, list and inspect datasets; write synthetic sample data."""
+"""``edgeloop data``: check, import, list and inspect datasets; write synthetic sample data."""
 
 from __future__ import annotations
 
@@ -41,6 +41,34 @@ def cmd_data_import(args) -> int:
         lines.append(f"next: edgeloop train --data {rec['id']} --model NAME")
         emit(args, rec, lines)
     return 0
+
+
+def inspection_lines(doc: dict, options: str = "") -> list[str]:
+    """:meth:`Hub.inspect_dataset`'s result as text: valid with its summary and warnings, or
+    refused with every problem as line, column, rule and detail."""
+    if doc["valid"]:
+        summary = doc["summary"] or {}
+        lines = [f"{doc['path']}: {doc['message']}", f"  task     {summary.get('task')}"]
+        counts = summary.get("class_counts")
+        if counts:
+            lines.append("  classes  " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        lines += warning_lines(doc["warnings"])
+        lines.append(f"nothing registered; next: edgeloop data import {doc['path']}{options}")
+        return lines
+    rows = [["-" if p.get("row") is None else p["row"], p.get("column") or "-", p.get("rule", "?"),
+             p.get("detail", "")] for p in doc["problems"]]
+    return ([f"{doc['path']}: refused, {len(rows)} problem(s); nothing registered"]
+            + text_table(rows, ["line", "column", "rule", "detail"])
+            + ["fix the data (or pass --schema FILE) and check it again"])
+
+
+def cmd_data_check(args) -> int:
+    with open_hub(args) as hub:
+        doc = hub.inspect_dataset(args.file, schema_file=args.schema, min_rows=args.min_rows)
+    options = (f" --schema {args.schema}" if args.schema else "") + (
+        f" --min-rows {args.min_rows}" if args.min_rows != MIN_ROWS else "")
+    emit(args, doc, inspection_lines(doc, options))
+    return 0 if doc["valid"] else 1
 
 
 def cmd_data_list(args) -> int:
@@ -100,6 +128,17 @@ def add_commands(sub: argparse._SubParsersAction, parents: Parents) -> None:
                         "splits are then small")
     x.add_argument("--name", default=None, help="a name for the dataset (default: the file name)")
     x.set_defaults(func=cmd_data_import)
+    x = command(data, "check", "validate a data file without registering it (exit 1: refused)",
+                parents=parents.hub,
+                description="Validate a CSV file or a .npz archive exactly as `data import` would, registering "
+                            "nothing: print the summary and warnings of valid data (exit 0), or every problem "
+                            "with its file line (the header is line 1), column and rule (exit 1). --json prints "
+                            "the inspection: valid, preview, the resolved schema, summary, problems, warnings.")
+    x.add_argument("file", type=Path, help="the data file (CSV with a header row, or .npz)")
+    x.add_argument("--schema", type=Path, default=None, help="schema file (JSON) overriding what is inferred")
+    x.add_argument("--min-rows", type=int, default=MIN_ROWS, metavar="N",
+                   help=f"fewest rows (windows) to accept (default %(default)s, at least {MIN_ROWS_FLOOR})")
+    x.set_defaults(func=cmd_data_check)
     x = command(data, "list", "list registered datasets", parents=parents.hub,
                 description="List registered datasets with their rows, features, labels and number of runs.")
     x.set_defaults(func=cmd_data_list)

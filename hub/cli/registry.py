@@ -186,14 +186,16 @@ def cmd_registry_gate(args) -> int:
     if args.clear and (mins or maxs or args.eval_data):
         raise UsageError("give either --clear or --min/--max/--eval-data, not both")
     changed = bool(args.clear or mins or maxs or args.eval_data)
+    if args.reason.strip() and not changed:
+        raise UsageError("--reason goes with a change of the gate (--min, --max, --eval-data or --clear)")
     with open_hub(args) as hub:
         if args.clear:
-            hub.set_gate(args.model, None)
+            hub.set_gate(args.model, None, reason=args.reason)
         elif changed:
             gate: dict = {"min": mins, "max": maxs} if mins or maxs else dict(hub.registry.get_gate(args.model))
             if args.eval_data:
                 gate["eval_data"] = args.eval_data
-            hub.set_gate(args.model, gate)
+            hub.set_gate(args.model, gate, reason=args.reason)
         report = hub.gate_report(args.model)
     gate, checks = report["gate"], report["versions"]
     doc = {"model": report["model"], "gate": gate, "has_gate": report["has_gate"], "changed": changed,
@@ -295,5 +297,6 @@ def add_commands(sub: argparse._SubParsersAction, parents: Parents) -> None:
                    help="read eval. metrics on this test set only (dataset name, id or sha256, as edgeloop eval "
                         "registered it); default: the newest evaluation on any test set")
     x.add_argument("--clear", action="store_true", help="remove the gate")
+    x.add_argument("--reason", default="", help="why the gate changes (kept in its model.gate audit entry)")
     x.set_defaults(func=cmd_registry_gate)
 

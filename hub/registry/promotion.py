@@ -308,19 +308,22 @@ class Promotion(Evaluations):
         return rows
 
     # -- evaluation gates ---------------------------------------------------------------------
-    def set_gate(self, model: str, gate: dict | None, *, actor: str = "hub") -> dict:
+    def set_gate(self, model: str, gate: dict | None, *, actor: str = "hub", reason: str = "") -> dict:
         """Store the evaluation gate of ``model`` (see :func:`normalize_gate`); None or {} clears it.
 
         Existing aliases are not re-checked; the gate applies to the next alias
-        move or deployment. Returns the model row (``gate`` in stored form or None).
+        move or deployment. The change is audited as ``model.gate`` with the previous
+        gate, the new one and ``reason`` (why; "" when none was given). Returns the
+        model row (``gate`` in stored form or None).
         """
+        reason = str(reason or "").strip()
         normalized = normalize_gate(gate, repr(model))
         empty = not normalized["min"] and not normalized["max"]
         with self._write() as db:
             old = self.get_model(model)
             db.table("models").update(model, {"gate": None if empty else dumps(normalized)})
             self._audit(db, actor, "model.gate", model, previous=old.get("gate"),
-                        gate=None if empty else normalized)
+                        gate=None if empty else normalized, reason=reason)
         return self.get_model(model)
 
     def get_gate(self, model: str) -> dict:

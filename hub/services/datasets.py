@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import csv
 import json
+import zipfile
 from pathlib import Path
+
+import numpy as np
 
 from edgeloop.agent.errors import EdgeloopError
 from edgeloop.agent.fsutil import atomic_write_bytes
-from edgeloop.hub.datasets import MIN_ROWS, MIN_ROWS_FLOOR, Dataset, load_csv, load_dataset, write_csv
+from edgeloop.hub.datasets import MIN_ROWS, MIN_ROWS_FLOOR, Dataset, Schema, load_csv, load_dataset, write_csv
 from edgeloop.hub.errors import DataValidationError, NotFoundError
 from edgeloop.hub.services.core import HubCore
+from edgeloop.hub.views import feature_summary
+
+PREVIEW_LINES = 25  # lines of a CSV file an inspection shows
+PREVIEW_WIDTH = 200  # characters of each
 
 
 class HubDatasets(HubCore):
@@ -66,6 +73,41 @@ class HubDatasets(HubCore):
             self._keep_schema_copy(ds, path, schema_file)
         record = self.register_dataset(ds, name or path.stem)
         return {**record, "summary": ds.summary()}
+
+    def inspect_dataset(self, path: Path | str, *, schema: dict | None = None,
+                        schema_file: Path | str | None = None, min_rows: int = MIN_ROWS) -> dict:
+        """What :meth:`import_dataset` would make of a data file, registering nothing.
+
+        ``schema`` (the schema-file form, as a dict: an edited schema) and/or ``schema_file``
+        override what is inferred, as in :func:`edgeloop.hub.datasets.load_dataset`. Returns
+        ``{"path", "valid", "preview", "schema", "summary", "problems", "warnings", "message"}``:
+        ``preview`` is the file's first lines numbered as file lines (an NPZ's arrays, dtypes
+        and shapes); ``schema`` the resolved schema (the given one when the data is refused);
+        ``summary`` what import would return as ``"summary"`` (None when refused);
+        ``problems`` every finding that refuses the data as ``{"row", "column", "rule",
+        "detail"}`` (``row`` is the file line, the header being line 1; None for whole-column
+        or whole-file rules); ``warnings`` the findings that do not (constant or identical
+        columns, few rows); ``message`` one line saying which. An unreadable file is a problem
+        (rule ``unreadable``), not an exception.
+        """
+        path = Path(path)
+        try:
+            preview = _preview(path)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            detail = f"{path} cannot be read ({exc}); check the path and that it is a CSV or .npz file"
+            return _inspection(path, "", schema, None, [{"row": None, "column": None, "rule": "unreadable",
+                                                          "detail": detail}], [], detail)
+        try:
+            override = Schema.from_dict(schema, source="the given schema") if schema else None
+            ds = load_dataset(path, schema=override, min_rows=min_rows,
+                              schema_file=Path(schema_file) if schema_file is not None else None)
+        except DataValidationError as exc:
+            message = (str(exc).splitlines() or ["the data is not valid"])[0]
+            return _inspection(path, preview, schema, None, [_problem_dict(p) for p in exc.problems], [], message)
+        summary = ds.summary()
+        resolved = ds.schema.to_dict() if ds.schema is not None else None
+        return _inspection(path, preview, resolved, summary, [], list(summary.get("warnings") or []),
+                           f"valid: {ds.n_rows} rows, {feature_summary(ds.feature_names, ds.window_shape)}")
 
     def _keep_schema_copy(self, ds: Dataset, path: Path, schema_file: Path | str | None) -> None:
         """Original bytes + resolved schema, so a reload gives the same dataset (and sha256).
@@ -137,6 +179,33 @@ class HubDatasets(HubCore):
                 f"{rec['sha256'][:16]}…; it was changed on disk. Import the original file again."
             )
         return ds
+
+
+def _inspection(path: Path, preview: str, schema: dict | None, summary: dict | None, problems: list[dict],
+                warnings: list[dict], message: str) -> dict:
+    return {"path": str(path), "valid": summary is not None and not problems, "preview": preview,
+            "schema": schema, "summary": summary, "problems": problems, "warnings": warnings, "message": message}
+
+
+def _problem_dict(problem: object) -> dict:
+    if hasattr(problem, "to_dict"):
+        return dict(problem.to_dict())
+    return {"row": None, "column": None, "rule": "invalid", "detail": str(problem)}
+
+
+def _preview(path: Path) -> str:
+    """The first :data:`PREVIEW_LINES` lines of a CSV file, numbered as file lines; an NPZ's arrays."""
+    if path.suffix.lower() == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            return "\n".join(f"{k}: {z[k].dtype} {z[k].shape}" for k in z.files)
+    lines = []
+    with path.open("r", encoding="utf-8-sig", errors="replace") as fh:
+        for i, line in enumerate(fh):
+            if i >= PREVIEW_LINES:
+                lines.append("…")
+                break
+            lines.append(f"{i + 1:>4}  {line.rstrip()[:PREVIEW_WIDTH]}")
+    return "\n".join(lines)
 
 
 def _label_column_of(csv_path: Path) -> str:

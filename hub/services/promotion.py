@@ -52,8 +52,11 @@ class HubPromotion(HubModels):
         return out
 
     # --- evaluation gates -------------------------------------------------------------------
-    def set_gate(self, model: str, gate: dict | None, *, check_names: bool = True) -> dict:
+    def set_gate(self, model: str, gate: dict | None, *, check_names: bool = True, reason: str = "") -> dict:
         """Store (None or {}: clear) the evaluation gate of ``model``; returns the model record.
+
+        ``reason`` (why the gate changed) is kept in the change's ``model.gate`` audit entry,
+        with the previous gate and the new one, as :attr:`actor`.
 
         ``gate`` is what :func:`edgeloop.hub.registry.normalize_gate` takes; its ``"eval_data"``
         may also be any dataset reference (id, name, sha256 prefix), resolved here. With
@@ -72,7 +75,7 @@ class HubPromotion(HubModels):
                 for metric in normalized[bound]:
                     if metric not in allowed:
                         raise UnknownMetricError(model, metric, known)
-        return self.registry.set_gate(model, gate, actor=self.actor)
+        return self.registry.set_gate(model, gate, actor=self.actor, reason=reason)
 
     def check_gate(self, version_ref: str) -> dict:
         return self.registry.check_gate(version_ref)
