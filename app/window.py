@@ -107,6 +107,8 @@ class MainWindow(QMainWindow):
             self.tabs.addTab(page, name)
             page.failed.connect(lambda msg, n=name: self.show_error(msg, n))
         self.fleet_view.enroll_requested.connect(self._enroll)
+        self.settings_view.enrolled.connect(lambda result: self.fleet_view.mark_enrolled(result["agent_id"]))
+        self.drift_view.canary_requested.connect(self._canary)
         self.tabs.currentChanged.connect(self._tab_shown)
         self.refresh_button = QPushButton("Refresh")
         self.refresh_button.setToolTip("Read the hub again (F5)")
@@ -161,6 +163,11 @@ class MainWindow(QMainWindow):
     def _enroll(self, agent_id: str) -> None:
         self.tabs.setCurrentWidget(self.settings_view)
         self.settings_view.prefill_enroll(agent_id)
+
+    def _canary(self, fields: dict) -> None:
+        """The Drift view's closed loop proposes a canary: the rollout wizard opens with it filled in."""
+        self.tabs.setCurrentWidget(self.rollouts_view)
+        self.rollouts_view.open_wizard(fields)
 
     def _tab_shown(self, _index: int) -> None:
         """The Drift and Audit views are read when shown (and by F5), not on every refresh."""

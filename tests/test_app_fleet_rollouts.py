@@ -135,7 +135,7 @@ def test_a_rollout_from_the_wizard_with_a_failing_canary_halts_and_rolls_the_can
         wiz.next()
     assert wiz.currentId() == 3  # the preview page
     qtbot.waitUntil(lambda: bool(wiz.preview), timeout=10_000)
-    assert wiz.preview == [("canary", rig.ids[:1]), ("wave 1", rig.ids[1:])]
+    assert wiz.preview == [("canary", rig.ids[:1]), ("wave 2", rig.ids[1:])]
     assert f"canary (1): {rig.ids[0]}" in wiz.preview_text.toPlainText()
     with probe.watch():
         wiz.accept()
@@ -284,9 +284,9 @@ def test_wave_preview_takes_agents_as_the_rollout_machine_does():
     agents = [{"agent_id": f"a{i}", "tags": {"site": "x" if i != 3 else "y"}, "status": "offline" if i == 5
                else "online"} for i in (5, 4, 3, 2, 1, 0, 6)]
     plan = RolloutPlan(model="m", version="2", target="site=x", canary_agents=1, ramp="double").validate()
-    assert wave_preview(plan, agents) == [("canary", ["a0"]), ("wave 1", ["a1", "a2"]), ("wave 2", ["a4", "a6"])]
+    assert wave_preview(plan, agents) == [("canary", ["a0"]), ("wave 2", ["a1", "a2"]), ("wave 3", ["a4", "a6"])]
     plan = RolloutPlan(model="m", version="2", target="site=x", strategy="all_at_once", canary_agents=None).validate()
-    assert wave_preview(plan, agents) == [("all", ["a0", "a1", "a2", "a4", "a6"])]
+    assert wave_preview(plan, agents) == [("wave 1", ["a0", "a1", "a2", "a4", "a6"])]
     assert parse_tags(" site=lab, hw=pi5 ") == {"site": "lab", "hw": "pi5"}
     with pytest.raises(ValueError, match="name=value"):
         parse_tags("site")

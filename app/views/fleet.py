@@ -123,6 +123,11 @@ def detail_lines(detail: Mapping[str, Any], now: float | None = None) -> list[st
     return lines
 
 
+def _found_text(d: Mapping[str, Any]) -> str:
+    return (f"{d['agent_id']}  {', '.join(d.get('addresses') or [])}:{d.get('http_port')}  "
+            f"broker {d.get('broker') or '?'}  " + ("(enrolled)" if d.get("enrolled") else "(not enrolled)"))
+
+
 def _discover(hub: Hub, timeout: float) -> list[dict]:
     known = {a["agent_id"] for a in hub.list_agents()} | {k["agent_id"] for k in hub.list_agent_keys()}
     return [{**d, "enrolled": d["agent_id"] in known} for d in hub.discover(timeout=timeout)]
@@ -145,12 +150,12 @@ class FleetView(QWidget):
         self.detail.setPlaceholderText("select an agent for its models, recent events, latency and drift")
         self.found = QListWidget()
         self.discover_button = QPushButton("Find agents on the network (zeroconf)")
-        self.discover_button.clicked.connect(self.discover)
+        # not connect(self.discover): clicked(bool) would pass checked=False as the timeout (a 0 s browse)
+        self.discover_button.clicked.connect(lambda: self.discover())
         self.enroll_button = QPushButton("Enroll the selected agent…")
         self.enroll_button.setEnabled(False)
         self.enroll_button.clicked.connect(self._enroll)
-        self.found.currentItemChanged.connect(lambda cur, _prev: self.enroll_button.setEnabled(
-            cur is not None and not (cur.data(256) or {"enrolled": True}).get("enrolled")))
+        self.found.currentItemChanged.connect(lambda cur, _prev: self._can_enroll(cur))
         self.count = QLabel("")
         side = QWidget()
         sl = QVBoxLayout(side)
@@ -250,13 +255,26 @@ class FleetView(QWidget):
     def show_found(self, found: list[dict]) -> None:
         self.found.clear()
         for d in found:
-            text = (f"{d['agent_id']}  {', '.join(d.get('addresses') or [])}:{d.get('http_port')}  "
-                    f"broker {d.get('broker') or '?'}  " + ("(enrolled)" if d.get("enrolled") else "(not enrolled)"))
-            item = QListWidgetItem(text)
+            item = QListWidgetItem(_found_text(d))
             item.setData(256, d)
             self.found.addItem(item)
         if not found:
             self.found.addItem(QListWidgetItem("no agent answered"))
+
+    def mark_enrolled(self, agent_id: str) -> None:
+        """``agent_id`` was just enrolled (the Settings view): its found entry says so and cannot be
+        enrolled again (the hub would refuse the pinned id) until the next discovery reads it anew."""
+        for i in range(self.found.count()):
+            item = self.found.item(i)
+            d = item.data(256)
+            if d and d["agent_id"] == agent_id:
+                d = {**d, "enrolled": True}
+                item.setData(256, d)
+                item.setText(_found_text(d))
+        self._can_enroll(self.found.currentItem())
+
+    def _can_enroll(self, item: QListWidgetItem | None) -> None:
+        self.enroll_button.setEnabled(item is not None and not (item.data(256) or {"enrolled": True}).get("enrolled"))
 
     def _enroll(self) -> None:
         item = self.found.currentItem()

@@ -39,6 +39,7 @@ from PySide6.QtWidgets import (
 from edgeloop.app.table_models import KeyedTableModel
 from edgeloop.app.tasks import Task, TaskRunner
 from edgeloop.app.views.common import table_view
+from edgeloop.hub.rollout.machine import wave_name
 from edgeloop.hub.rollout.plan import FAILURE_POLICIES, STRATEGIES, RolloutPlan
 from edgeloop.hub.rollout.selector import AgentRecord
 from edgeloop.hub.rollout.state import ACTIVE
@@ -61,8 +62,7 @@ def wave_preview(plan: RolloutPlan, agents: Iterable[Mapping[str, Any]]) -> list
     out, at = [], 0
     counts = plan.wave_counts(len(online))
     for i, n in enumerate(counts):
-        name = "canary" if plan.strategy == "canary" and i == 0 else ("all" if len(counts) == 1 else f"wave {i}")
-        out.append((name, online[at:at + n]))
+        out.append((wave_name(plan.strategy, i, len(counts)), online[at:at + n]))
         at += n
     return out
 
@@ -103,10 +103,11 @@ def rollout_agents_table(status: Mapping[str, Any]) -> Table:
 
 def rollback_rollout(hub: Hub, rollout_id: str, fleet: Any, why: str) -> dict:
     """Return the agents of ``rollout_id`` to what they ran before: an active rollout is aborted
-    with rollback (the runtime sends the signed rollbacks); a finished one gets a signed
+    with rollback (the runtime sends the signed rollbacks), and so is a halted one (its failed wave
+    was left on the new version for a look: policy ``halt``); a finished one gets a signed
     :meth:`Hub.rollback` per agent that took the new version. Returns the rollout's status."""
     st = hub.rollout_status(rollout_id, audit=0)
-    if st["status"] in ACTIVE:
+    if st["status"] in (*ACTIVE, "halted"):  # a halted one left its failed wave as it was: the runtime rolls it back
         return hub.rollout_abort(rollout_id, why=why or "rolled back from the app", rollback=True)
     if fleet is None:
         raise RuntimeError("no fleet connection: open the app with a broker (--broker) to send rollbacks")
@@ -171,6 +172,16 @@ class RolloutWizard(QWizard):
         self.max_p99.setValue(1.5)
         self.max_p99.setSpecialValueText("off")
         self.no_drift = QCheckBox("fail an agent that raises a drift flag while baking")
+        self.max_estimate_drop = QDoubleSpinBox()
+        self.max_estimate_drop.setRange(0.0, 1.0)
+        self.max_estimate_drop.setDecimals(3)
+        self.max_estimate_drop.setSingleStep(0.01)
+        self.max_estimate_drop.setSpecialValueText("off")
+        self.max_estimate_drop.setToolTip("Fail an agent whose estimated accuracy (no labels needed: calibrated "
+                                          "classifiers) falls more than this below the live version's")
+        self.min_estimate_rows = QSpinBox()
+        self.min_estimate_rows.setRange(0, 10_000_000)
+        self.min_estimate_rows.setValue(200)
         self.preview_text = QPlainTextEdit()
         self.preview_text.setReadOnly(True)
         self.preview: list[tuple[str, list[str]]] = []
@@ -182,7 +193,9 @@ class RolloutWizard(QWizard):
             ("strategy", self.strategy), ("canary agents", self.canary), ("then", self.ramp),
             ("wave sizes", self.wave_sizes), ("bake time", self.bake), ("agent timeout", self.timeout),
             ("on failure", self.policy), ("", self.approval), ("gate: min requests", self.min_requests),
-            ("gate: max error rate", self.max_error), ("gate: max p99 ratio", self.max_p99), ("", self.no_drift)]))
+            ("gate: max error rate", self.max_error), ("gate: max p99 ratio", self.max_p99), ("", self.no_drift),
+            ("gate: max estimated-accuracy drop", self.max_estimate_drop),
+            ("…over at least (rows)", self.min_estimate_rows)]))
         page = self._page("Preview", "Which agents each wave hits", [])
         form = page.layout()
         assert form is not None
@@ -204,6 +217,9 @@ class RolloutWizard(QWizard):
         """The plan fields the form says (``version`` a version ref, ``target`` a selector)."""
         gates: dict[str, Any] = {"min_requests": self.min_requests.value(), "max_error_rate": self.max_error.value(),
                                  "max_p99_ratio": self.max_p99.value() or None, "no_drift": self.no_drift.isChecked()}
+        if self.max_estimate_drop.value():
+            gates.update(max_estimate_drop=self.max_estimate_drop.value(),
+                         min_estimate_rows=self.min_estimate_rows.value())
         f: dict[str, Any] = {"version": self.version.currentText().strip(), "target": self.target.text().strip(),
                              "strategy": self.strategy.currentText(), "bake_seconds": self.bake.value(),
                              "agent_timeout_seconds": self.timeout.value(),
@@ -216,6 +232,35 @@ class RolloutWizard(QWizard):
         else:
             f.update(canary_agents=None)
         return f
+
+    def prefill(self, f: Mapping[str, Any]) -> None:
+        """Set the form from plan fields (the keys :meth:`fields` returns; absent ones keep their default)."""
+        if "version" in f:
+            self.version.setCurrentText(str(f["version"]))
+        if "target" in f:
+            self.target.setText(str(f["target"]))
+        if "strategy" in f:
+            self.strategy.setCurrentText(str(f["strategy"]))
+        if f.get("canary_agents"):
+            self.canary.setValue(int(f["canary_agents"]))
+        for key, box in (("bake_seconds", self.bake), ("agent_timeout_seconds", self.timeout)):
+            if f.get(key) is not None:
+                box.setValue(float(f[key]))
+        if "failure_policy" in f:
+            self.policy.setCurrentText(str(f["failure_policy"]))
+        gates = f.get("gates") or {}
+        if gates.get("min_requests") is not None:
+            self.min_requests.setValue(int(gates["min_requests"]))
+        if "max_error_rate" in gates:
+            self.max_error.setValue(float(gates["max_error_rate"] or 0.0))
+        if "max_p99_ratio" in gates:
+            self.max_p99.setValue(float(gates["max_p99_ratio"] or 0.0))
+        if "no_drift" in gates:
+            self.no_drift.setChecked(bool(gates["no_drift"]))
+        if "max_estimate_drop" in gates:
+            self.max_estimate_drop.setValue(float(gates["max_estimate_drop"] or 0.0))
+        if gates.get("min_estimate_rows") is not None:
+            self.min_estimate_rows.setValue(int(gates["min_estimate_rows"]))
 
     def update_preview(self) -> Task:
         self.preview_text.setPlainText("working out the waves…")
@@ -256,7 +301,7 @@ class RolloutsView(QWidget):
         self.buttons: dict[str, QPushButton] = {}
         bar = QHBoxLayout()
         new = QPushButton("New rollout…")
-        new.clicked.connect(self.open_wizard)
+        new.clicked.connect(lambda _c=False: self.open_wizard())
         bar.addWidget(new)
         for name in ("pause", "resume", "approve", "abort", "rollback"):
             b = QPushButton("Roll back…" if name == "rollback" else name.capitalize())
@@ -374,13 +419,25 @@ class RolloutsView(QWidget):
         if st.get("id") == self.selected:
             self.show_status(st)
 
-    def open_wizard(self) -> RolloutWizard:
-        """Show the wizard; its version list fills in when the hub has been read."""
+    def open_wizard(self, prefill: Mapping[str, Any] | None = None) -> RolloutWizard:
+        """Show the wizard; its version list fills in when the hub has been read. ``prefill``
+        (from the Drift view's closed loop: version, target, strategy, canary_agents, gates) sets
+        the form; the operator still reviews the waves and starts it."""
         hub = self.hub
         wizard = RolloutWizard(hub, self.runner, [], self)
+        if prefill:
+            wizard.prefill(prefill)
         task = self.runner.start("versions", lambda _st: [f"{v['model_name']}:{v['version']}"
                                                           for v in hub_versions(hub)])
-        task.result.connect(lambda refs: (wizard.version.addItems(refs) if not wizard.version.count() else None))
+
+        def versions(refs: list[str]) -> None:
+            if not wizard.version.count():
+                text = wizard.version.currentText()
+                wizard.version.addItems(refs)
+                if prefill:  # adding items selects the first: keep the version asked for
+                    wizard.version.setCurrentText(text)
+
+        task.result.connect(versions)
         task.error.connect(self.failed)
         wizard.accepted.connect(lambda: self.start(wizard.fields()))
         self.wizard = wizard

@@ -201,10 +201,12 @@ class SettingsView(QWidget):
         if not (aid and out and broker):
             self.failed.emit("enrolling needs an agent id, a folder to write and the broker URL the device uses")
             return None
+        self.enroll_button.setEnabled(False)  # one enrollment at a time: a second click would find the key written
         task = self.runner.start("enroll", lambda _st: hub.enroll_agent(aid, out, broker=broker, tags=tags,
                                                                          http_port=port))
         task.result.connect(self._enrolled)
         task.error.connect(self.failed)
+        task.finished.connect(lambda: self.enroll_button.setEnabled(True))
         return task
 
     def _enrolled(self, result: dict) -> None:

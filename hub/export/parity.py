@@ -13,27 +13,9 @@ from torch import nn
 
 from edgeloop.agent.wire.tensors import INPUT_NAME, REGRESSION_OUTPUT
 from edgeloop.hub.errors import ExportError
+from edgeloop.hub.export.sessions import make_session
 
 __all__ = ["check_parity", "evaluate_onnx", "make_session"]
-
-
-def make_session(onnx_bytes: bytes) -> ort.InferenceSession:
-    """An onnxruntime CPU session with the small-model options edge agents use.
-
-    One intra-op and one inter-op thread, sequential execution, all graph
-    optimizations (needed to fuse QDQ pairs into integer kernels).
-    """
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.log_severity_level = 3
-    try:
-        return ort.InferenceSession(onnx_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise ExportError(f"onnxruntime cannot load the model: {exc}") from exc
 
 
 def _run(session: ort.InferenceSession, X: np.ndarray) -> np.ndarray:

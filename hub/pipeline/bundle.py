@@ -107,7 +107,7 @@ def _variants(folder: Path, chosen: str, quant: dict, meta: dict) -> tuple[dict[
     report = quant.get("report") or {}
     if not (folder / "model.int8.onnx").exists() or "metric_drop_points" not in report or chosen not in VARIANT_NAMES:
         return {}, None
-    from edgeloop.hub.export.parity import make_session
+    from edgeloop.hub.export.sessions import make_session
 
     other_name = "int8" if chosen == "fp32" else "fp32"
     other_path = f"model.{other_name}.onnx"

@@ -77,6 +77,15 @@ def conflicting_rollouts(rollouts: Iterable[RolloutState], plan: RolloutPlan,
     return blocking, superseded
 
 
+def wave_name(strategy: str, index: int, planned: int) -> str:
+    """The name of wave ``index`` (0-based) of a rollout planned in ``planned`` waves: ``canary`` (the
+    first of a canary rollout with waves after it), ``wave N`` (1-based), ``wave N (late joiners)``
+    past the plan."""
+    if index == 0 and strategy == "canary" and planned > 1:
+        return "canary"
+    return f"wave {index + 1}" + (" (late joiners)" if index >= planned else "")
+
+
 class _Step:
     def __init__(self, state: RolloutState, event: Event, now: float) -> None:
         self.s = state
@@ -342,12 +351,7 @@ def _next_wave(ctx: _Step) -> None:
     idx = len(s.waves)
     last = len(s.planned_counts) - 1
     size = s.planned_counts[idx] if idx < last else len(cands)
-    if idx == 0 and s.plan.strategy == "canary" and last > 0:
-        name = "canary"
-    elif idx > last:
-        name = f"wave {idx + 1} (late joiners)"
-    else:
-        name = f"wave {idx + 1}"
+    name = wave_name(s.plan.strategy, idx, last + 1)
     chosen = cands[:size]
     runs = {i: AgentRun(i, "pending", ctx.now, previous_version=s.agents[i].version) for i in chosen}
     s.waves.append(Wave(idx, name, runs, "deploying", ctx.now))

@@ -16,15 +16,25 @@ module reads them back for the CLI (``edgeloop drift``) and the GUI's charts:
   raw counts and their sum over all windows (histograms over fixed edges add up exactly);
 * :meth:`HubDrift.accuracy_series` -- a calibrated classifier's accuracy window by window: the
   estimate the agent made without labels (with its interval and flag) beside the realized accuracy
-  on the feedback labels that arrived (docs/performance-estimation.md).
+  on the feedback labels that arrived (docs/performance-estimation.md);
+* :meth:`HubDrift.drift_reference` -- the reference a version's bundle carries, the one its agents
+  judge every window against: per feature the bin edges, the reference counts and their shares (the
+  bins of the windows' ``counts``), and the window settings; read from the bundle an agent reports
+  or the version's folder, never recomputed.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
-from edgeloop.hub.errors import HubError
+from edgeloop.agent.errors import EdgeloopError
+from edgeloop.agent.wire.bundle import inspect_bundle
+from edgeloop.agent.wire.bundle import sha256 as sha256_hex
+from edgeloop.agent.wire.manifest import DriftReference, FeatureReference
+from edgeloop.hub.errors import HubError, NotFoundError
 from edgeloop.hub.services.core import HubCore
 
 TREND_WINDOWS = 12  # windows in an overview's trend
@@ -37,6 +47,12 @@ class DriftSeriesError(HubError):
     """A drift series was asked for a feature the agent's reports do not have."""
 
     code = "unknown_drift_feature"
+
+
+class DriftReferenceMissingError(HubError):
+    """A version has no drift reference the hub can read (no bundle carrying one, no ``reference.json``)."""
+
+    code = "no_drift_reference"
 
 
 class HubDrift(HubCore):
@@ -68,6 +84,85 @@ class HubDrift(HubCore):
         points = accuracy_points(list(reversed(rows)))
         return {"agent_id": agent_id, "model": model, "version": version, "points": points,
                 **estimate_error(points)}
+
+    def drift_reference(self, ref: str, version: str | None = None, *, bundle_sha256: str | None = None) -> dict:
+        """The drift reference of a version: what its agents judge every drift window against.
+
+        ``ref`` is a version ref (``iris:1``, ``iris@production``), or a model name with ``version``
+        (``"iris", "1"``: the ``version`` of a drift report). With ``bundle_sha256`` (the bundle an agent
+        reports) the reference is read from that registered bundle's manifest, exactly what that agent
+        judged; without it from the version's folder (``reference.json``, which every bundle of the
+        version carries), else from its newest registered bundle. Nothing is recomputed.
+
+        Returns ``{"model", "version", "version_id", "source"`` (``"bundle"`` or ``"version folder"``),
+        ``"bundle_sha256"`` (None from the folder), ``"path", "format", "rows"`` (reference rows),
+        ``"window"`` (``rows, seconds, min_rows, consecutive``: the agents' window defaults),
+        ``"thresholds"`` (``alpha, psi_threshold, ks_threshold``), ``"layout"`` (window inputs), ``"features"``
+        (name -> ``edges, bins, counts, shares, mean, std, min, max``; ``counts`` over the bins
+        ``(-inf, e0], (e0, e1], ..., (e_last, +inf)`` named in ``bins``, the bins of a drift report's
+        ``counts``; ``shares`` sum to 1), ``"output"`` (a regression model's prediction histogram, the
+        same fields, or None) and ``"classes"`` (a classifier's ``bins`` = labels and reference ``shares``,
+        or None)}``. Raises :class:`~edgeloop.hub.errors.NotFoundError` for an unknown version and
+        :class:`DriftReferenceMissingError` when no reference can be read (the message says what to do).
+        """
+        v = self.registry.get_version(ref if version is None else f"{ref}:{version}")
+        if bundle_sha256 is not None:
+            reference, path, sha = self._bundle_reference(v, self._reported_bundle(v, bundle_sha256))
+        else:
+            path = self.home.models_dir / v["model_name"] / v["version"] / "reference.json"
+            if path.exists():
+                reference, sha = _read_reference(v, path), None
+            else:
+                bundles = self.registry.list_bundles(v["id"])
+                if not bundles:
+                    raise DriftReferenceMissingError(
+                        f"{v['id']} has no drift reference: no reference.json under {path.parent} and no registered "
+                        f"bundle. Versions trained by this hub have one: train the version again "
+                        f"(`edgeloop train`) and deploy its bundle")
+                reference, path, sha = self._bundle_reference(v, bundles[0])
+        return {"model": v["model_name"], "version": v["version"], "version_id": v["id"],
+                "source": "bundle" if sha is not None else "version folder", "bundle_sha256": sha,
+                "path": str(path), **reference_record(reference, f"{v['id']} ({path})")}
+
+    def _reported_bundle(self, v: dict, bundle_sha256: str) -> dict:
+        """The registered bundle of version ``v`` an agent reports, or a DriftReferenceMissingError."""
+        try:
+            rec = self.registry.get_bundle(bundle_sha256)
+        except NotFoundError as exc:
+            raise DriftReferenceMissingError(
+                f"bundle {bundle_sha256[:12]}... is not registered in this hub, so the reference its agents "
+                f"judge against is not known here; deploy a bundle of {v['id']} built by this hub to the agent "
+                f"(`edgeloop deploy {v['id']} --agent ID`), or ask for the version's own reference (no "
+                f"bundle_sha256)") from exc
+        if rec["version_id"] != v["id"]:
+            raise DriftReferenceMissingError(
+                f"bundle {rec['sha256'][:12]}... is a bundle of {rec['version_id']}, not of {v['id']}; ask for "
+                f"{rec['version_id']}'s reference")
+        return rec
+
+    def _bundle_reference(self, v: dict, rec: dict) -> tuple[DriftReference, Path, str]:
+        """The drift reference in the manifest of the registered bundle ``rec`` (its bytes checked first)."""
+        path = Path(rec["path"])
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise DriftReferenceMissingError(
+                f"bundle {rec['sha256'][:12]}... of {v['id']} cannot be read from {path}: {exc}; restore the file "
+                f"or build the bundle again (`edgeloop bundle build {v['id']}`)") from exc
+        if sha256_hex(data) != rec["sha256"]:
+            raise DriftReferenceMissingError(
+                f"bundle file {path} does not match the sha256 the registry recorded for {v['id']} "
+                f"({rec['sha256'][:12]}...): it was replaced or damaged; restore it or build the bundle again")
+        try:
+            manifest, _sig = inspect_bundle(data)
+        except EdgeloopError as exc:
+            raise DriftReferenceMissingError(f"bundle {path} of {v['id']} cannot be read: {exc}; build the bundle "
+                                             f"again (`edgeloop bundle build {v['id']}`)") from exc
+        if manifest.drift is None:
+            raise DriftReferenceMissingError(
+                f"bundle {rec['sha256'][:12]}... of {v['id']} carries no drift reference (its agents judge no drift); "
+                f"build a bundle of a version trained by this hub (`edgeloop train`, then `edgeloop bundle build`)")
+        return manifest.drift, path, rec["sha256"]
 
 
 def agent_drift(rows: list[dict], *, trend: int = TREND_WINDOWS) -> dict:
@@ -148,6 +243,53 @@ def _performance(rows: list[dict], trend: int) -> dict | None:
                                                                                      points), **estimate_error(points)}
 
 
+def reference_record(ref: DriftReference, where: str = "the drift reference") -> dict:
+    """The plain record of a drift reference (see :meth:`HubDrift.drift_reference`, whose fields past
+    ``path`` these are); a feature whose counts are empty raises DriftReferenceMissingError."""
+    classes = None
+    if ref.output_labels and ref.output_shares and len(ref.output_shares) == len(ref.output_labels):
+        total = float(sum(ref.output_shares))
+        if total > 0:
+            classes = {"bins": list(ref.output_labels), "shares": [float(s) / total for s in ref.output_shares]}
+    return {
+        "format": ref.format, "rows": ref.rows,
+        "window": {"rows": ref.window, "seconds": ref.window_seconds, "min_rows": ref.min_rows,
+                   "consecutive": ref.consecutive},
+        "thresholds": {"alpha": ref.alpha, "psi_threshold": ref.psi_threshold, "ks_threshold": ref.ks_threshold},
+        "layout": ref.layout.to_dict() if ref.layout is not None else None,
+        "features": {f.name: _feature_record(f, where) for f in ref.features},
+        "output": _feature_record(ref.output, where) if ref.output is not None else None,
+        "classes": classes,
+    }
+
+
+def bin_labels(edges: list[float]) -> list[str]:
+    """Names of the ``len(edges) + 1`` bins ``(-inf, e0], (e0, e1], ..., (e_last, +inf)``."""
+    if not edges:
+        return ["all"]
+    inner = [f"({a:.4g}, {b:.4g}]" for a, b in zip(edges, edges[1:], strict=False)]
+    return [f"<= {edges[0]:.4g}", *inner, f"> {edges[-1]:.4g}"]
+
+
+def _feature_record(f: FeatureReference, where: str) -> dict:
+    total = sum(f.counts)
+    if total <= 0:
+        raise DriftReferenceMissingError(f"the drift reference of {where} has no reference rows for feature "
+                                         f"{f.name!r}; build the version and its bundle again")
+    edges = [float(e) for e in f.edges]
+    return {"edges": edges, "bins": bin_labels(edges), "counts": [int(c) for c in f.counts],
+            "shares": [c / total for c in f.counts], "mean": f.mean, "std": f.std, "min": f.min, "max": f.max}
+
+
+def _read_reference(v: dict, path: Path) -> DriftReference:
+    """The drift reference a version's folder holds (``reference.json``, what its bundles carry)."""
+    try:
+        return DriftReference.from_dict(json.loads(path.read_text("utf-8")))
+    except (OSError, ValueError, EdgeloopError) as exc:
+        raise DriftReferenceMissingError(f"the drift reference of {v['id']} ({path}) cannot be read: {exc}; "
+                                         f"train the version again (`edgeloop train`)") from exc
+
+
 def feature_series(rows: list[dict], feature: str) -> dict:
     """``{"points": [...], "counts_total"}``: per window (oldest first) ``window, started_at, ended_at,
     rows, status`` and the feature's ``psi, ks, p_value, flagged, drifted, streak, mean, missing,
@@ -209,5 +351,5 @@ def _windows_drifted(reports: list[Mapping[str, Any]], name: str) -> int:
     return sum(bool((f := _find(rep.get("features", []), name)) and f.get("drifted")) for rep in reports)
 
 
-__all__ = ["CLASSES", "OUTPUT", "TREND_WINDOWS", "DriftSeriesError", "HubDrift", "accuracy_points", "agent_drift",
-           "estimate_error", "feature_series"]
+__all__ = ["CLASSES", "OUTPUT", "TREND_WINDOWS", "DriftReferenceMissingError", "DriftSeriesError", "HubDrift",
+           "accuracy_points", "agent_drift", "bin_labels", "estimate_error", "feature_series", "reference_record"]
