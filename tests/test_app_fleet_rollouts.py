@@ -277,6 +277,8 @@ def test_audit_and_settings_views(rig, qtbot, tmp_path):
     assert enrolled[0]["tags"] == {"site": "lab", "hw": "pi5"}
     assert any(k["agent_id"] == "new-pi" for k in hub.list_agent_keys())
     assert "edgeloop-agent run" in settings.enroll_result.toPlainText()
+    settings.prefill_enroll("next-pi")  # the next agent from the Fleet view: its own folder, no stale result
+    assert settings.agent_out.text() == str(tmp_path / "next-pi") and not settings.enroll_result.toPlainText()
     win.grab().save(str(rig.tmp / "settings.png"))
 
 

@@ -185,8 +185,13 @@ class SettingsView(QWidget):
         return task
 
     def prefill_enroll(self, agent_id: str) -> None:
-        """From the Fleet view: an agent found by zeroconf, to enroll."""
+        """From the Fleet view: an agent found by zeroconf, to enroll. A folder named after the agent
+        enrolled before becomes the new agent's sibling folder; the last result is cleared."""
+        previous, out = self.agent_id.text().strip(), self.agent_out.text().strip()
+        if previous and out and Path(out).name == previous:
+            self.agent_out.setText(str(Path(out).with_name(agent_id)))
         self.agent_id.setText(agent_id)
+        self.enroll_result.clear()
         self.agent_out.setFocus()
 
     def enroll(self) -> Task | None:
