@@ -10,19 +10,23 @@ take :attr:`TaskState.cancel_token`). The runner runs it on its own
 report (none is dropped: a learning curve needs every epoch), then exactly one of
 :attr:`Task.result`, :attr:`Task.error` or :attr:`Task.cancelled`, then
 :attr:`Task.finished`. Widgets never wait on a task; they connect to its signals.
+A finished task is freed once nothing refers to it: the runner lets go of it (and
+disconnects its slots) after :attr:`Task.finished` has been delivered.
 :meth:`TaskRunner.start_in_process` runs the function in the runner's
 :class:`WorkerProcess` instead of a thread, for work that holds the GIL (training).
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import multiprocessing
 import threading
 import traceback
 from collections.abc import Callable
 from typing import Any
 
-from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
+from PySide6.QtCore import QMetaMethod, QObject, QThreadPool, Signal, Slot
 
 from edgeloop.agent.errors import EdgeloopError
 from edgeloop.hub.errors import CancelledError
@@ -66,15 +70,17 @@ class TaskState:
 
 
 class Task(QObject):
-    """One run of a function; its signals arrive on the thread that started it (the GUI)."""
+    """One run of a function; its signals arrive on the thread that started it (the GUI).
+
+    The runner's tasks have no Qt parent: Python owns each, and it is deleted (on the GUI
+    thread) when the runner and every view have let go of it.
+    """
 
     progress = Signal(float, str, object)  # fraction (-1: unknown), text, ProgressEvent or None
     result = Signal(object)
     error = Signal(str)
     cancelled = Signal(str)
     finished = Signal()
-    _report = Signal(float, str, object)  # from the pool thread, queued to this object's thread
-    _done = Signal(str, object, str)  # outcome ("result" | "error" | "cancelled"), value, text
 
     def __init__(self, name: str, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -84,8 +90,6 @@ class Task(QObject):
         self.outcome = ""
         self.value: Any = None
         self.message = ""
-        self._report.connect(self.progress)
-        self._done.connect(self._finish)
 
     def cancel(self) -> None:
         """Ask the function to stop at its next safe point (the hub checks each epoch)."""
@@ -104,26 +108,43 @@ class Task(QObject):
         self.finished.emit()
 
 
-class _Runnable(QRunnable):
-    def __init__(self, fn: Callable[[TaskState], Any], task: Task) -> None:
-        super().__init__()
-        self.fn, self.task = fn, task
-        self.setAutoDelete(True)
+def _task_signals() -> tuple[tuple[str, QMetaMethod], ...]:
+    # from a throwaway task's meta-object (the class's): QMetaMethod.fromSignal(task.result) keeps a
+    # reference to the task for good (PySide6 6.11), which would leak every task it is asked about
+    meta = Task("signals").metaObject()
+    found = []
+    for i in range(meta.methodOffset(), meta.methodCount()):
+        method = meta.method(i)
+        name = bytes(method.name().data()).decode()
+        if method.methodType() == QMetaMethod.MethodType.Signal and not name.startswith("_"):
+            found.append((name, method))
+    return tuple(found)
 
-    def run(self) -> None:
-        task = self.task
-        state = TaskState(task._report.emit, task.token)
-        try:
-            value = self.fn(state)
-        except CancelledError as exc:
-            task._done.emit("cancelled", None, str(exc))
-        except Exception as exc:  # shown in the window: the task's error signal
-            task._done.emit("error", None, error_text(exc))
+
+_TASK_SIGNALS = _task_signals()
+
+
+def _run(fn: Callable[[TaskState], Any], tid: int, token: CancelToken,
+         report: Callable[[int, float, str, object], None], done: Callable[[int, str, object, str], None]) -> None:
+    """Runs ``fn`` on a pool thread; reports go to the runner's queued signals under the task's id.
+
+    It holds no reference to the :class:`Task`: the last reference to a task is always dropped on
+    the GUI thread, so the QObject is never deleted from a pool thread. (A plain callable, not a
+    Python ``QRunnable`` subclass: PySide6 6.11 keeps some of those wrappers, and what they hold,
+    for good.)
+    """
+    state = TaskState(lambda f, t, e: report(tid, f, t, e), token)
+    try:
+        value = fn(state)
+    except CancelledError as exc:
+        done(tid, "cancelled", None, str(exc))
+    except Exception as exc:  # shown in the window: the task's error signal
+        done(tid, "error", None, error_text(exc))
+    else:
+        if token.cancelled:
+            done(tid, "cancelled", value, "cancelled on request")
         else:
-            if task.token.cancelled:
-                task._done.emit("cancelled", value, "cancelled on request")
-            else:
-                task._done.emit("result", value, "")
+            done(tid, "result", value, "")
 
 
 def _worker_main(conn: Any, cancel: Any, warm: tuple[str, ...]) -> None:
@@ -267,6 +288,9 @@ class TaskRunner(QObject):
     """
 
     started = Signal(object)  # the Task, when it starts
+    # from the pool threads, queued to the runner's (the GUI) thread: task id, then as Task.progress
+    _report = Signal(int, float, str, object)
+    _done = Signal(int, str, object, str)  # task id, outcome ("result" | "error" | "cancelled"), value, text
 
     def __init__(self, parent: QObject | None = None, max_threads: int = 2,
                  worker: WorkerProcess | None = None) -> None:
@@ -275,18 +299,26 @@ class TaskRunner(QObject):
         self.pool = QThreadPool(self)
         self.pool.setMaxThreadCount(max_threads)
         self.running: list[Task] = []
+        self._tasks: dict[int, Task] = {}  # unfinished, by id
+        self._ids = itertools.count(1)
         self._stopped = False
+        self._report.connect(self._on_report)
+        self._done.connect(self._on_done)
 
     def start(self, name: str, fn: Callable[[TaskState], Any]) -> Task:
         """Run ``fn(state)`` off the GUI thread; connect to the returned task's signals."""
-        task = Task(name, self)
+        task = Task(name)
         if self._stopped:
             task._finish("cancelled", None, "the window is closing")
             return task
+        tid = next(self._ids) % 2**31  # an int signal argument: a C++ int
+        self._tasks[tid] = task
         self.running.append(task)
-        task.finished.connect(lambda: self._forget(task))
+        # first of its finished slots (a view's finished slot sees it gone from ``running``); a
+        # partial of the id, not a lambda holding the task
+        task.finished.connect(functools.partial(self._forget, tid))
         self.started.emit(task)
-        self.pool.start(_Runnable(fn, task))
+        self.pool.start(functools.partial(_run, fn, tid, task.token, self._report.emit, self._done.emit))
         return task
 
     def start_in_process(self, name: str, fn: Callable[..., Any], *args: Any) -> Task:
@@ -294,11 +326,37 @@ class TaskRunner(QObject):
         worker = self.worker
         return self.start(name, lambda state: worker.call(state, fn, args))
 
-    def _forget(self, task: Task) -> None:
-        # The task stays a child of the runner (a few hundred bytes): deleting it here, while it
-        # emits, or later with deleteLater while views still hold it, crashes PySide.
-        if task in self.running:
+    @Slot(int, float, str, object)
+    def _on_report(self, tid: int, fraction: float, text: str, event: object) -> None:
+        task = self._tasks.get(tid)
+        if task is not None:
+            task.progress.emit(fraction, text, event)
+
+    @Slot(int, str, object, str)
+    def _on_done(self, tid: int, outcome: str, value: object, text: str) -> None:
+        task = self._tasks.get(tid)
+        if task is None:
+            return
+        task._finish(outcome, value, text)
+        self._forget(tid)
+        self._release(task)
+        # ``task`` goes with this frame: when no view holds it, Python deletes the QObject here, on
+        # the GUI thread and after its last signal. (Qt-parented tasks were never deleted: ~7 kB each
+        # with their connections, every refresh's reads for the whole session. deleteLater is not
+        # used: a view may still hold the task, and its wrapper must stay valid.)
+
+    def _forget(self, tid: int) -> None:
+        task = self._tasks.pop(tid, None)
+        if task is not None and task in self.running:
             self.running.remove(task)
+
+    @staticmethod
+    def _release(task: Task) -> None:
+        """Disconnect every slot of a finished task (it emits nothing more): a view's lambda that
+        captures the task must not keep it, and the view, alive."""
+        for name, method in _TASK_SIGNALS:
+            if task.isSignalConnected(method):  # disconnect() warns when nothing is connected
+                getattr(task, name).disconnect()
 
     def stop(self, timeout_ms: int = 30_000) -> bool:
         """Cancel every task and wait for the pool; False if one did not stop in time."""
