@@ -10,11 +10,12 @@ hub never piles up work.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
+from PySide6.QtCore import QObject, QThreadPool, Signal, Slot
 
 from edgeloop.hub.services import Hub
 from edgeloop.hub.views import Table, fleet_table, freshness_line, version_table
@@ -41,20 +42,16 @@ def load_snapshot(hub: Hub) -> Snapshot:
     return Snapshot(version_table(versions, bundles), fleet_table(agents, now), now, freshness_line(listening, now))
 
 
-class _Job(QRunnable):
-    """Runs ``fn`` on a pool thread and passes ``(result, None)`` or ``(None, error text)`` on."""
-
-    def __init__(self, fn: Callable[[], object], done: Callable[[object, str], None]) -> None:
-        super().__init__()
-        self.fn, self.done = fn, done
-
-    def run(self) -> None:
-        try:
-            result = self.fn()
-        except Exception as exc:  # shown in the window's status line
-            self.done(None, str(exc) or type(exc).__name__)
-        else:
-            self.done(result, "")
+def _job(fn: Callable[[], object], done: Callable[[object, str], None]) -> None:
+    """Runs ``fn`` on a pool thread and passes ``(result, None)`` or ``(None, error text)`` on. A plain
+    callable for ``QThreadPool.start``: PySide6 6.11 sometimes never frees a Python ``QRunnable``
+    subclass (nor what it holds), one per refresh (see app/tasks.py)."""
+    try:
+        result = fn()
+    except Exception as exc:  # shown in the window's status line
+        done(None, str(exc) or type(exc).__name__)
+    else:
+        done(result, "")
 
 
 class HubBridge(QObject):
@@ -89,7 +86,7 @@ class HubBridge(QObject):
             return
         self._busy = True
         hub = self.hub
-        self.pool.start(_Job(lambda: load_snapshot(hub), self._finished.emit))
+        self.pool.start(functools.partial(_job, functools.partial(load_snapshot, hub), self._finished.emit))
 
     @Slot(object, str)
     def _deliver(self, result: object, error: str) -> None:
