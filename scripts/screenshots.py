@@ -1,11 +1,18 @@
 """Screenshots of every view of the operator window, for docs/operator-guide.md.
 
-Builds a throwaway hub home (two small tabular datasets, one of sensor windows, two
-versions, a signed bundle, an alias and a gate), opens the real window offscreen and
-drives it the way an operator would: checks a broken file and a good one, trains a
-continual-learning child in the Train view, then opens the Registry's detail, aliases,
-compare and lineage tabs and the Fleet view. Each view is saved as a PNG in
-docs/screenshots/ (or --out). Run it as ``scripts/screenshots``.
+Builds a throwaway hub home in a temporary folder (two small tabular datasets, one of
+sensor windows, two trained versions, a signed bundle, an alias and a gate, three agents,
+drift windows and a canary rollout), opens the real window offscreen and drives it the way
+an operator would: checks a broken file and a good one, trains a continual-learning child
+in the Train view, then opens the Registry's detail, aliases, compare and lineage tabs, the
+Fleet, the rollout wizard, Rollouts, Drift, Audit and Settings. Each view is saved as a PNG
+in docs/screenshots/ (or --out DIR), one progress line per view. Nothing outside the
+temporary folder and the output folder is touched; no broker is needed.
+
+Run it as ``scripts/screenshots`` (QT_QPA_PLATFORM defaults to offscreen, so it needs no
+display). It trains three small models and takes about 20 s on two idle cores.
+tests/test_screenshots.py runs it in CI and checks that it writes every picture the guide
+links to.
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from PySide6.QtWidgets import QApplication  # noqa: E402
+from PySide6.QtCore import QtMsgType, qInstallMessageHandler  # noqa: E402
+from PySide6.QtWidgets import QApplication, QWidget  # noqa: E402
 
 from edgeloop.agent.wire.messages import ActiveModel, AgentState  # noqa: E402
 from edgeloop.app.views.train import TrainRequest  # noqa: E402
@@ -30,14 +38,66 @@ from edgeloop.app.window import MainWindow  # noqa: E402
 from edgeloop.hub.datasets import generate_sensor_data, generate_sensor_windows, write_csv  # noqa: E402
 from edgeloop.hub.services import Hub  # noqa: E402
 
+# Every picture, in the order the script takes it, with what it shows (--help lists them).
+VIEWS: tuple[tuple[str, str], ...] = (
+    ("data-validation", "Data: a broken file's validation report"),
+    ("data-schema", "Data: a good file's inferred schema"),
+    ("data-datasets", "Data: the datasets, a window dataset selected"),
+    ("train-running", "Train: a continual-learning child, epoch by epoch"),
+    ("train-done", "Train: the run's record with the forgetting figures"),
+    ("registry-detail", "Registry: a version's detail"),
+    ("registry-aliases", "Registry: aliases and the gate"),
+    ("registry-compare", "Registry: two versions compared"),
+    ("registry-lineage", "Registry: the lineage of a version with a fine-tuned child"),
+    ("fleet", "Fleet: the drifting agent's detail"),
+    ("rollouts-wizard", "Rollouts: the wizard's wave preview (its own window, 640x560)"),
+    ("rollouts", "Rollouts: a canary baking"),
+    ("drift", "Drift: a shifted agent's charts"),
+    ("audit", "Audit: the audit log"),
+    ("settings", "Settings"),
+)
+
+# Failures reported by the Train view (or a picture taken in a slot); a wait gives up on the first
+# instead of timing out.
+FAILURES: list[str] = []
+
+
+def _quiet_qt(mode: QtMsgType, context: object, message: str) -> None:
+    """Qt's messages go to stderr as usual, less the offscreen plugin's note on every window shown."""
+    if "does not support propagateSizeHints" not in message:
+        print(message, file=sys.stderr)
+
 
 def wait(app: QApplication, pred: Callable[[], bool], timeout: float = 180.0, what: str = "") -> None:
     end = time.monotonic() + timeout
     while not pred():
+        if FAILURES:
+            raise SystemExit(f"screenshots: failed while waiting for {what or 'the window'}: {FAILURES[0]}")
         if time.monotonic() > end:
-            raise SystemExit(f"screenshots: timed out waiting for {what or 'the window'}")
+            raise SystemExit(f"screenshots: timed out after {timeout:.0f} s waiting for {what or 'the window'}")
         app.processEvents()
         time.sleep(0.02)
+
+
+class Shots:
+    """Saves each picture to ``out`` and prints a progress line for it."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.names: list[str] = []
+        self.t0 = time.monotonic()
+
+    def save(self, widget: QWidget, name: str) -> None:
+        path = self.out / f"{name}.png"
+        if not widget.grab().save(str(path)):
+            raise SystemExit(f"screenshots: could not write {path}; check that the folder is writable")
+        self.names.append(path.name)
+        print(f"[{len(self.names):2d}/{len(VIEWS)}] {path.name:<22} {time.monotonic() - self.t0:5.1f} s",
+              flush=True)
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
 
 
 def settle(app: QApplication, win: MainWindow, seconds: float = 0.3) -> None:
@@ -48,8 +108,7 @@ def settle(app: QApplication, win: MainWindow, seconds: float = 0.3) -> None:
         time.sleep(0.02)
 
 
-def build_home(root: Path, files: Path) -> Hub:
-    hub = Hub(root, actor="operator")
+def build_home(hub: Hub, files: Path) -> None:
     write_csv(generate_sensor_data(400, seed=1), files / "pump-site-a.csv")
     write_csv(generate_sensor_data(240, seed=2, shift=0.6), files / "pump-site-b.csv")
     write_csv(generate_sensor_windows(60, seed=3, channels=3, steps=32), files / "vibration-windows.csv")
@@ -66,26 +125,30 @@ def build_home(root: Path, files: Path) -> Hub:
         hub.registry.upsert_agent_state(AgentState(agent_id=f"pump-{i + 1:02d}", status=status, session=1,
                                                    agent_version="0.1.0", started_at=time.time() - 3600,
                                                    http_url=f"http://10.0.0.{i + 11}:8080", active=active))
-    return hub
 
 
 def add_drift(hub: Hub) -> None:
-    """Drift windows from the real agent monitor for pump-01 (steady) and pump-02 (vibration shifts)."""
+    """Drift windows from the real agent monitor on pump:1's bundle (its reference, verified as an agent
+    verifies it) for pump-01 (the process it was trained on) and pump-02 (vibration drifts upwards)."""
     import numpy as np
 
-    from edgeloop.agent.drift import DriftMonitor, WindowPolicy, build_reference
+    from edgeloop.agent.drift import DriftMonitor, WindowPolicy
     from edgeloop.agent.wire import messages
+    from edgeloop.agent.wire.bundle import verify_bundle
+    from edgeloop.agent.wire.envelope import TrustedKeys
 
-    rng = np.random.default_rng(5)
-    names = ["temperature", "vibration", "pressure", "current"]
-    ref = build_reference(rng.normal(0, 1, (4000, 4)), names, n_bins=10, window=200, min_rows=100)
-    sha = hub.list_bundles()[0]["sha256"]
+    sha = hub.list_bundles("pump:1")[0]["sha256"]
+    _rec, data = hub.bundle_bytes(sha)
+    drift = verify_bundle(data, TrustedKeys.of([hub.key.public])).manifest.drift
+    assert drift is not None, "pump:1's bundle carries no drift reference"
+    field = generate_sensor_data(2400, seed=7)
+    col = list(field.feature_names).index("vibration_rms")
     for aid in ("pump-01", "pump-02"):
-        mon = DriftMonitor(ref, agent_id=aid, model="pump", version="1", bundle_sha256=sha,
-                           policy=WindowPolicy.of(ref))
-        X = rng.normal(0, 1, (2400, 4))
-        if aid == "pump-02":
-            X[1000:, 1] += np.linspace(0.3, 2.0, 1400)
+        mon = DriftMonitor(drift, agent_id=aid, model="pump", version="1", bundle_sha256=sha,
+                           policy=WindowPolicy(rows=200, seconds=0.0, min_rows=100, consecutive=2))
+        X = field.X.copy()
+        if aid == "pump-02":  # the mount loosens: vibration creeps up by 0.3 to 2 standard deviations
+            X[1000:, col] += np.linspace(0.3, 2.0, len(X) - 1000) * X[:, col].std()
         for rep in mon.observe(X):
             hub.registry.add_drift_report(messages.decode(rep.encode()))
 
@@ -115,9 +178,9 @@ def add_rollout(hub: Hub) -> None:
 
 
 def shoot_fleet_rollouts_drift(app: QApplication, win: MainWindow, hub: Hub, shoot: Callable[[str], None],
-                               out: Path) -> list[str]:
-    """Fleet (with an agent's detail), the rollout wizard's wave preview, Drift, Audit and Settings;
-    returns the names of the shots taken of windows other than the main one (the wizard)."""
+                               shots: Shots) -> None:
+    """Fleet (with an agent's detail), the rollout wizard's wave preview, Rollouts, Drift, Audit and
+    Settings."""
     add_drift(hub)
     fleet = win.fleet_view
     win.tabs.setCurrentWidget(fleet)
@@ -139,8 +202,7 @@ def shoot_fleet_rollouts_drift(app: QApplication, win: MainWindow, hub: Hub, sho
         wizard.next()
     wait(app, lambda: bool(wizard.preview) or "cannot" in wizard.preview_text.toPlainText(), what="the preview")
     settle(app, win)
-    if not wizard.grab().save(str(out / "rollouts-wizard.png")):
-        raise SystemExit(f"screenshots: could not write {out / 'rollouts-wizard.png'}")
+    shots.save(wizard, "rollouts-wizard")
     wizard.close()
     add_rollout(hub)
     view = win.rollouts_view
@@ -158,30 +220,38 @@ def shoot_fleet_rollouts_drift(app: QApplication, win: MainWindow, hub: Hub, sho
     shoot("audit")
     win.tabs.setCurrentWidget(win.settings_view)
     shoot("settings")
-    return ["rollouts-wizard.png"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots")
+    views = "\n".join(f"  {name + '.png':<22} {what}" for name, what in VIEWS)
+    p = argparse.ArgumentParser(
+        prog="scripts/screenshots", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"pictures written (1280x820 unless noted; existing files of these names are replaced):\n{views}")
+    p.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots", metavar="DIR",
+                   help="folder for the PNGs, created if missing (default: docs/screenshots/)")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    qInstallMessageHandler(_quiet_qt)
     app = QApplication.instance() or QApplication(["screenshots"])
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix="edgeloop-screenshots-") as tmp:
         files = Path(tmp)
-        hub = build_home(files / "hub", files)
+        shots = Shots(args.out)
+        hub = Hub(files / "hub", actor="operator")
         win = MainWindow(hub, refresh_ms=60_000, settings_path=files / "app.ini")
+        # the training process imports torch while the home is built: Train need not wait for it
+        win.warm_worker()
+        settle(app, win, 0.0)
+        say(f"building a throwaway hub home in {files} (trains pump:1 and pump:2) ...")
+        build_home(hub, files)
+        say(f"opening the window offscreen; writing {len(VIEWS)} pictures to {args.out}")
+        win.refresh_all()
         win.resize(1280, 820)
         win.show()
         settle(app, win)
-        shots: list[str] = []
 
         def shoot(name: str) -> None:
             settle(app, win)
-            path = args.out / f"{name}.png"
-            if not win.grab().save(str(path)):
-                raise SystemExit(f"screenshots: could not write {path}")
-            shots.append(path.name)
+            shots.save(win, name)
 
         # Data: a broken file's validation report, a good file's inferred schema, the datasets
         data = win.data_view
@@ -215,9 +285,26 @@ def main(argv: list[str] | None = None) -> int:
         train.ewc.setValue(50.0)
         done: list[dict] = []
         train.trained.connect(done.append)
-        train.start(TrainRequest(site_b, "pump", train.params(), parent="pump:1", replay_size=200, ewc_lambda=50.0))
-        wait(app, lambda: len(train.epochs_seen) >= 8, what="the first epochs")
-        shoot("train-running")
+        train.failed.connect(FAILURES.append)
+        say("training pump:3, a continual-learning child of pump:1, in the Train view ...")
+        task = train.start(TrainRequest(site_b, "pump", train.params(), parent="pump:1", replay_size=200,
+                                        ewc_lambda=50.0))
+        if task is None:
+            raise SystemExit(f"screenshots: the Train view did not start: {FAILURES}")
+        running: list[bool] = []
+
+        def shoot_running(*_: object) -> None:
+            # On the GUI thread, right after the view drew the 8th epoch (connected after the view's own
+            # slot): the picture shows the run going, however fast the rest of it is.
+            if not running and len(train.epochs_seen) >= 8:
+                running.append(True)
+                try:
+                    shots.save(win, "train-running")
+                except SystemExit as exc:
+                    FAILURES.append(str(exc))
+
+        task.progress.connect(shoot_running)
+        wait(app, lambda: bool(running), what="the first epochs")
         wait(app, lambda: bool(done), timeout=300, what="training")
         shoot("train-done")
 
@@ -237,10 +324,13 @@ def main(argv: list[str] | None = None) -> int:
         reg.tabs.setCurrentIndex(3)
         shoot("registry-lineage")
 
-        shots += shoot_fleet_rollouts_drift(app, win, hub, shoot, args.out)
+        shoot_fleet_rollouts_drift(app, win, hub, shoot, shots)
         win.close()
         hub.close()
-    print(f"wrote {len(shots)} screenshots to {args.out}: {', '.join(shots)}")
+    expected = [f"{name}.png" for name, _ in VIEWS]
+    if shots.names != expected:  # VIEWS is what --help and the progress count promise
+        raise SystemExit(f"screenshots: took {shots.names}, but VIEWS lists {expected}; update VIEWS")
+    say(f"wrote {len(shots.names)} screenshots to {args.out} in {time.monotonic() - shots.t0:.1f} s")
     return 0
 
 
