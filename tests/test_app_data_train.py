@@ -18,7 +18,7 @@ pytest.importorskip("PySide6.QtWidgets", reason="the GUI needs the app extras")
 
 from edgeloop.app.tasks import TaskRunner
 from edgeloop.app.views.train import TrainRequest, default_params
-from edgeloop.app.widgets.curve import nice_range
+from edgeloop.app.widgets.curve import nice_range, x_ticks
 from edgeloop.app.widgets.lineage import build_graph
 from edgeloop.app.window import MainWindow, startup_problem
 from edgeloop.hub.datasets import generate_sensor_data, generate_sensor_windows, load_dataset, write_csv
@@ -243,6 +243,9 @@ def test_defaults_scales_and_startup_messages(tmp_path):
     assert nice_range([]) == (0.0, 1.0) and nice_range([2.0, 2.0]) == (1.5, 2.5)
     lo, hi = nice_range([0.0, 1.0])
     assert lo < 0.0 and hi > 1.0
+    assert x_ticks(1.0, 12.0, 4, whole=True) == [1.0, 4.0, 6.0, 9.0, 12.0]  # no tick at 3.75 epochs
+    assert x_ticks(1.0, 3.0, 4, whole=True) == [1.0, 2.0, 3.0]  # fewer epochs than ticks: each once
+    assert x_ticks(0.0, 1.0, 4, whole=False) == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert "Fix:" in startup_problem(HubError("database disk image is malformed"), tmp_path)
     assert "backup" in startup_problem(HubError("database disk image is malformed"), tmp_path)
     assert "--home" in startup_problem(NotADirectoryError("not a directory"), tmp_path / "f")

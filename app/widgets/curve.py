@@ -14,9 +14,16 @@ from PySide6.QtCore import QPointF, QRectF, QSize, Qt
 from PySide6.QtGui import QColor, QPainter, QPainterPath, QPaintEvent, QPen
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
-__all__ = ["PALETTE", "CurvePlot", "nice_range"]
+__all__ = ["PALETTE", "CurvePlot", "nice_range", "x_ticks"]
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+
+
+def x_ticks(x0: float, x1: float, steps: int, whole: bool) -> list[float]:
+    """``steps + 1`` evenly spaced tick values from ``x0`` to ``x1``; with ``whole`` (an epoch axis) the
+    distinct whole numbers nearest to them, so no tick reads 2.75 epochs."""
+    ticks = [x0 + i / steps * (x1 - x0) for i in range(steps + 1)]
+    return sorted({float(round(t)) for t in ticks if x0 <= round(t) <= x1}) if whole else ticks
 
 
 def nice_range(values: Iterable[float]) -> tuple[float, float]:
@@ -100,9 +107,11 @@ class CurvePlot(QWidget):
             p.setPen(QColor("#555"))
             p.drawText(QRectF(0, y - fm.height() / 2, left - 4, fm.height()), Qt.AlignmentFlag.AlignRight,
                        f"{y0 + fy * (y1 - y0):.3g}")
-            x = plot.left() + fy * plot.width()
+        whole = bool(xs) and all(float(x).is_integer() for x in xs)  # epochs: whole-number ticks only
+        for xv in x_ticks(x0, x1, steps, whole):
+            x = plot.left() + (xv - x0) / (x1 - x0) * plot.width()
             p.drawText(QRectF(x - 30, plot.bottom() + 2, 60, fm.height()), Qt.AlignmentFlag.AlignHCenter,
-                       f"{x0 + fy * (x1 - x0):.3g}")
+                       f"{xv:.3g}")
         if self.x_label:
             p.drawText(QRectF(plot.left(), plot.bottom() + fm.height() + 2, plot.width(), fm.height()),
                        Qt.AlignmentFlag.AlignHCenter, self.x_label)
