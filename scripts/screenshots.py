@@ -137,19 +137,27 @@ def add_drift(hub: Hub) -> None:
     from edgeloop.agent.wire.bundle import verify_bundle
     from edgeloop.agent.wire.envelope import TrustedKeys
 
+    from edgeloop.agent.wire.tensors import INPUT_NAME
+    from edgeloop.hub.export.sessions import make_session
+
     sha = hub.list_bundles("pump:1")[0]["sha256"]
     _rec, data = hub.bundle_bytes(sha)
-    drift = verify_bundle(data, TrustedKeys.of([hub.key.public])).manifest.drift
+    vb = verify_bundle(data, TrustedKeys.of([hub.key.public]))
+    drift = vb.manifest.drift
     assert drift is not None, "pump:1's bundle carries no drift reference"
+    session = make_session(vb.model_bytes)
+    probs_out = next(o.name for o in session.get_outputs() if "prob" in o.name)
     field = generate_sensor_data(2400, seed=7)
     col = list(field.feature_names).index("vibration_rms")
     for aid in ("pump-01", "pump-02"):
         mon = DriftMonitor(drift, agent_id=aid, model="pump", version="1", bundle_sha256=sha,
-                           policy=WindowPolicy(rows=200, seconds=0.0, min_rows=100, consecutive=2))
+                           policy=WindowPolicy(rows=200, seconds=0.0, min_rows=100, consecutive=2),
+                           performance=vb.manifest.performance)  # the accuracy the agent estimates
         X = field.X.copy()
         if aid == "pump-02":  # the mount loosens: vibration creeps up by 0.3 to 2 standard deviations
             X[1000:, col] += np.linspace(0.3, 2.0, len(X) - 1000) * X[:, col].std()
-        for rep in mon.observe(X):
+        probs = session.run([probs_out], {INPUT_NAME: X.astype(np.float32)})[0]
+        for rep in mon.observe(X, probs):
             hub.registry.add_drift_report(messages.decode(rep.encode()))
 
 

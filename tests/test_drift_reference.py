@@ -163,3 +163,15 @@ def test_series_for_chart_uses_the_reference_shares_and_falls_back_with_a_label(
                   {"shares": [0.5, 0.25, 0.25], "bundle_sha256": "c" * 64}):  # another bundle's reference
         _lines, hist = series_for_chart(_series(wins, reference=other))
         assert list(hist) == ["baseline (first 2 windows; reference bins differ)", "current (window 4)"]
+
+
+def test_the_accuracy_chart_draws_the_flag_line_below_the_reference():
+    pytest.importorskip("PySide6.QtWidgets", reason="the GUI needs the app extras")
+    from edgeloop.app.views.drift import accuracy_lines
+
+    # ``threshold`` is the drop that flags a window of that size (agent/performance_estimate.py flag_threshold)
+    lines = accuracy_lines({"accuracy": 0.97, "reference": 0.99, "threshold": 0.012})
+    assert lines["reference"] == 0.99 and lines["flagged below"] == pytest.approx(0.978)
+    assert accuracy_lines({"accuracy": 0.97, "reference": 0.99, "threshold": None}) == {"reference": 0.99}
+    assert accuracy_lines({"accuracy": 0.97, "reference": 0.99, "threshold": float("inf")}) == {"reference": 0.99}
+    assert accuracy_lines({"accuracy": 0.97}) == {}

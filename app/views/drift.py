@@ -11,6 +11,7 @@ its bins differ, the baseline falls back to the agent's first judged windows, an
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -37,10 +38,14 @@ from edgeloop.hub.errors import HubError
 from edgeloop.hub.services import Hub
 from edgeloop.hub.views import Table, ago
 
-__all__ = ["DRIFT_COLUMNS", "DriftView", "drift_detail", "drift_table", "feature_order", "series_for_chart"]
+__all__ = ["DRIFT_COLUMNS", "DriftView", "accuracy_lines", "drift_detail", "drift_table", "feature_order",
+           "series_for_chart"]
 
 DRIFT_COLUMNS = ["model", "agent", "version", "windows", "drifting", "worst", "trend", "last window"]
 BASELINE_WINDOWS = 2  # first judged windows summed for the histogram's baseline
+FLAG_RULE = ("A window is flagged (red dot) only when the feature's KS test rejects (Holm-corrected over the "
+             "features) and KS and PSI are both above their thresholds, PSI's raised for small windows "
+             "(agent/drift_stats.py psi_cutoff): a point above a dashed line alone is sampling noise.")
 
 
 class CaptureWaitError(HubError):
@@ -97,6 +102,19 @@ def drift_detail(hub: Hub, model: str, agent_id: str, feature: str | None = None
     accuracy = hub.accuracy_series(agent_id, model, version=entry["version"]) if entry.get("performance") else None
     return {"entry": entry, "feature": name, "series": series, "accuracy": accuracy, "reference": reference,
             "reference_error": why}
+
+
+def accuracy_lines(point: Mapping[str, Any]) -> dict[str, float]:
+    """The accuracy chart's dashed lines for a window's estimate: the bundle's reference (the held-out
+    split's estimated accuracy) and the flag line below it (``threshold`` is the drop that flags a window
+    of that size, not an accuracy)."""
+    ref, drop = point.get("reference"), point.get("threshold")
+    if ref is None:
+        return {}
+    lines = {"reference": float(ref)}
+    if drop is not None and math.isfinite(float(drop)):
+        lines["flagged below"] = float(ref) - float(drop)
+    return lines
 
 
 def series_for_chart(series: Mapping[str, Any]) -> tuple[list[Series], dict[str, list[float]]]:
@@ -213,6 +231,10 @@ class DriftView(QWidget):
         grid.addLayout(row, 0, 0, 1, 2)
         grid.addWidget(self.summary, 1, 0, 1, 2)
         grid.addWidget(self.chart, 2, 0)
+        self.chart_note = QLabel(FLAG_RULE)
+        self.chart_note.setWordWrap(True)
+        self.chart_note.setStyleSheet("color: #555")
+        grid.addWidget(self.chart_note, 4, 0, 1, 2)
         grid.addWidget(self.histogram, 2, 1)
         grid.addWidget(self.accuracy, 3, 0)
         acts = QVBoxLayout()
@@ -295,8 +317,7 @@ class DriftView(QWidget):
             est = Series("estimated", xs, [float(p["accuracy"]) for p in pts], [bool(p.get("flagged")) for p in pts])
             lab = [p for p in pts if p.get("realized") is not None]
             real = Series("realized", [float(p["window"]) for p in lab], [float(p["realized"]) for p in lab])
-            thr = pts[-1].get("threshold")
-            self.accuracy.set_data([est, real], {"threshold": float(thr)} if thr is not None else {})
+            self.accuracy.set_data([est, real], accuracy_lines(pts[-1]))
         else:
             self.accuracy.set_data([], {})
 
