@@ -136,7 +136,6 @@ def add_drift(hub: Hub) -> None:
     from edgeloop.agent.wire import messages
     from edgeloop.agent.wire.bundle import verify_bundle
     from edgeloop.agent.wire.envelope import TrustedKeys
-
     from edgeloop.agent.wire.tensors import INPUT_NAME
     from edgeloop.hub.export.sessions import make_session
 
