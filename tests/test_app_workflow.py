@@ -288,12 +288,15 @@ def test_the_whole_workflow_in_one_window(qtbot, qapp, tmp_path, mosquitto):
         qtbot.waitUntil(lambda: plant.labelled.value >= 300, timeout=90_000)
         mark(f"{plant.labelled.value} labelled rows captured")
         probe.phase = "retrain"
+        drift.max_forgetting.setValue(0.03)  # the operator tightens the bound on forgetting (default 0.05)
+        drift.epochs.setValue(30)
         qtbot.mouseClick(drift.retrain_button, Qt.MouseButton.LeftButton)
         qtbot.waitUntil(lambda: any(n == "retrain" for n, _ in acted), timeout=240_000)
         [retrained] = [r for n, r in acted if n == "retrain"]
         assert "uploaded" in retrained["fetched"], retrained
         assert retrained["parent"] == f"{MODEL}:1" and retrained["labelled_rows"] >= 300, retrained
-        assert retrained["ready"] and retrained["gain"] > 0.1, retrained
+        assert retrained["ready"] and retrained["gain"] > 0.1 and retrained["max_forgetting"] == 0.03, retrained
+        assert retrained["forgetting"] <= 0.03 and hub.registry.get_run(retrained["run_id"])["params"]["epochs"] == 30
         child = retrained["child"]
         assert drift.canary_button.isEnabled() and child in drift.summary.text()
         assert hub.lineage(child)["captures"], "the child's lineage names the captured batch"

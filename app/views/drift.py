@@ -20,11 +20,14 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
     QGridLayout,
     QHBoxLayout,
     QLabel,
     QProgressBar,
     QPushButton,
+    QSpinBox,
     QSplitter,
     QVBoxLayout,
     QWidget,
@@ -36,6 +39,7 @@ from edgeloop.app.views.common import table_view
 from edgeloop.app.widgets.chart import HistogramChart, Series, ThresholdChart
 from edgeloop.hub.errors import HubError
 from edgeloop.hub.services import Hub
+from edgeloop.hub.services.retrain import DEFAULT_MAX_FORGETTING
 from edgeloop.hub.views import Table, ago
 
 __all__ = ["DRIFT_COLUMNS", "DriftView", "accuracy_lines", "drift_detail", "drift_table", "feature_order",
@@ -174,12 +178,15 @@ def _fetch_capture(hub: Hub, fleet: Any, agent_id: str, st: TaskState) -> str:
                            "(the agent keeps the batch in its spool until the hub has it)")
 
 
-def retrain_job(state: TaskState, home: str, actor: str, model: str, agent_id: str, fetched: str) -> dict:
+def retrain_job(state: TaskState, home: str, actor: str, model: str, agent_id: str, fetched: str,
+                max_forgetting: float = DEFAULT_MAX_FORGETTING, epochs: int | None = None) -> dict:
     """:meth:`Hub.retrain_from_capture` on the hub home ``home``, opened here: what the worker process
-    runs (training holds the GIL; the window's process must stay free for the event loop)."""
+    runs (training holds the GIL; the window's process must stay free for the event loop). ``epochs``
+    None keeps the parent's training parameters' ceiling."""
     with Hub(home, actor=actor) as hub:
-        result = hub.retrain_from_capture(model, agent_id, progress=state.progress_callback,
-                                          cancel=state.cancel_token)
+        result = hub.retrain_from_capture(model, agent_id, max_forgetting=max_forgetting,
+                                          params={"epochs": epochs} if epochs else None,
+                                          progress=state.progress_callback, cancel=state.cancel_token)
     return {**result.to_dict(), "fetched": fetched}
 
 
@@ -223,6 +230,19 @@ class DriftView(QWidget):
         self.canary_button.clicked.connect(self.canary)
         for b in (self.capture_button, self.retrain_button, self.canary_button):
             b.setEnabled(False)
+        self.max_forgetting = QDoubleSpinBox()  # the retrain's bound on forgetting (as `edgeloop retrain`)
+        self.max_forgetting.setRange(0.0, 1.0)
+        self.max_forgetting.setDecimals(3)
+        self.max_forgetting.setSingleStep(0.01)
+        self.max_forgetting.setValue(DEFAULT_MAX_FORGETTING)
+        self.max_forgetting.setToolTip("How far the parent's test score may drop for the child to be offered")
+        self.epochs = QSpinBox()
+        self.epochs.setRange(0, 100_000)
+        self.epochs.setSpecialValueText("as the parent")
+        self.epochs.setToolTip("Most epochs of the fine-tuning (early stopping decides)")
+        knobs = QFormLayout()
+        knobs.addRow("max forgetting", self.max_forgetting)
+        knobs.addRow("epochs", self.epochs)
         charts = QWidget()
         grid = QGridLayout(charts)
         row = QHBoxLayout()
@@ -238,7 +258,9 @@ class DriftView(QWidget):
         grid.addWidget(self.histogram, 2, 1)
         grid.addWidget(self.accuracy, 3, 0)
         acts = QVBoxLayout()
-        for w in (self.capture_button, self.retrain_button, self.canary_button, self.progress, self.cancel_button):
+        acts.addWidget(self.capture_button)
+        acts.addLayout(knobs)
+        for w in (self.retrain_button, self.canary_button, self.progress, self.cancel_button):
             acts.addWidget(w)
         acts.addStretch(1)
         grid.addLayout(acts, 3, 1)
@@ -386,7 +408,7 @@ class DriftView(QWidget):
     def _retrain_in_worker(self, model: str, aid: str, fetched: str) -> Task:
         self.summary.setText(f"{fetched}; retraining {model} from {aid}'s captures…")
         task = self._run("retrain", retrain_job, str(self.hub.home.root), self.hub.actor, model, aid, fetched,
-                         in_process=True)
+                         self.max_forgetting.value(), self.epochs.value() or None, in_process=True)
         task.result.connect(self._retrained)
         task.finished.connect(lambda: self.retrain_button.setEnabled(self.selected is not None))
         return task
