@@ -8,8 +8,9 @@ Modules: ``onnx_export`` (:func:`export_onnx`, graph checks, opset), ``parity``
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from edgeloop.hub.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from edgeloop.hub.export.onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx
@@ -37,9 +38,4 @@ _WHERE = {"DEFAULT_OPSET": "onnx_export", "INPUT_NAME": "onnx_export", "OUTPUT_N
           "make_session": "sessions"}
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _WHERE)

@@ -8,8 +8,9 @@ worker process -- must not pay torch's import (hundreds of ms holding the GIL) o
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from edgeloop.hub.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from edgeloop.hub.pipeline.bundle import BundleBuild, build_bundle
@@ -21,9 +22,4 @@ _WHERE = {"BundleBuild": "bundle", "build_bundle": "bundle", "ParentSpec": "vers
           "build_version": "version"}
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _WHERE)
